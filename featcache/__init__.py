@@ -1,0 +1,3 @@
+"""featcache: cache encoder features once, compare fusion heads in seconds."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,252 @@
+"""The COMP5329 layout: train.csv (ImageID,Labels,Caption), test.csv (ImageID,Caption), data/<ImageID>.
+
+The published CSV files are not valid CSV: quotes inside captions are not escaped and some
+captions hold a raw newline. Every record is still unambiguous line by line: a record starts
+with `<ImageID>,[<labels>,]"` and its caption runs to the closing quote at the end of a line.
+So the reader works on lines, not on a CSV tokenizer, and never drops a row silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# COCO category ids used by COMP5329 (12 is unused) and their names, for display.
+COCO_NAMES = {
+    1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus", 7: "train",
+    8: "truck", 9: "boat", 10: "traffic light", 11: "fire hydrant", 13: "stop sign",
+    14: "parking meter", 15: "bench", 16: "bird", 17: "cat", 18: "dog", 19: "horse",
+}
+LABELS_FILE = "labels.json"  # optional, in a dataset root: {"<label id>": "<name>", ...}
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and, where there is one, the line."""
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """Label ids (as written in the CSV) <-> column indices of the multi-hot target."""
+
+    ids: tuple[int, ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def coco(cls) -> LabelSpace:
+        return cls(tuple(COCO_NAMES), tuple(COCO_NAMES.values()))
+
+    @classmethod
+    def from_mapping(cls, mapping: dict) -> LabelSpace:
+        items = sorted((int(k), str(v)) for k, v in mapping.items())
+        return cls(tuple(i for i, _ in items), tuple(n for _, n in items))
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.ids)
+
+    def index(self, label: int) -> int:
+        return self._index[label]
+
+    def encode(self, rows: list[tuple[int, ...]]) -> np.ndarray:
+        """Multi-hot float32 targets, one row per label tuple."""
+        y = np.zeros((len(rows), self.num_labels), dtype=np.float32)
+        for r, labels in enumerate(rows):
+            y[r, [self._index[lab] for lab in labels]] = 1.0
+        return y
+
+    def decode(self, multi_hot: np.ndarray) -> list[tuple[int, ...]]:
+        return [tuple(self.ids[j] for j in np.flatnonzero(row)) for row in np.asarray(multi_hot)]
+
+    @property
+    def _index(self) -> dict[int, int]:
+        return {lab: j for j, lab in enumerate(self.ids)}
+
+
+@dataclass(frozen=True)
+class Record:
+    image_id: str
+    caption: str
+    labels: tuple[int, ...] | None  # None for test rows
+    line: int  # 1-based line where the record starts, for error messages
+
+
+@dataclass(frozen=True)
+class Skip:
+    file: str
+    line: int
+    reason: str
+
+
+@dataclass
+class Dataset:
+    root: Path
+    label_space: LabelSpace
+    train: list[Record]
+    test: list[Record]
+    skipped: list[Skip] = field(default_factory=list)
+
+    def image_path(self, image_id: str) -> Path:
+        return self.root / "data" / image_id
+
+    def targets(self, records: list[Record] | None = None) -> np.ndarray:
+        records = self.train if records is None else records
+        return self.label_space.encode([r.labels for r in records])
+
+    def fingerprint(self) -> str:
+        """Hash of what a feature depends on: the CSV bytes (ids, captions) and the label space.
+
+        Image bytes are not hashed (that would read every image); the image file sizes and
+        mtimes are, so a replaced image changes the fingerprint."""
+        h = hashlib.sha256()
+        for name in ("train.csv", "test.csv"):
+            h.update((self.root / name).read_bytes())
+        h.update(json.dumps([self.label_space.ids, self.label_space.names]).encode())
+        for rec in self.train + self.test:
+            path = self.image_path(rec.image_id)
+            stat = path.stat() if path.exists() else None
+            h.update(f"{rec.image_id}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1};".encode())
+        return h.hexdigest()[:16]
+
+
+_ID = r'(?P<id>[^,"\n]+)'
+_TRAIN_START = re.compile(_ID + r',(?P<labels>[^,"\n]*),(?P<rest>.*)\Z', re.S)
+_TEST_START = re.compile(_ID + r',(?P<rest>.*)\Z', re.S)
+
+
+def _split_records(path: Path, start: re.Pattern, header: str) -> list[tuple[int, str]]:
+    """Group physical lines into records: (first line number, text without the final newline)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines or lines[0].rstrip("\r").replace(" ", "") != header:
+        raise DataError(f"{path}:1: expected header {header!r}, found {lines[0][:80] if lines else ''!r}")
+    records: list[tuple[int, str]] = []
+    for n, line in enumerate(lines[1:], start=2):
+        # A caption may contain a newline; a line continues the open record unless that record's
+        # caption is already closed (ends with a quote) and this line looks like a record start.
+        open_record = records and _caption_open(records[-1][1], start)
+        if records and (open_record or not start.match(line.rstrip("\r"))):
+            records[-1] = (records[-1][0], records[-1][1] + "\n" + line)
+        else:
+            records.append((n, line))
+    return records
+
+
+def _caption_open(record_text: str, start: re.Pattern) -> bool:
+    m = start.match(record_text.rstrip("\r"))
+    rest = m.group("rest") if m else ""
+    return rest.startswith('"') and (len(rest) < 2 or not rest.endswith('"'))
+
+
+def _parse_caption(rest: str) -> str | None:
+    rest = rest[:-1] if rest.endswith("\r") else rest
+    if rest.startswith('"'):
+        # Inner quotes are not escaped in the published files: everything between the first and
+        # the last quote is the caption.
+        return rest[1:-1] if len(rest) >= 2 and rest.endswith('"') else None
+    return None if "\n" in rest else rest  # an unquoted caption cannot span lines
+
+
+def _parse_labels(field_text: str, label_space: LabelSpace, where: str) -> tuple[int, ...]:
+    labels = []
+    for token in field_text.split():
+        if not re.fullmatch(r"\d+", token) or int(token) not in label_space.ids:
+            raise DataError(f"{where}: unknown label {token!r} (label set: {' '.join(map(str, label_space.ids))})")
+        labels.append(int(token))
+    if not labels:
+        raise DataError(f"{where}: a training row has no label")
+    return tuple(dict.fromkeys(labels))  # keep order, drop duplicates
+
+
+def read_records(path: Path, label_space: LabelSpace | None, lenient: bool = False) -> tuple[list[Record], list[Skip]]:
+    """Read train.csv (label_space given) or test.csv (label_space None).
+
+    A record that cannot be parsed, an unknown label or a repeated ImageID is a DataError naming
+    the file and line; with lenient=True it is skipped and returned in the skip list instead."""
+    path = Path(path)
+    is_train = label_space is not None
+    start, header = (_TRAIN_START, "ImageID,Labels,Caption") if is_train else (_TEST_START, "ImageID,Caption")
+    records: list[Record] = []
+    skipped: list[Skip] = []
+    seen: dict[str, int] = {}
+    for line_no, text in _split_records(path, start, header):
+        where = f"{path}:{line_no}"
+        try:
+            m = start.match(text)
+            caption = _parse_caption(m.group("rest")) if m else None
+            if caption is None:
+                raise DataError(f"{where}: cannot parse record {text[:80]!r} (expected ImageID,{'Labels,' if is_train else ''}\"Caption\")")
+            image_id = m.group("id").strip()
+            if image_id in seen:
+                raise DataError(f"{where}: duplicate ImageID {image_id!r} (first on line {seen[image_id]})")
+            labels = _parse_labels(m.group("labels"), label_space, f"{where} ({image_id})") if is_train else None
+        except DataError as e:
+            if not lenient:
+                raise
+            skipped.append(Skip(str(path), line_no, str(e).removeprefix(where + ": ")))
+            continue
+        seen[image_id] = line_no
+        records.append(Record(image_id, caption, labels, line_no))
+    return records, skipped
+
+
+def read_label_space(root: Path) -> LabelSpace:
+    """The dataset's own label set if it ships labels.json, else COMP5329's 18 COCO labels."""
+    path = Path(root) / LABELS_FILE
+    if not path.exists():
+        return LabelSpace.coco()
+    try:
+        return LabelSpace.from_mapping(json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{path}: expected a JSON object {{label id: name}} ({e})") from None
+
+
+def load_dataset(root: str | Path, lenient: bool = False) -> Dataset:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset directory not found (expected train.csv, test.csv, data/)")
+    label_space = read_label_space(root)
+    train, skip_train = read_records(root / "train.csv", label_space, lenient)
+    test, skip_test = read_records(root / "test.csv", None, lenient)
+    clash = {r.image_id for r in train} & {r.image_id for r in test}
+    if clash:
+        raise DataError(f"{root}: ImageIDs in both train.csv and test.csv: {sorted(clash)[:5]}")
+    return Dataset(root, label_space, train, test, skip_train + skip_test)
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """An RGB PIL image from any mode PIL reads (grayscale, palette, CMYK, 16-bit, alpha)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16/32-bit grayscale: scale to 8 bits instead of clipping to white.
+                arr = np.asarray(im, dtype=np.float32)
+                hi = float(arr.max()) or 1.0
+                im = Image.fromarray((arr * (255.0 / hi)).astype(np.uint8), mode="L")
+            if im.mode in ("P", "PA") and "transparency" in im.info:
+                im = im.convert("RGBA")
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot read image ({e})") from None
+
+
+def write_submission(path: str | Path, image_ids: list[str], labels: list[tuple[int, ...]]) -> None:
+    """Kaggle format: ImageID,Labels with labels space separated."""
+    lines = ["ImageID,Labels"] + [f"{i},{' '.join(map(str, ls))}" for i, ls in zip(image_ids, labels, strict=True)]
+    Path(path).write_text("\n".join(lines) + "\n")

@@ -1,0 +1,86 @@
+"""`data check`: what a dataset holds, what was skipped and why, and a label-distribution chart."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .data import Dataset
+
+
+def summarize(ds: Dataset, scan_images: bool = True) -> dict:
+    counts = Counter(lab for r in ds.train for lab in r.labels)
+    per_image = Counter(len(r.labels) for r in ds.train)
+    caption_words = np.array([len(r.caption.split()) for r in ds.train + ds.test] or [0])
+    summary = {
+        "root": str(ds.root),
+        "train_rows": len(ds.train),
+        "test_rows": len(ds.test),
+        "skipped_rows": len(ds.skipped),
+        "skipped": [{"file": s.file, "line": s.line, "reason": s.reason} for s in ds.skipped],
+        "label_counts": {str(lab): counts.get(lab, 0) for lab in ds.label_space.ids},
+        "label_frequency": {str(lab): round(counts.get(lab, 0) / max(len(ds.train), 1), 4) for lab in ds.label_space.ids},
+        "label_names": {str(lab): name for lab, name in zip(ds.label_space.ids, ds.label_space.names)},
+        "labels_per_image": {str(k): per_image[k] for k in sorted(per_image)},
+        "mean_labels_per_image": round(sum(len(r.labels) for r in ds.train) / max(len(ds.train), 1), 3),
+        "caption_words": {"min": int(caption_words.min()), "median": float(np.median(caption_words)),
+                          "mean": round(float(caption_words.mean()), 2), "max": int(caption_words.max())},
+        "multiline_captions": sum("\n" in r.caption for r in ds.train + ds.test),
+    }
+    if scan_images:
+        summary.update(_scan_images(ds))
+    return summary
+
+
+def _scan_images(ds: Dataset) -> dict:
+    """Image sizes from headers only (fast); missing and unreadable files are listed, not fatal."""
+    sizes, modes, missing, unreadable = [], Counter(), [], []
+    for rec in tqdm(ds.train + ds.test, desc="scanning images", unit="img", leave=False):
+        path = ds.image_path(rec.image_id)
+        try:
+            with Image.open(path) as im:
+                sizes.append(im.size)
+                modes[im.mode] += 1
+        except FileNotFoundError:
+            missing.append(rec.image_id)
+        except Exception as e:  # noqa: BLE001 - any decoder failure is reported per file
+            unreadable.append(f"{rec.image_id}: {e}")
+    wh = np.array(sizes or [(0, 0)])
+    return {
+        "images_found": len(sizes),
+        "images_missing": missing,
+        "images_unreadable": unreadable,
+        "image_modes": dict(modes),
+        "image_size": {"min_wh": wh.min(0).tolist(), "max_wh": wh.max(0).tolist(),
+                       "most_common": [list(s) + [n] for s, n in Counter(map(tuple, wh.tolist())).most_common(3)]},
+    }
+
+
+def plot_label_distribution(summary: dict, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(summary["label_counts"])
+    names = [f"{lab} {summary['label_names'][lab]}" for lab in labels]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1]})
+    ax1.bar(names, [summary["label_counts"][lab] for lab in labels], color="tab:blue")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("training images (log scale)")
+    ax1.set_title(f"Label counts, {summary['train_rows']} training rows")
+    ax1.tick_params(axis="x", rotation=70)
+    per = summary["labels_per_image"]
+    ax2.bar(list(per), list(per.values()), color="tab:orange")
+    ax2.set_xlabel("labels per image")
+    ax2.set_title(f"mean {summary['mean_labels_per_image']}")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,22 @@
+"""A seeded, label-stratified train/validation split for multi-label data.
+
+Iterative stratification (Sechidis et al. 2011, via iterative-stratification) keeps every
+label's share, the rare ones included, close to the same in both parts. The same seed gives the
+same split on any machine: it depends only on the targets' order and numpy's RandomState."""
+
+from __future__ import annotations
+
+import numpy as np
+from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+
+def train_val_split(targets: np.ndarray, val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted row indices (train, validation) of a multi-hot target matrix."""
+    targets = np.asarray(targets)
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if len(targets) < 2:
+        raise ValueError(f"need at least 2 labelled rows to split, got {len(targets)}")
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+    train_idx, val_idx = next(splitter.split(np.zeros(len(targets)), targets))
+    return np.sort(train_idx), np.sort(val_idx)

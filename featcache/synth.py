@@ -1,0 +1,107 @@
+"""Generated data in the COMP5329 layout, for tests and the demo: deterministic for a seed.
+
+Each label is an object with a look (a colour and a shape) and a vocabulary (synonyms). An image
+draws most, not all, of its objects on a noisy background; its caption names some, not all, of
+them, with synonyms, filler and now and then an object that is not there. So an image model and a
+text model each miss something, and fusing them wins. Label frequencies are imbalanced like the
+real data (label 1 on most images, some labels rare), and the CSV has the real files' faults: an
+unescaped quote inside a caption and a newline inside another.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .data import COCO_NAMES, LABELS_FILE
+
+COLOURS = [(220, 40, 40), (40, 170, 60), (40, 80, 220), (230, 200, 30), (200, 60, 200), (30, 200, 210)]
+SHAPES = ["disc", "square", "triangle"]
+SYNONYMS = {
+    1: ["person", "man", "woman", "people", "kid"], 2: ["bicycle", "bike", "cyclist's bike"],
+    3: ["car", "sedan", "automobile"], 4: ["motorcycle", "motorbike", "scooter"],
+    5: ["airplane", "plane", "jet"], 6: ["bus", "coach", "double decker"], 7: ["train", "locomotive", "tram"],
+    8: ["truck", "lorry", "pickup"], 9: ["boat", "ship", "sailboat"], 10: ["traffic light", "signal", "stoplight"],
+    11: ["fire hydrant", "hydrant"], 13: ["stop sign", "red sign"], 14: ["parking meter", "meter"],
+    15: ["bench", "park bench", "seat"], 16: ["bird", "pigeon", "seagull"], 17: ["cat", "kitten", "tabby"],
+    18: ["dog", "puppy", "hound"], 19: ["horse", "pony", "stallion"],
+}
+PLACES = ["on a street", "in a park", "near the water", "in a field", "downtown", "at night", "on a sunny day",
+          "in the snow", "by a building", "next to a fence"]
+FILLER = ["a photo of", "there is", "we can see", "an image showing", "a view of", "here is", ""]
+# Prior probability of each label on an image: label 1 on most, some labels rare (14 the rarest).
+PRIOR = {1: 0.72, 3: 0.16, 18: 0.09, 17: 0.08, 8: 0.08, 9: 0.06, 10: 0.06, 16: 0.05, 15: 0.05,
+         19: 0.05, 7: 0.05, 4: 0.04, 6: 0.04, 5: 0.04, 2: 0.03, 13: 0.03, 11: 0.02, 14: 0.015}
+P_DRAWN, P_MENTIONED, P_DISTRACTOR = 0.85, 0.6, 0.15
+
+
+def make_dataset(root: str | Path, n_train: int = 1000, n_test: int = 200, seed: int = 0, image_size: int = 64) -> Path:
+    """Write train.csv, test.csv, labels.json and data/<id>.jpg under root; returns root."""
+    root = Path(root)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    labels = sorted(PRIOR)
+    looks = {lab: (COLOURS[k % len(COLOURS)], SHAPES[k // len(COLOURS) % len(SHAPES)]) for k, lab in enumerate(labels)}
+    rows = []
+    for i in range(n_train + n_test):
+        present = [lab for lab in labels if rng.random() < PRIOR[lab]]
+        if not present:
+            present = [labels[rng.integers(len(labels))]]
+        present = present[:6]
+        image_id = f"{i}.jpg"
+        size = (29, 25) if i == 1 else (image_size, image_size)  # a tiny image, like the real 29x25 one
+        _draw(rng, [looks[lab] for lab in present if rng.random() < P_DRAWN], size).save(root / "data" / image_id, quality=90)
+        rows.append((image_id, present, _caption(rng, present, labels)))
+    # The published files' faults: an unescaped inner quote and a newline inside a caption.
+    if len(rows) > 3:
+        rows[2] = (rows[2][0], rows[2][1], rows[2][2].rstrip(".") + ', signed "Main St," at the corner.')
+        rows[3] = (rows[3][0], rows[3][1], rows[3][2] + "\nseen from afar.")
+    train, test = rows[:n_train], rows[n_train:]
+    with open(root / "train.csv", "w", encoding="utf-8", newline="\n") as f:
+        f.write("ImageID,Labels,Caption\n")
+        for image_id, present, caption in train:
+            f.write(f'{image_id},{" ".join(map(str, rng.permutation(present)))},"{caption}"\n')
+    with open(root / "test.csv", "w", encoding="utf-8", newline="\n") as f:
+        f.write("ImageID,Caption\n")
+        for image_id, _, caption in test:
+            f.write(f'{image_id},"{caption}"\n')
+    # Test labels are kept aside so the demo and tests can score a submission.
+    with open(root / "test_labels.csv", "w", encoding="utf-8") as f:
+        f.write("ImageID,Labels\n" + "".join(f"{i},{' '.join(map(str, p))}\n" for i, p, _ in test))
+    (root / LABELS_FILE).write_text(json.dumps({str(lab): COCO_NAMES[lab] for lab in labels}, indent=1))
+    return root
+
+
+def _draw(rng: np.random.Generator, looks: list, size: tuple[int, int]) -> Image.Image:
+    w, h = size
+    background = rng.integers(90, 170, size=3)
+    pixels = np.clip(background + rng.normal(0, 18, size=(h, w, 3)), 0, 255).astype(np.uint8)
+    im = Image.fromarray(pixels, "RGB")
+    draw = ImageDraw.Draw(im)
+    for colour, shape in looks:
+        r = max(2, int(min(w, h) * rng.uniform(0.12, 0.22)))
+        cx, cy = rng.integers(r, max(r + 1, w - r)), rng.integers(r, max(r + 1, h - r))
+        jitter = tuple(int(np.clip(c + rng.integers(-25, 26), 0, 255)) for c in colour)
+        box = [cx - r, cy - r, cx + r, cy + r]
+        if shape == "disc":
+            draw.ellipse(box, fill=jitter)
+        elif shape == "square":
+            draw.rectangle(box, fill=jitter)
+        else:
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=jitter)
+    return im
+
+
+def _caption(rng: np.random.Generator, present: list[int], labels: list[int]) -> str:
+    named = [lab for lab in present if rng.random() < P_MENTIONED]
+    if rng.random() < P_DISTRACTOR:
+        absent = [lab for lab in labels if lab not in present]
+        named.append(absent[rng.integers(len(absent))])
+    words = [SYNONYMS[lab][rng.integers(len(SYNONYMS[lab]))] for lab in rng.permutation(named)] if named else ["something"]
+    things = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    filler = FILLER[rng.integers(len(FILLER))]
+    text = f"{filler} {things} {PLACES[rng.integers(len(PLACES))]}".strip()
+    return text[0].upper() + text[1:] + "."
