@@ -114,15 +114,17 @@ class Dataset:
         return h.hexdigest()[:16]
 
 
-_ID = r'(?P<id>[^,"\n]+)'
+# An ImageID is a file name (no spaces, an extension): that is what tells a record's first line
+# from a caption's continuation line.
+_ID = r'(?P<id>[^,"\s]+\.[A-Za-z0-9]+)'
 _TRAIN_START = re.compile(_ID + r',(?P<labels>[^,"\n]*),(?P<rest>.*)\Z', re.S)
 _TEST_START = re.compile(_ID + r',(?P<rest>.*)\Z', re.S)
 
 
-def _split_records(path: Path, start: re.Pattern, header: str) -> list[tuple[int, str]]:
-    """Group physical lines into records: (first line number, text without the final newline)."""
+def _split_records(path: Path, start: re.Pattern, header: str) -> list[tuple[int, list[str]]]:
+    """Group physical lines into records: (first line number, the record's lines)."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = path.read_bytes().decode("utf-8-sig")  # no newline translation: captions come back exactly
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except UnicodeDecodeError as e:
@@ -132,31 +134,34 @@ def _split_records(path: Path, start: re.Pattern, header: str) -> list[tuple[int
         lines.pop()
     if not lines or lines[0].rstrip("\r").replace(" ", "") != header:
         raise DataError(f"{path}:1: expected header {header!r}, found {lines[0][:80] if lines else ''!r}")
-    records: list[tuple[int, str]] = []
+    records: list[tuple[int, list[str]]] = []
     for n, line in enumerate(lines[1:], start=2):
-        # A caption may contain a newline; a line continues the open record unless that record's
-        # caption is already closed (ends with a quote) and this line looks like a record start.
-        open_record = records and _caption_open(records[-1][1], start)
-        if records and (open_record or not start.match(line.rstrip("\r"))):
-            records[-1] = (records[-1][0], records[-1][1] + "\n" + line)
+        # A caption may hold a newline: a line that cannot start a record continues the last one.
+        if records and not start.match(line):
+            records[-1][1].append(line)
         else:
-            records.append((n, line))
+            records.append((n, [line]))
     return records
 
 
-def _caption_open(record_text: str, start: re.Pattern) -> bool:
-    m = start.match(record_text.rstrip("\r"))
-    rest = m.group("rest") if m else ""
-    return rest.startswith('"') and (len(rest) < 2 or not rest.endswith('"'))
-
-
-def _parse_caption(rest: str) -> str | None:
+def _parse(text: str, start: re.Pattern) -> tuple[str, str, str] | None:
+    """(ImageID, labels field, caption) of one record's text, or None if it is not a whole record."""
+    m = start.match(text)
+    if not m:
+        return None
+    rest = m.group("rest")
     rest = rest[:-1] if rest.endswith("\r") else rest
     if rest.startswith('"'):
         # Inner quotes are not escaped in the published files: everything between the first and
         # the last quote is the caption.
-        return rest[1:-1] if len(rest) >= 2 and rest.endswith('"') else None
-    return None if "\n" in rest else rest  # an unquoted caption cannot span lines
+        if len(rest) < 2 or not rest.endswith('"'):
+            return None
+        caption = rest[1:-1]
+    elif "\n" in rest:  # an unquoted caption cannot span lines
+        return None
+    else:
+        caption = rest
+    return m.group("id").strip(), m.groupdict().get("labels", ""), caption
 
 
 def _parse_labels(field_text: str, label_space: LabelSpace, where: str) -> tuple[int, ...]:
@@ -181,17 +186,16 @@ def read_records(path: Path, label_space: LabelSpace | None, lenient: bool = Fal
     records: list[Record] = []
     skipped: list[Skip] = []
     seen: dict[str, int] = {}
-    for line_no, text in _split_records(path, start, header):
+    for line_no, text in _recover_stray_lines(_split_records(path, start, header), start):
         where = f"{path}:{line_no}"
         try:
-            m = start.match(text)
-            caption = _parse_caption(m.group("rest")) if m else None
-            if caption is None:
+            parsed = _parse(text, start)
+            if parsed is None:
                 raise DataError(f"{where}: cannot parse record {text[:80]!r} (expected ImageID,{'Labels,' if is_train else ''}\"Caption\")")
-            image_id = m.group("id").strip()
+            image_id, labels_field, caption = parsed
             if image_id in seen:
                 raise DataError(f"{where}: duplicate ImageID {image_id!r} (first on line {seen[image_id]})")
-            labels = _parse_labels(m.group("labels"), label_space, f"{where} ({image_id})") if is_train else None
+            labels = _parse_labels(labels_field, label_space, f"{where} ({image_id})") if is_train else None
         except DataError as e:
             if not lenient:
                 raise
@@ -200,6 +204,23 @@ def read_records(path: Path, label_space: LabelSpace | None, lenient: bool = Fal
         seen[image_id] = line_no
         records.append(Record(image_id, caption, labels, line_no))
     return records, skipped
+
+
+def _recover_stray_lines(records: list[tuple[int, list[str]]], start: re.Pattern):
+    """Yield (line, text) per record. A record that does not parse as a whole but whose first lines
+    do (a complete record followed by stray lines) is yielded as that record plus the stray lines
+    as a record of their own, so one bad line never takes a good neighbour down with it."""
+    for line_no, lines in records:
+        if _parse("\n".join(lines), start) is None:
+            for k in range(len(lines) - 1, 0, -1):
+                if _parse("\n".join(lines[:k]), start) is not None:
+                    yield line_no, "\n".join(lines[:k])
+                    yield line_no + k, "\n".join(lines[k:])
+                    break
+            else:
+                yield line_no, "\n".join(lines)
+        else:
+            yield line_no, "\n".join(lines)
 
 
 def read_label_space(root: Path) -> LabelSpace:

@@ -10,6 +10,7 @@ unescaped quote inside a caption and a newline inside another.
 
 from __future__ import annotations
 
+import colorsys
 import json
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from PIL import Image, ImageDraw
 
 from .data import COCO_NAMES, LABELS_FILE
 
-COLOURS = [(220, 40, 40), (40, 170, 60), (40, 80, 220), (230, 200, 30), (200, 60, 200), (30, 200, 210)]
-SHAPES = ["disc", "square", "triangle"]
+# Nine saturated hues x two shapes: every label has its own look on a grey background.
+COLOURS = [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(k / 9, 0.9, 0.9)) for k in range(9)]
+SHAPES = ["disc", "square"]
 SYNONYMS = {
     1: ["person", "man", "woman", "people", "kid"], 2: ["bicycle", "bike", "cyclist's bike"],
     3: ["car", "sedan", "automobile"], 4: ["motorcycle", "motorbike", "scooter"],
@@ -35,7 +37,7 @@ FILLER = ["a photo of", "there is", "we can see", "an image showing", "a view of
 # Prior probability of each label on an image: label 1 on most, some labels rare (14 the rarest).
 PRIOR = {1: 0.72, 3: 0.16, 18: 0.09, 17: 0.08, 8: 0.08, 9: 0.06, 10: 0.06, 16: 0.05, 15: 0.05,
          19: 0.05, 7: 0.05, 4: 0.04, 6: 0.04, 5: 0.04, 2: 0.03, 13: 0.03, 11: 0.02, 14: 0.015}
-P_DRAWN, P_MENTIONED, P_DISTRACTOR = 0.85, 0.6, 0.15
+P_DRAWN, P_MENTIONED, P_DISTRACTOR = 0.85, 0.65, 0.15
 
 
 def make_dataset(root: str | Path, n_train: int = 1000, n_test: int = 200, seed: int = 0, image_size: int = 64) -> Path:
@@ -77,21 +79,17 @@ def make_dataset(root: str | Path, n_train: int = 1000, n_test: int = 200, seed:
 
 def _draw(rng: np.random.Generator, looks: list, size: tuple[int, int]) -> Image.Image:
     w, h = size
-    background = rng.integers(90, 170, size=3)
-    pixels = np.clip(background + rng.normal(0, 18, size=(h, w, 3)), 0, 255).astype(np.uint8)
+    # A grey, noisy background: objects differ from it by colour and from each other by shape.
+    background = rng.integers(80, 180) + rng.integers(-12, 13, size=3)
+    pixels = np.clip(background + rng.normal(0, 16, size=(h, w, 3)), 0, 255).astype(np.uint8)
     im = Image.fromarray(pixels, "RGB")
     draw = ImageDraw.Draw(im)
     for colour, shape in looks:
-        r = max(2, int(min(w, h) * rng.uniform(0.12, 0.22)))
+        r = max(2, int(min(w, h) * rng.uniform(0.15, 0.25)))
         cx, cy = rng.integers(r, max(r + 1, w - r)), rng.integers(r, max(r + 1, h - r))
-        jitter = tuple(int(np.clip(c + rng.integers(-25, 26), 0, 255)) for c in colour)
+        jitter = tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in colour)
         box = [cx - r, cy - r, cx + r, cy + r]
-        if shape == "disc":
-            draw.ellipse(box, fill=jitter)
-        elif shape == "square":
-            draw.rectangle(box, fill=jitter)
-        else:
-            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=jitter)
+        (draw.ellipse if shape == "disc" else draw.rectangle)(box, fill=jitter)
     return im
 
 
