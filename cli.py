@@ -77,5 +77,392 @@ def data_check(
         typer.echo(f"chart: {summary['plot']}")
 
 
+# --- stage 1 (issue 3): encoder registry and feature extraction into the HDF5 cache -------------
+
+@app.command("encoders")
+def encoders_cmd():
+    """Every registered encoder: modality, embedding size, input size, parameters, weights available now."""
+    import torch
+
+    from featcache.backbones import build_encoder
+    from featcache.encoders import REGISTRY, WeightsSource, weights_available
+
+    typer.echo(f"{'name':<18} {'family':<12} {'modality':<8} {'dim':>5} {'input':>6} {'params':>8}  weights")
+    for name, cfg in REGISTRY.items():
+        with torch.device("meta"):  # shapes only: counting parameters allocates nothing
+            params = sum(p.numel() for p in build_encoder(cfg, WeightsSource("random-init", None)).parameters())
+        size = f"{cfg.max_length}tok" if cfg.is_text else f"{cfg.input_size}px"
+        typer.echo(f"{name:<18} {cfg.family:<12} {cfg.modality:<8} {cfg.embed_dim:>5} {size:>6} {params / 1e6:>7.1f}M  "
+                   f"{weights_available(cfg)}")
+
+
+@app.command("extract")
+def extract_cmd(
+    encoder: str = typer.Option(..., help="Encoder name (python cli.py encoders lists them)."),
+    data: Path = typer.Option(DEFAULT_DATA, help="Dataset root (train.csv, test.csv, data/)."),
+    cache: Path = typer.Option(Path("cache"), help="Cache directory: <cache>/<encoder>.h5."),
+    batch_size: int = typer.Option(32, help="Items per forward pass."),
+    device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
+    num_workers: int = typer.Option(None, help="DataLoader workers (default: 1 for images, 0 for text)."),
+    threads: int = typer.Option(None, help="torch intra-op threads (default: all cores)."),
+    finetune_epochs: int = typer.Option(0, help="Fine-tune backbone + linear head first (train split only); cache <encoder>_ft."),
+    lr: float = typer.Option(1e-4, help="Fine-tuning peak learning rate."),
+    views: int = typer.Option(0, help="Also cache K augmented views of each train image."),
+    image_size: int = typer.Option(None, help="Override the encoder's input size (changes the fingerprint)."),
+    force: bool = typer.Option(False, help="Rebuild a cache built from a different configuration."),
+    weights: Path = typer.Option(None, help="Weights file or Hugging Face directory (first in the lookup order)."),
+    random_init: bool = typer.Option(False, help="Random weights: tests and speed measurements only."),
+    lenient: bool = typer.Option(False, help="Skip, count and report unreadable images instead of failing."),
+    shard: int = typer.Option(None, help="Extract only shard I of --num-shards (default under torchrun: RANK)."),
+    num_shards: int = typer.Option(None, help="Contiguous blocks of rows; the last shard to finish merges them (default under torchrun: WORLD_SIZE)."),
+):
+    """Run the backbone once over every train and test item; a warm cache returns in < 2 s."""
+    import os
+
+    from featcache.encoders import WeightsNotFound
+    from featcache.extract import extract
+    from stores.features import StoreError
+
+    # torchrun sets RANK and WORLD_SIZE; a plain run is shard 0 of 1
+    shard = int(os.environ.get("RANK", 0)) if shard is None else shard
+    num_shards = int(os.environ.get("WORLD_SIZE", 1)) if num_shards is None else num_shards
+    try:
+        dataset = load_dataset(data, lenient=lenient)
+        for s in dataset.skipped:
+            typer.echo(f"skipped {s.file}:{s.line}: {s.reason}", err=True)
+        result = extract(dataset, encoder, cache, batch_size=batch_size, device=device, num_workers=num_workers,
+                         threads=threads, weights=weights, pretrained=not random_init, image_size=image_size, views=views,
+                         force=force, lenient=lenient, finetune_epochs=finetune_epochs, lr=lr,
+                         shard=shard, num_shards=num_shards)
+    except (DataError, StoreError, WeightsNotFound, KeyError, ValueError) as e:
+        fail(str(e).strip("'\""))
+    if dataset.skipped:
+        typer.echo(f"skipped {len(dataset.skipped)} unreadable CSV rows (--lenient; listed above)")
+    state = "warm, not recomputed" if result.warm else f"{result.items_per_s:.1f} items/s"
+    typer.echo(f"{result.path}: {result.rows} rows, fingerprint {result.fingerprint} ({state}, {result.seconds:.2f} s)")
+    if result.skipped:
+        typer.echo(f"skipped {len(result.skipped)} items: " + ", ".join(s["image_id"] for s in result.skipped[:20]))
+
+
+@app.command("merge-shards")
+def merge_shards_cmd(
+    encoder: str = typer.Option(..., help="Cache name (the encoder, or <encoder>_ft)."),
+    cache: Path = typer.Option(Path("cache"), help="Cache directory holding <name>.h5.shard-I-of-N."),
+    force: bool = typer.Option(False, help="Replace a complete cache built from a different configuration."),
+):
+    """Merge the shards of a sharded extract into <cache>/<name>.h5 (the last shard to finish does this itself)."""
+    import re
+
+    from featcache.extract import merge
+    from stores.features import StoreError, cache_path
+
+    path = cache_path(cache, encoder)
+    counts = {int(m.group(1)) for p in cache.glob(f"{path.name}.shard-*-of-*")
+              if (m := re.search(r"-of-(\d+)(\.partial)?$", p.name))}
+    if len(counts) != 1:
+        fail(f"{path}: expected the shards of one --num-shards run beside it, found {'none' if not counts else sorted(counts)}")
+    try:
+        if not merge(path, counts.pop(), force=force, say=lambda m: typer.echo(m, err=True)):
+            fail(f"{path}: some shards are missing or unfinished (listed above)")
+    except StoreError as e:
+        fail(str(e))
+    typer.echo(f"{path}: merged")
+
+
+# --- benchmark and report (issue 6): size, speed, and the best model under a size budget -------
+
+def _csv_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x)
+    except ValueError:
+        fail(f"expected comma-separated integers, got {text!r}")
+
+
+@app.command("benchmark")
+def benchmark_cmd(
+    encoders: str = typer.Option("all", help="'all', 'none' or comma-separated encoder names."),
+    heads: str = typer.Option("all", help="'all', 'none' or comma-separated run ids under --runs (fitted heads, end-to-end models)."),
+    runs: Path = typer.Option(Path("runs"), help="Run directories (fit-head, ablate, finetune write them)."),
+    device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
+    batch_sizes: str = typer.Option("1,32", help="Throughput is measured at each batch size."),
+    threads: int = typer.Option(1, help="torch threads. 1 by default: while another process holds a core, two "
+                                        "OpenMP threads spin-wait and batch-1 latency swings 10x; on an idle machine try all cores."),
+    min_run_time: float = typer.Option(0.5, help="Seconds of timing per cell at least (then until IQR/median < 10%)..."),
+    max_run_time: float = typer.Option(2.0, help="...or at most this many (a slower call still runs twice: warm-up + 1)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (header + rows)."),
+    csv: Path = typer.Option(None, help="Also write the table as CSV here."),
+    as_markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
+    save: Path = typer.Option(None, help="Also write the JSON here (report --bench reads it)."),
+):
+    """Parameters, size on disk (fp32/fp16), input size, batch-1 latency, throughput and FLOPs per model."""
+    import torch
+
+    from featcache import benchmark as bm
+    from featcache.encoders import list_encoders
+
+    names = list_encoders() if encoders == "all" else [] if encoders == "none" else encoders.split(",")
+    unknown = sorted(set(names) - set(list_encoders()))
+    if unknown:
+        fail(f"unknown encoder(s) {', '.join(unknown)}; known: {', '.join(list_encoders())}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail("--device cuda but torch sees no CUDA device")
+    try:
+        run_dirs = bm.find_runs(runs, heads)
+    except FileNotFoundError as e:
+        fail(str(e))
+    cfg = bm.BenchConfig(device=device, threads=threads,
+                         batch_sizes=_csv_ints(batch_sizes), min_run_time=min_run_time, max_run_time=max_run_time)
+    if not names and not run_dirs:
+        fail(f"nothing to benchmark: no encoders selected and no fitted heads under {runs}")
+    header = cfg.header()  # before measuring: the machine's load as the run starts
+    try:
+        df = bm.benchmark(names, run_dirs, cfg, runs, progress=lambda item: typer.echo(f"benchmark: {item}", err=True))
+    except ValueError as e:  # a run directory that cannot be loaded
+        fail(str(e))
+    doc = bm.to_json(df, header)
+    if save:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save.write_text(json.dumps(doc, indent=1))
+    if csv:
+        df.write_csv(csv)
+    if as_json:
+        typer.echo(json.dumps(doc))
+    else:
+        typer.echo(bm.table(df, header, markdown=as_markdown))
+
+
+@app.command("report")
+def report_cmd(
+    budget_mb: float = typer.Option(100.0, help="Size budget: the best model at most this large is named."),
+    fp16: bool = typer.Option(False, help="Sizes of the weights saved in fp16 (default: fp32)."),
+    results: Path = typer.Option(Path("runs/results.parquet"), help="Results table written by fit-head and ablate."),
+    runs: Path = typer.Option(Path("runs"), help="Run directories (heads; finished end-to-end runs are added)."),
+    bench: Path = typer.Option(None, help="Saved benchmark (--save JSON or --csv); missing rows are measured now."),
+    out: Path = typer.Option(Path("runs/report"), help="Writes table1.md, table1.csv and pareto.png here."),
+    threads: int = typer.Option(1, help="torch threads for rows measured now (see benchmark --help)."),
+):
+    """The study's Table 1 (F1, fit time, prediction time, size) and a Pareto chart; names the best model under the budget."""
+    import polars as pl
+
+    from featcache import benchmark as bm
+    from featcache import report as rp
+    from stores.results import read_results
+
+    parts = ([read_results(results)] if results.exists() else []) + ([rp.e2e_results(runs)] if runs.exists() else [])
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        fail(f"no results: {results} does not exist and no finished end-to-end run is under {runs} (run fit-head or ablate)")
+    table = pl.concat(parts, how="diagonal_relaxed")
+    rows = (bm.load_json(bench) if bench.suffix == ".json" else pl.read_csv(bench)) if bench else None
+    encoders, run_ids = rp.needed(table)
+    have = set() if rows is None else set(rows["model"])
+    todo_enc, todo_runs = [e for e in encoders if e not in have], sorted({r for r in run_ids if r not in have})
+    try:
+        if todo_enc or todo_runs:  # only batch-1 latency enters Table 1: one short cell each
+            cfg = bm.BenchConfig(threads=threads, batch_sizes=(1,), min_run_time=0.2, max_run_time=1.0)
+            new = bm.benchmark(todo_enc, [runs / r for r in todo_runs], cfg, runs,
+                               progress=lambda item: typer.echo(f"benchmark: {item}", err=True))
+            rows = new if rows is None else pl.concat([rows, new], how="diagonal_relaxed")
+        cfg = rp.ReportConfig(budget_mb=budget_mb, fp16=fp16)
+        t1 = rp.table1(table, rows, cfg)
+    except ValueError as e:  # a run in the results table that is gone or unreadable, a missing benchmark row
+        fail(str(e))
+    out.mkdir(parents=True, exist_ok=True)
+    t1.write_csv(out / "table1.csv")
+    (out / "table1.md").write_text(rp.markdown(t1) + "\n")
+    rp.chart(t1, out / "pareto.png", cfg)
+    typer.echo(rp.markdown(t1))
+    best = rp.best_under_budget(t1)
+    typer.echo(f"\nbest under {budget_mb:g} MB: " + (f"{best['model']} (F1 {best['f1']:.4f}, {best['size_mb']:.1f} MB, "
+               f"{best['predict_ms_per_item']:.1f} ms/item)" if best else "none fits"))
+    typer.echo(f"wrote {out / 'table1.md'}, {out / 'table1.csv'}, {out / 'pareto.png'}")
+
+
+# --- end-to-end fine-tuning (issue 5): both backbones + the fusion head, on one machine or many --
+
+@app.command("finetune")
+def finetune_cmd(
+    image_encoder: str = typer.Option("efficientnet_lite0", help="Image encoder (python cli.py encoders)."),
+    text_encoder: str = typer.Option("minilm_l6", help="Text encoder."),
+    fusion: str = typer.Option("concat", help="Fusion (heads/fusion.py); taken from --init-head when given."),
+    classifier: str = typer.Option("linear", help="linear (the seed's) or mlp."),
+    dropout: float = typer.Option(0.5, help="Head dropout."),
+    init_head: Path = typer.Option(None, help="Start the head from a fitted stage-2 run directory."),
+    epochs: int = typer.Option(None, help="Epochs (default 3; with --resume: the run's, or raise it)."),
+    batch_size: int = typer.Option(16, help="Rows per step per process."),
+    lr: float = typer.Option(1e-4, help="Adam learning rate."),
+    freeze: list[str] = typer.Option(["none"], help="none | image | text | image-early (repeat or comma-separate)."),
+    early_fraction: float = typer.Option(0.5, help="image-early: share of the image backbone frozen, from the stem."),
+    image_size: int = typer.Option(None, help="Image side in pixels (default: the encoder's input size)."),
+    data: Path = typer.Option(DEFAULT_DATA, help="Dataset root (train.csv, test.csv, data/)."),
+    runs: Path = typer.Option(Path("runs"), help="Where the run directory goes."),
+    run_name: str = typer.Option(None, help="Run directory name (default e2e-<image>-<text>-<time>)."),
+    resume: Path = typer.Option(None, help="Continue this run after its last checkpoint (config from the run)."),
+    random_init: bool = typer.Option(False, help="Random weights: tests and speed measurements only."),
+    max_steps: int = typer.Option(None, help="At most this many steps per epoch (tests, timing)."),
+    num_workers: int = typer.Option(None, help="DataLoader workers (default: 0 on <= 2 cores per process, else 1)."),
+    threads: int = typer.Option(None, help="torch threads per process (default: cores / processes, 1 if that is <= 2)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (under torchrun: cuda:LOCAL_RANK)."),
+    precision: str = typer.Option("auto", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    channels_last: bool = typer.Option(True, help="NHWC images (faster convolutions)."),
+    metric: str = typer.Option("samples", help="What the final thresholds maximise: samples, micro, macro."),
+    seed: int = typer.Option(0, help="Split, initialisation, order, augmentation and dropout seed."),
+    log_every: int = typer.Option(20, help="Each rank logs every N steps."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's metrics as one JSON object."),
+):
+    """Train image + text backbones and the fusion head end to end (also under torchrun --nproc_per_node N)."""
+    import os
+
+    from featcache.e2e import E2EConfig, train
+    from featcache.encoders import WeightsNotFound
+
+    try:
+        cfg = None if resume else E2EConfig(
+            image_encoder, text_encoder, fusion, classifier, dropout=dropout, epochs=epochs or 3, batch_size=batch_size,
+            lr=lr, freeze=tuple(f for item in freeze for f in item.split(",") if f), early_fraction=early_fraction,
+            image_size=image_size, pretrained=not random_init, init_head=str(init_head) if init_head else None,
+            max_steps=max_steps, precision=precision, channels_last=channels_last, metric=metric, seed=seed)
+        run_dir = train(cfg, None if resume and data == DEFAULT_DATA else data, runs, resume=resume, epochs=epochs,
+                        run_name=run_name, device=device, num_workers=num_workers, threads=threads, log_every=log_every)
+    except (DataError, WeightsNotFound, KeyError, ValueError, FileNotFoundError) as e:
+        fail(str(e).strip("'\""))
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun rank 0 reports
+        return
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if as_json:
+        typer.echo(json.dumps({"run": str(run_dir), **metrics}))
+        return
+    typer.echo(f"{run_dir}: validation sample-F1 {metrics['at_0.5']['sample_f1']:.4f} at 0.5, "
+               f"{metrics['tuned']['sample_f1']:.4f} tuned; history.csv, loss.png, val_f1.png")
+
+
+# --- stage 2 (issue 4): fusion heads on cached features, thresholds, ablation, submission -------
+
+def _head_cfg(fusion, classifier, loss, lr, epochs, batch_size, seed, width, dropout, weight_decay):
+    from heads.train import HeadConfig
+
+    given = {"fusion": fusion, "classifier": classifier, "loss": loss, "lr": lr, "epochs": epochs,
+             "batch_size": batch_size, "seed": seed, "width": width, "dropout": dropout, "weight_decay": weight_decay}
+    if epochs is not None:  # asked for epochs: run them all, without the default step cap
+        given["max_steps"] = 0
+    try:
+        return HeadConfig(**{k: v for k, v in given.items() if v is not None})
+    except ValueError as e:
+        fail(str(e))
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+@app.command("fit-head")
+def fit_head_cmd(
+    encoders: str = typer.Option(..., help="Comma-separated cache names, e.g. efficientnet_lite0,minilm_l6 (one = unimodal)."),
+    fusion: str = typer.Option("concat", help="concat, late, gated, bilinear or attention."),
+    classifier: str = typer.Option(None, help="linear or mlp (default mlp)."),
+    loss: str = typer.Option(None, help="bce, asl or focal (default: HeadConfig's)."),
+    lr: float = typer.Option(None, help="AdamW learning rate (default: HeadConfig's)."),
+    epochs: int = typer.Option(None, help="Cosine schedule length in epochs (default 8, capped at 128 steps; given: no cap). Early stopping on validation mAP."),
+    batch_size: int = typer.Option(None, help="Rows per step."),
+    width: int = typer.Option(None, help="MLP hidden width / common width of the fusions."),
+    dropout: float = typer.Option(None, help="Dropout on the fused input and the hidden layer."),
+    weight_decay: float = typer.Option(None, help="AdamW weight decay."),
+    seed: int = typer.Option(0, help="Head seed (the train/validation split always uses seed 0)."),
+    metric: str = typer.Option("samples", help="Metric the thresholds maximise: samples, micro or macro."),
+    threshold_mode: str = typer.Option("per-label", help="per-label, global or flat (0.5)."),
+    data: Path = typer.Option(DEFAULT_DATA, help="Dataset root (train.csv, test.csv, data/)."),
+    cache: Path = typer.Option(Path("cache"), help="Cache directory with <name>.h5 files."),
+    runs: Path = typer.Option(Path("runs"), help="Run directories go to runs/<id>/; results to runs/results.parquet."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (tuned metrics at top level)."),
+):
+    """Train one fusion head on cached features, tune thresholds on the validation part, save a run."""
+    from heads.experiment import Split, fit_eval, load_features, results_row, run_id, save_run
+    from stores.features import StoreError
+    from stores.results import append_results
+
+    cfg = _head_cfg(fusion, classifier, loss, lr, epochs, batch_size, seed, width, dropout, weight_decay)
+    try:
+        dataset = load_dataset(data)
+        features = load_features(cache, _names(encoders), dataset)
+        result = fit_eval(features, Split.of(dataset), cfg, metric, threshold_mode, list(dataset.label_space.names))
+    except (DataError, StoreError, KeyError, ValueError) as e:
+        fail(str(e).strip("'\""))
+    rid = run_id(result.encoders, cfg)
+    run_dir = save_run(result, runs / rid, dataset.label_space, dataset.fingerprint())
+    append_results(runs / "results.parquet", [results_row(result, rid)])
+    m = result.metrics
+    if as_json:
+        typer.echo(json.dumps({"run": rid, "run_dir": str(run_dir), "encoders": result.encoders, "fusion": cfg.fusion,
+                               "classifier": cfg.classifier, "loss": cfg.loss, "seed": cfg.seed, **m}))
+        return
+    typer.echo(f"{run_dir}: {' + '.join(result.encoders)} / {cfg.fusion} / {cfg.classifier} / {cfg.loss}, seed {cfg.seed}, "
+               f"{m['n_train']} train / {m['n_val']} validation rows")
+    typer.echo(f"{'':<28} {'sample-F1':>9} {'micro-F1':>9} {'macro-F1':>9} {'mAP':>7}")
+    for name, key in [("at 0.5", "at_0.5"), ("at 0.5 + fallback", "at_0.5_fallback"), (f"tuned ({threshold_mode}, {metric})", "tuned")]:
+        s = m[key]
+        typer.echo(f"{name:<28} {s['sample_f1']:>9.4f} {s['micro_f1']:>9.4f} {s['macro_f1']:>9.4f} {s['map']:>7.4f}")
+    typer.echo(f"tuned thresholds scored out of fold (tuned on one half of the validation rows, scored on the other): "
+               f"{metric} F1 {m['tuned_out_of_fold']:.4f}")
+    typer.echo(f"fit {m['fit_seconds']:.2f} s ({m['epochs_run']} epochs, best {m['best_epoch']}), thresholds {m['tune_seconds']:.2f} s")
+
+
+@app.command("ablate")
+def ablate_cmd(
+    encoders: str = typer.Option(None, help="Comma-separated cache names (default: every complete cache in --cache)."),
+    fusions: str = typer.Option(None, help="Comma-separated fusions (default: all)."),
+    seeds: int = typer.Option(3, help="Head seeds per configuration (mean ± std)."),
+    grid: str = typer.Option(None, help="'seed': add the seed report's batch/lr/epoch grids (see heads/ablate.py)."),
+    metric: str = typer.Option("samples", help="Metric the thresholds maximise."),
+    threshold_mode: str = typer.Option("per-label", help="per-label, global or flat."),
+    data: Path = typer.Option(DEFAULT_DATA, help="Dataset root."),
+    cache: Path = typer.Option(Path("cache"), help="Cache directory."),
+    runs: Path = typer.Option(Path("runs"), help="Writes runs/ablate-<time>/ and appends to runs/results.parquet."),
+    out: Path = typer.Option(None, help="Output directory (default runs/ablate-<time>)."),
+):
+    """Every encoder alone, every image+text pair with each fusion, several seeds: table, Parquet/CSV, chart."""
+    from datetime import datetime
+
+    from heads.ablate import ablate, format_table
+    from heads.experiment import Split, load_features
+    from stores.features import StoreError
+
+    try:
+        dataset = load_dataset(data)
+        names = _names(encoders) if encoders else sorted(p.stem for p in Path(cache).glob("*.h5"))
+        if not names:
+            fail(f"{cache}: no feature caches (*.h5); run `python cli.py extract --encoder ...` first")
+        features = load_features(cache, names, dataset)
+        out = out or runs / f"ablate-{datetime.now():%Y%m%d-%H%M%S}"
+        table, raw = ablate(features, Split.of(dataset), dataset.label_space, out, fusions=_names(fusions) if fusions else None,
+                            seeds=seeds, grid=grid, metric=metric, threshold_mode=threshold_mode,
+                            results=runs / "results.parquet", runs_root=runs)
+    except (DataError, StoreError, KeyError, ValueError) as e:
+        fail(str(e).strip("'\""))
+    typer.echo(format_table(table))
+    typer.echo(f"{len(raw)} fits in {raw['fit_seconds'].sum():.1f} s of head training; "
+               f"{out}/table.parquet, table.csv, chart.png, raw.parquet")
+
+
+@app.command("predict")
+def predict_cmd(
+    run: Path = typer.Option(..., help="Run directory written by fit-head (runs/<id>)."),
+    data: Path = typer.Option(DEFAULT_DATA, help="Dataset root: every row of its test.csv is predicted."),
+    cache: Path = typer.Option(Path("cache"), help="Cache directory with the run's encoders (fingerprints checked)."),
+    out: Path = typer.Option(Path("submission.csv"), help="Kaggle submission: ImageID,Labels."),
+):
+    """Predict test.csv with a fitted head and its thresholds: one row per test row, in order, >= 1 label each."""
+    from featcache import e2e
+    from heads.experiment import RunError, predict_run
+    from stores.features import StoreError
+
+    try:
+        dataset = load_dataset(data)
+        # An end-to-end run (finetune) holds its backbones: it reads images and captions, not a cache.
+        path = e2e.predict_run(run, dataset, out) if e2e.is_e2e_run(run) else predict_run(run, dataset, cache, out)
+    except (DataError, StoreError, RunError, KeyError, ValueError) as e:
+        fail(str(e).strip("'\""))
+    typer.echo(f"{path}: {sum(1 for _ in open(path)) - 1} rows")
+
+
 if __name__ == "__main__":
     sys.exit(app())

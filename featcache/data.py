@@ -241,10 +241,13 @@ def load_dataset(root: str | Path, lenient: bool = False) -> Dataset:
     label_space = read_label_space(root)
     train, skip_train = read_records(root / "train.csv", label_space, lenient)
     test, skip_test = read_records(root / "test.csv", None, lenient)
-    clash = {r.image_id for r in train} & {r.image_id for r in test}
-    if clash:
-        raise DataError(f"{root}: ImageIDs in both train.csv and test.csv: {sorted(clash)[:5]}")
-    return Dataset(root, label_space, train, test, skip_train + skip_test)
+    train_lines = {r.image_id: r.line for r in train}
+    clash = [Skip(str(root / "test.csv"), r.line, f"ImageID {r.image_id!r} is also in train.csv line {train_lines[r.image_id]}")
+             for r in test if r.image_id in train_lines]
+    if clash and not lenient:
+        raise DataError(f"{clash[0].file}:{clash[0].line}: {clash[0].reason}" + (f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""))
+    test = [r for r in test if r.image_id not in train_lines]
+    return Dataset(root, label_space, train, test, skip_train + skip_test + clash)
 
 
 def load_image(path: str | Path) -> Image.Image:

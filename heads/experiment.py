@@ -1,0 +1,176 @@
+"""One head fit end to end, on cached features: split, fit, tune thresholds, score, save a run.
+
+    features = load_features(cache_dir, ["efficientnet_lite0", "minilm_l6"])
+    split = Split.of(dataset)                         # train_val_split(targets, seed=0)
+    result = fit_eval(features, split, HeadConfig())  # head, thresholds, metrics
+    save_run(result, runs_dir / run_id)               # head + config + thresholds + metrics
+
+The validation part early-stops the head and tunes the thresholds; it is never trained on. The
+split seed (0) is separate from the head's seed, so seeds vary the model, not the data.
+`predict` reads a run back and refuses caches whose fingerprint differs from the run's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from featcache.data import Dataset, LabelSpace, write_submission
+from featcache.metrics import AVERAGES, per_label_table, scores
+from featcache.split import train_val_split
+from featcache.thresholds import Thresholds, apply_thresholds, fit_thresholds, out_of_fold_score
+from stores.features import FeatureSet, StoreError, open_features
+
+from .train import Head, HeadConfig
+
+
+class RunError(RuntimeError):
+    """A run directory that cannot be used; the message names the run."""
+
+
+@dataclass(frozen=True)
+class Split:
+    ids_train: np.ndarray
+    ids_val: np.ndarray
+    y_train: np.ndarray
+    y_val: np.ndarray
+    seed: int = 0
+
+    @classmethod
+    def of(cls, dataset: Dataset, seed: int = 0, val_fraction: float = 0.2) -> Split:
+        y = dataset.targets()
+        tr, va = train_val_split(y, val_fraction=val_fraction, seed=seed)
+        ids = np.array([r.image_id for r in dataset.train])
+        return cls(ids[tr], ids[va], y[tr], y[va], seed)
+
+
+@dataclass
+class FitResult:
+    head: Head
+    thresholds: Thresholds
+    encoders: list[str]
+    fingerprints: dict[str, str]
+    metrics: dict  # flat: tuned metrics at top level, the others nested
+    per_label: list[dict]
+
+
+def load_features(cache_dir: str | Path, names: list[str], dataset: Dataset | None = None) -> list[FeatureSet]:
+    """Open each named cache (StoreError names a missing/incomplete/corrupt file, or one built from
+    another dataset than `dataset`: same ImageIDs are not the same rows if the data changed)."""
+    if not names:
+        raise ValueError("no encoders given: pass cache names, e.g. --encoders efficientnet_lite0,minilm_l6")
+    features = [open_features(cache_dir, name) for name in names]
+    want = dataset.fingerprint() if dataset is not None else None
+    for fs in features:
+        built_from = json.loads(fs.attrs.get("fingerprint_spec", "{}")).get("dataset")
+        if want and built_from and built_from != want:  # caches written by extract record it
+            raise StoreError(f"{fs.path}: built from another dataset (fingerprint {built_from}) than {dataset.root} "
+                             f"({want}); extract it again with --data {dataset.root}, or use another --cache")
+    return features
+
+
+def fit_eval(features: list[FeatureSet], split: Split, cfg: HeadConfig, metric: str = "samples",
+             threshold_mode: str = "per-label", label_names: list[str] | None = None) -> FitResult:
+    xs_tr = [fs.rows(split.ids_train) for fs in features]
+    xs_va = [fs.rows(split.ids_val) for fs in features]
+    views = [fs.view_rows(split.ids_train) for fs in features]
+    head = Head(cfg).fit(xs_tr, split.y_train, val=(xs_va, split.y_val), views=views)
+    t0 = time.perf_counter()
+    probs = head.predict_proba(xs_va)
+    thresholds = fit_thresholds(split.y_val, probs, metric=metric, mode=threshold_mode)
+    tune_seconds = time.perf_counter() - t0
+    # The tuned metrics are measured on the rows the thresholds were tuned on (optimistic); this
+    # is the same tuning scored on held-out halves of the validation rows.
+    oof = out_of_fold_score(split.y_val, probs, metric=metric, mode=threshold_mode)
+    tuned_preds = thresholds.apply(probs)
+    tuned = scores(split.y_val, probs, tuned_preds)
+    metrics = {**tuned,
+               "fit_seconds": round(head.fit_seconds, 3), "tune_seconds": round(tune_seconds, 3),
+               "at_0.5": scores(split.y_val, probs, apply_thresholds(probs, 0.5, fallback=False)),
+               "at_0.5_fallback": scores(split.y_val, probs, apply_thresholds(probs, 0.5, fallback=True)),
+               "tuned": tuned, "tuned_out_of_fold": oof,
+               "thresholds": {"metric": metric, "mode": threshold_mode, "values": list(thresholds.values)},
+               "best_epoch": head.best_epoch, "epochs_run": len(head.history),
+               "n_train": len(split.ids_train), "n_val": len(split.ids_val), "split_seed": split.seed}
+    table = per_label_table(split.y_val, probs, tuned_preds, label_names)
+    return FitResult(head, thresholds, [fs.name for fs in features], {fs.name: fs.fingerprint for fs in features},
+                     metrics, table)
+
+
+def run_id(encoders: list[str], cfg: HeadConfig) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]
+    return f"{stamp}-{'+'.join(encoders)}-{cfg.fusion}-s{cfg.seed}"
+
+
+def save_run(result: FitResult, run_dir: Path, label_space: LabelSpace, dataset_fingerprint: str | None = None) -> Path:
+    """head.safetensors + head.json, config.json, thresholds.json, metrics.json, per_label.csv."""
+    run_dir = Path(run_dir)
+    result.head.save(run_dir)
+    config = {"encoders": result.encoders, "fingerprints": result.fingerprints, "head": asdict(result.head.cfg),
+              "label_ids": list(label_space.ids), "label_names": list(label_space.names),
+              "split_seed": result.metrics["split_seed"], "dataset_fingerprint": dataset_fingerprint}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+    result.thresholds.save(run_dir / "thresholds.json")
+    (run_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
+    pl.DataFrame(result.per_label).write_csv(run_dir / "per_label.csv")
+    return run_dir
+
+
+def results_row(result: FitResult, run: str) -> dict:
+    """One row of the results table: flat scalars, encoders as a list, the config as JSON."""
+    cfg, m = result.head.cfg, result.metrics
+    row = {"run": run, "time": datetime.now().isoformat(timespec="seconds"), "encoders": result.encoders,
+           "head": f"{cfg.fusion}/{cfg.classifier}/{cfg.loss}", "fusion": cfg.fusion, "classifier": cfg.classifier,
+           "loss": cfg.loss, "seed": cfg.seed, "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+           "width": cfg.width, "dropout": cfg.dropout, "weight_decay": cfg.weight_decay,
+           "threshold_metric": m["thresholds"]["metric"], "threshold_mode": m["thresholds"]["mode"],
+           "fit_seconds": m["fit_seconds"], "best_epoch": m["best_epoch"], "config": json.dumps(asdict(cfg)),
+           "tuned_out_of_fold": m["tuned_out_of_fold"]}
+    for key in [*AVERAGES.values(), "map"]:
+        row[key] = m[key]
+        row[f"{key}_05"] = m["at_0.5"][key]
+        row[f"{key}_05_fallback"] = m["at_0.5_fallback"][key]
+    return row
+
+
+def load_run(run_dir: str | Path) -> tuple[Head, Thresholds, dict]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise RunError(f"{run_dir}: not a run directory (no config.json); fit-head writes one")
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        thresholds = Thresholds.load(run_dir / "thresholds.json")
+        head = Head.load(run_dir)
+    except ValueError as e:
+        raise RunError(f"{run_dir}: {e}") from None
+    return head, thresholds, config
+
+
+def predict_run(run_dir: str | Path, dataset: Dataset, cache_dir: str | Path, out: str | Path) -> Path:
+    """Write ImageID,Labels for every row of test.csv, in order, at least one label each."""
+    head, thresholds, config = load_run(run_dir)
+    if list(dataset.label_space.ids) != config["label_ids"]:
+        raise RunError(f"{run_dir}: trained on labels {config['label_ids']}, dataset {dataset.root} has "
+                       f"{list(dataset.label_space.ids)}")
+    features = load_features(cache_dir, config["encoders"], dataset)
+    for fs in features:
+        want = config["fingerprints"][fs.name]
+        if fs.fingerprint != want:
+            raise RunError(f"{fs.path}: fingerprint {fs.fingerprint} differs from {want}, the cache run {run_dir} "
+                           f"was trained on (the cache was rebuilt from other data, weights or settings); "
+                           f"refit the head or restore the cache")
+    ids = [r.image_id for r in dataset.test]
+    try:
+        xs = [fs.rows(ids) for fs in features]
+    except KeyError as e:
+        raise RunError(f"test rows of {dataset.root} missing from a cache: {e.args[0]}") from None
+    probs = head.predict_proba(xs)
+    preds = apply_thresholds(probs, np.array(thresholds.values), fallback=True)  # >= 1 label each
+    write_submission(out, ids, dataset.label_space.decode(preds))
+    return Path(out)

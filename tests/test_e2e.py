@@ -1,0 +1,146 @@
+"""End-to-end fine-tuning on generated data with tiny random-init encoders (32 px images).
+
+One uninterrupted run (3 epochs x 3 steps) is shared: it shows the loss falling, is what predict
+reads, and is the reference an interrupted-then-resumed run must reproduce exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from cli import app
+
+from featcache import e2e
+from featcache.data import load_dataset
+from featcache.synth import make_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+# dropout 0: the head's pooled dropout masks are redrawn in a new process, so only without
+# dropout can a resumed run be compared bit for bit with an uninterrupted one.
+CFG = e2e.E2EConfig(image_size=32, pretrained=False, epochs=3, batch_size=8, lr=1e-3, stats_rows=32, max_steps=3,
+                    dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("e2e-data"), n_train=48, n_test=12, seed=0, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def full_run(data, tmp_path_factory):
+    return e2e.train(CFG, data, tmp_path_factory.mktemp("runs"), run_name="full", threads=1, log=lambda m: None)
+
+
+def test_training_lowers_the_loss_and_writes_the_run(full_run):
+    hist = pl.read_csv(full_run / "history.csv")
+    steps = pl.read_csv(full_run / "steps.csv")
+    assert hist["epoch"].to_list() == [1, 2, 3] and len(steps) == 9
+    assert (hist["train_seconds"] > 0).all() and (hist["seconds_per_step"] > 0).all()
+    # From the untrained first step to the last epoch: fitting even the label prior halves BCE.
+    assert hist["train_loss"][-1] < 0.8 * steps["loss"][0]
+    assert hist["train_loss"][-1] < hist["train_loss"][0]
+    for name in ("config.json", "model.safetensors", "thresholds.json", "metrics.json", "loss.png", "val_f1.png"):
+        assert (full_run / name).stat().st_size > 0, name
+    metrics = json.loads((full_run / "metrics.json").read_text())
+    assert set(metrics["tuned"]) >= {"sample_f1", "micro_f1", "macro_f1", "map"} and metrics["epochs"] == 3
+    assert [p.name for p in (full_run / "checkpoints").iterdir()] == ["epoch-3"]  # only the latest is kept
+
+
+def test_interrupted_run_resumes_after_its_checkpoint_and_matches(full_run, data, tmp_path, monkeypatch):
+    def stop_after_epoch_1(run_dir, state):
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt  # as if killed right after the epoch-1 checkpoint was written
+        write_tables(run_dir, state)
+
+    write_tables = e2e.write_tables
+    monkeypatch.setattr(e2e, "write_tables", stop_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        e2e.train(CFG, data, tmp_path, run_name="cut", threads=1, log=lambda m: None)
+    monkeypatch.undo()
+    run = tmp_path / "cut"
+    assert not (run / "model.safetensors").exists()
+    saved = load_file(str(e2e.latest_checkpoint(run) / "model.safetensors"))
+    model = e2e.build_model(CFG, 18, [CFG.image_encoder, CFG.text_encoder])
+    assert e2e.load_checkpoint(run, model)["epoch"] == 1
+    assert all(np.array_equal(v.numpy(), saved[k].numpy()) for k, v in model.state_dict().items())
+
+    logs = []
+    e2e.train(None, None, resume=run, threads=1, log=logs.append)
+    assert any("resuming after epoch 1 of 3" in m for m in logs)
+    assert not any("epoch 1/3" in m for m in logs)  # epoch 1 is not trained again
+    steps = pl.read_csv(run / "steps.csv")
+    assert steps["epoch"].to_list() == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    # Same order, views, optimizer state and weights: the resumed run ends where the uninterrupted one did.
+    a, b = load_file(str(full_run / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+    assert worst < 1e-5, worst
+
+
+def test_predict_reads_the_run_and_keeps_every_test_row(full_run, data, tmp_path):
+    dataset = load_dataset(data)
+    probs = e2e.predict_proba(full_run, dataset)
+    assert probs.shape == (len(dataset.test), 18) and np.isfinite(probs).all()
+    out = tmp_path / "submission.csv"
+    result = CliRunner().invoke(app, ["predict", "--run", str(full_run), "--data", str(data), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    sub = pl.read_csv(out, schema_overrides={"Labels": pl.Utf8})
+    assert sub["ImageID"].to_list() == [r.image_id for r in dataset.test]
+    assert sub["Labels"].str.len_chars().min() > 0  # at least one label each (top-label fallback)
+
+
+def test_torchrun_two_processes_both_step_and_one_run_dir(data, tmp_path):
+    runs = tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2", "cli.py", "finetune",
+           "--data", str(data), "--runs", str(runs), "--random-init", "--image-size", "32", "--batch-size", "4",
+           "--epochs", "1", "--max-steps", "2", "--log-every", "1", "--threads", "1"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        for step in (1, 2):
+            assert f"rank {rank} epoch 1 step {step}/2 " in proc.stderr, proc.stderr[-3000:]
+    (run,) = list(runs.iterdir())  # exactly one run directory: rank 0 names it, only rank 0 writes
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    assert (run / "model.safetensors").exists() and len(pl.read_csv(run / "history.csv")) == 1
+
+
+def test_init_head_from_a_stage2_run_and_freezing(data, tmp_path):
+    """A stage-2 head fitted on (text, image) features starts the model as is: its input order,
+    weights and standardisation; frozen parts get no gradient and keep batch-norm in eval mode."""
+    import torch
+
+    from heads.train import Head, HeadConfig
+
+    rng = np.random.default_rng(0)
+    xs, y = [rng.normal(size=(40, 384)).astype(np.float32), rng.normal(2, 3, size=(40, 1280)).astype(np.float32)], \
+        (rng.random((40, 18)) < 0.2).astype(np.float32)
+    head = Head(HeadConfig(classifier="mlp", width=32, epochs=1, bf16=False)).fit(xs, y)
+    head.save(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"encoders": ["minilm_l6", "efficientnet_lite0_ft"]}))
+    cfg = replace(CFG, init_head=str(tmp_path), freeze=("text", "image-early"))
+    cfg, order, net = e2e.with_init_head(cfg, 18)
+    assert order == ["minilm_l6", "efficientnet_lite0"] and (cfg.classifier, cfg.width) == ("mlp", 32)
+    model = e2e.build_model(cfg, 18, order, net)
+    assert torch.equal(model.head.mean1, head.net.mean1) and torch.equal(model.head.fusion.cls[0].weight,
+                                                                          head.net.fusion.cls[0].weight)
+    dataset = load_dataset(data)
+    text, image = model.encoders
+    batch = [text.collate([r.caption for r in dataset.train[:4]]), torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8)]
+    model.train()
+    model(batch).sum().backward()
+    assert all(p.grad is None for p in text.parameters()) and not text.training
+    params = list(image.parameters())
+    assert params[0].grad is None and params[-1].grad is not None  # stem frozen, last stage trains
+    frozen_bn = [m for m in image.modules() if isinstance(m, torch.nn.BatchNorm2d) and not m.weight.requires_grad]
+    assert frozen_bn and not any(m.training for m in frozen_bn)

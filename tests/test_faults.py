@@ -1,0 +1,318 @@
+"""Faults and bad input (issue 8): nothing is lost, nothing is mixed, nothing foreign is run.
+
+What the other files already prove is not repeated here: a kill between two chunk writes and
+resume, a truncated complete cache, two extractors at once, changed preprocessing or weights
+(tests/test_extract.py); CSV round trips and unknown/duplicate rows in the reader
+(tests/test_data.py, tests/test_csv_properties.py); a predict cache with another fingerprint
+(tests/test_heads.py). This file adds kills inside a write and at random times, zeroed and
+truncated files, another dataset or encoder at extract / fit-head / predict time, a full disk,
+foreign checkpoints, and every data fault through `extract` itself.
+Small generated data, random-init encoders, threads fixed (bit-for-bit reproducible)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from featcache.data import load_dataset
+from featcache.extract import extract
+from featcache.synth import make_dataset
+from stores.features import StoreError, cache_path, open_features, partial_path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from cli import app  # noqa: E402
+
+ENC = "efficientnet_lite0"
+FAST = dict(pretrained=False, image_size=32, batch_size=4, threads=1, num_workers=0, chunk_batches=1,
+            progress=False, log=lambda m: None)
+CLI_FAST = ["--encoder", ENC, "--random-init", "--image-size", "32", "--batch-size", "4", "--threads", "1",
+            "--num-workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data"), n_train=24, n_test=8, seed=4, image_size=40)
+
+
+@pytest.fixture(scope="module")
+def clean(data_root, tmp_path_factory):
+    """The uninterrupted run every faulty one is compared with."""
+    cache = tmp_path_factory.mktemp("clean")
+    extract(load_dataset(data_root), ENC, cache, **FAST)
+    return open_features(cache, ENC)
+
+
+def copy_data(data_root: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(data_root, tmp_path / "data"))
+
+
+def assert_same(cache: Path, clean) -> None:
+    fs = open_features(cache, ENC)
+    assert len(set(fs.ids.tolist())) == len(fs.ids), "duplicate ImageIDs"
+    assert fs.ids.tolist() == clean.ids.tolist(), "missing or reordered ImageIDs"
+    assert fs.fingerprint == clean.fingerprint
+    np.testing.assert_array_equal(fs.features, clean.features)
+
+
+# --- cache faults -------------------------------------------------------------------------------
+
+# Kill at the K-th h5py flush (each chunk write flushes twice: data, then rows_done), i.e. inside
+# a write: data on disk but not counted, or counted but not flushed. K < 0: no self-kill (the
+# parent kills at a random time after the first chunk's flush: inside the writing loop).
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    import h5py
+    from featcache.data import load_dataset
+    from featcache.extract import extract
+    kill_at, calls, flush = int(sys.argv[3]), [0], h5py.File.flush
+    def flush_or_die(self):
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        flush(self)
+        print("flush", calls[0], flush=True)
+    h5py.File.flush = flush_or_die
+    print("started", flush=True)
+    extract(load_dataset(sys.argv[1]), "efficientnet_lite0", sys.argv[2], pretrained=False, image_size=32,
+            batch_size=4, threads=1, num_workers=0, chunk_batches=1, progress=False)
+""")
+
+
+def kill_child(data_root: Path, cache: Path, kill_at: int = -1, after: float | None = None) -> int:
+    """Run extract in a subprocess killed with SIGKILL (by itself at flush `kill_at`, or by us
+    `after` seconds past the first chunk's flush); returns its exit code."""
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(data_root), str(cache), str(kill_at)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if after is not None:
+        for line in proc.stdout:
+            if line.startswith("flush 2"):  # the first chunk's data is on disk: the loop runs
+                break
+        time.sleep(after)
+        proc.send_signal(signal.SIGKILL)
+    return proc.wait(timeout=120)
+
+
+def test_kill_9_inside_writes_and_at_random_times_then_resume(data_root, clean, tmp_path):
+    rng = random.Random(8)
+    # 8 chunks of 4 rows: flushes 1..16 (+ the one at open). Odd: data written, rows_done not yet.
+    codes = [kill_child(data_root, tmp_path, kill_at=k) for k in (4, 5)]
+    codes.append(kill_child(data_root, tmp_path, after=rng.uniform(0.0, 0.05)))  # anywhere in the ~50 ms writing loop
+    assert all(c in (-signal.SIGKILL, 0) for c in codes), codes
+    assert -signal.SIGKILL in codes
+    extract(load_dataset(data_root), ENC, tmp_path, **FAST)
+    assert_same(tmp_path, clean)
+
+
+def test_zeroed_cache_is_refused_and_a_damaged_partial_is_rebuilt(data_root, clean, tmp_path):
+    dataset = load_dataset(data_root)
+    extract(dataset, ENC, tmp_path, **FAST)
+    path = cache_path(tmp_path, ENC)
+    path.write_bytes(bytes(path.stat().st_size))  # zeroed in place (a crashed disk, a bad copy)
+    with pytest.raises(StoreError, match=r"efficientnet_lite0.h5: corrupt or truncated"):
+        open_features(tmp_path, ENC)
+    with pytest.raises(StoreError, match=r"efficientnet_lite0.h5: not a readable feature cache.*--force"):
+        extract(dataset, ENC, tmp_path, **FAST)
+    extract(dataset, ENC, tmp_path, force=True, **FAST)
+    assert_same(tmp_path, clean)
+    path.unlink()
+    assert kill_child(data_root, tmp_path, kill_at=8) == -signal.SIGKILL  # leaves a partial
+    partial = partial_path(path)
+    killed = partial.read_bytes()
+    for damage in (lambda b: b[: len(b) // 2], lambda b: bytes(len(b)), lambda b: b""):
+        path.unlink(missing_ok=True)
+        partial.write_bytes(damage(killed))
+        messages = []
+        extract(dataset, ENC, tmp_path, **{**FAST, "log": messages.append})
+        assert any("efficientnet_lite0.h5.partial: it is unreadable" in m and "starting over" in m for m in messages), messages
+        assert_same(tmp_path, clean)
+
+
+def test_disk_full_mid_write_keeps_the_previous_cache_and_resumes(data_root, clean, tmp_path, monkeypatch):
+    dataset = load_dataset(data_root)
+    extract(dataset, ENC, tmp_path, **FAST)
+    before = open_features(tmp_path, ENC)
+    writes, setitem = [0], h5py.Dataset.__setitem__
+
+    def disk_full(self, key, value):
+        writes[0] += 1
+        if writes[0] == 3:  # the third chunk's data write
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        setitem(self, key, value)
+
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", disk_full)
+    with pytest.raises(StoreError, match=r"efficientnet_lite0.h5.partial: write failed at row 8 .*No space left on device.*"
+                                         r"efficientnet_lite0.h5 is unchanged"):
+        extract(dataset, ENC, tmp_path, **{**FAST, "image_size": 40}, force=True)
+    after = open_features(tmp_path, ENC)  # the previous complete cache still opens, unchanged
+    assert after.fingerprint == before.fingerprint
+    np.testing.assert_array_equal(after.features, before.features)
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", setitem)  # space freed: resume after row 8
+    resumed = extract(dataset, ENC, tmp_path, **{**FAST, "image_size": 40}, force=True)
+    assert resumed.resumed_from == 8 and open_features(tmp_path, ENC).fingerprint != before.fingerprint
+
+
+def test_a_cache_from_another_dataset_or_encoder_is_never_used(data_root, clean, tmp_path):
+    other = copy_data(data_root, tmp_path)
+    train = other / "train.csv"
+    train.write_text(train.read_text().replace("A photo", "A picture", 1))  # same ImageIDs, other data
+    cache = tmp_path / "cache"
+    extract(load_dataset(data_root), ENC, cache, **FAST)
+    with pytest.raises(StoreError, match=r"different configuration.*differs in: dataset"):
+        extract(load_dataset(other), ENC, cache, **FAST)
+    # stage 2: fit-head and predict check the cache against the dataset they are given
+    args = ["--encoders", ENC, "--cache", str(cache), "--runs", str(tmp_path / "runs"), "--epochs", "1", "--json"]
+    out = CliRunner().invoke(app, ["fit-head", "--data", str(other), *args])
+    assert out.exit_code == 2 and "efficientnet_lite0.h5: built from another dataset" in out.output, out.output
+    out = CliRunner().invoke(app, ["fit-head", "--data", str(data_root), *args])
+    assert out.exit_code == 0, out.output
+    run = json.loads(out.output)["run_dir"]
+    sub = tmp_path / "sub.csv"
+    out = CliRunner().invoke(app, ["predict", "--run", run, "--data", str(other), "--cache", str(cache), "--out", str(sub)])
+    assert out.exit_code == 2 and "built from another dataset" in out.output and not sub.exists(), out.output
+    # a cache file copied under another encoder's name
+    shutil.copy(cache_path(cache, ENC), cache_path(cache, "mobilenetv3_large"))
+    with pytest.raises(StoreError, match=r"mobilenetv3_large.h5: holds features of encoder 'efficientnet_lite0'"):
+        open_features(cache, "mobilenetv3_large")
+
+
+# --- model files --------------------------------------------------------------------------------
+
+class Evil:
+    """A pickle that would create a marker file when unpickled by a plain torch.load / pickle.load."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_every_torch_load_is_weights_only():
+    calls = [(p, line) for p in [*ROOT.glob("featcache/*.py"), *ROOT.glob("heads/*.py"), *ROOT.glob("stores/*.py"),
+                                 ROOT / "cli.py"]
+             for line in p.read_text().splitlines() if "torch.load(" in line]
+    assert calls, "no torch.load found: update this test"
+    assert all("weights_only=True" in line for _, line in calls), calls
+    assert not [p for p in ROOT.glob("**/*.py") if ".venv" not in p.parts and "pickle.load" in p.read_text()
+                and p.name != "test_faults.py"]
+
+
+@pytest.mark.parametrize("kind", ["pickle", "torch-save", "bad-safetensors"])
+def test_a_malicious_or_tampered_weights_file_is_refused_and_never_run(data_root, tmp_path, kind):
+    marker = tmp_path / "pwned"
+    if kind == "pickle":
+        weights = tmp_path / "evil.pth"
+        weights.write_bytes(pickle.dumps({"state_dict": Evil(marker)}))
+    elif kind == "torch-save":
+        weights = tmp_path / "evil.pt"
+        torch.save({"state_dict": Evil(marker)}, weights)
+    else:
+        weights = tmp_path / "evil.safetensors"
+        weights.write_bytes(b"\xff" * 8 + b"{not json")
+    out = CliRunner().invoke(app, ["extract", "--data", str(data_root), "--cache", str(tmp_path / "c"),
+                                   *[a for a in CLI_FAST if a != "--random-init"], "--weights", str(weights)])
+    assert out.exit_code == 2, out.output
+    assert f"{weights.name}: not a loadable weights file, refused without running it" in out.output
+    assert not marker.exists()
+    assert not cache_path(tmp_path / "c", ENC).exists()
+
+
+def test_a_malicious_e2e_optimizer_checkpoint_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from featcache import e2e
+
+    model = torch.nn.Linear(3, 2)
+    ckpt = tmp_path / "run" / e2e.CHECKPOINTS / "epoch-1"
+    ckpt.mkdir(parents=True)
+    save_file(model.state_dict(), str(ckpt / "model.safetensors"))
+    marker = tmp_path / "pwned"
+    torch.save({"optimizer": Evil(marker)}, ckpt / "optimizer.pt")
+    (ckpt / "state.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"epoch-1/optimizer.pt: not a loadable checkpoint, refused without running it"):
+        e2e.load_checkpoint(tmp_path / "run", model, torch.optim.Adam(model.parameters()))
+    assert not marker.exists()
+
+
+# --- data faults, through `extract` -------------------------------------------------------------
+
+def _image(root: Path, image_id: str, content) -> None:
+    path = root / "data" / image_id
+    if callable(content):
+        path.write_bytes(content(path.read_bytes()))
+    else:
+        path.write_bytes(content)
+
+
+def _csv(root: Path, name: str, edit) -> None:
+    path = root / name
+    path.write_text(edit(path.read_text()))
+
+
+# fault -> (damage the copied dataset, what a strict run must name). A lenient run skips one row.
+DATA_FAULTS = {
+    "missing test image": (lambda r: (r / "data" / "26.jpg").unlink(),
+                           r"data/26.jpg: image file not found \(test.csv line \d+, ImageID 26.jpg\)"),
+    "zero-byte image": (lambda r: _image(r, "3.jpg", b""), r"data/3.jpg: cannot read image .*train.csv line \d+, ImageID 3.jpg"),
+    "truncated JPEG": (lambda r: _image(r, "4.jpg", lambda b: b[: len(b) // 2]),
+                       r"data/4.jpg: cannot read image .*train.csv line \d+, ImageID 4.jpg"),
+    "label outside the label set": (lambda r: _csv(r, "train.csv", lambda t: t.replace("\n2.jpg,", "\n2.jpg,99 ", 1)),
+                                    r"train.csv:\d+ \(2.jpg\): unknown label '99'"),
+    "duplicate ImageID": (lambda r: _csv(r, "train.csv", lambda t: t.replace("\n5.jpg,", "\n4.jpg,", 1)),
+                          r"train.csv:\d+: duplicate ImageID '4.jpg' \(first on line \d+\)"),
+    "ImageID in train and test": (lambda r: _csv(r, "test.csv", lambda t: t.replace("\n25.jpg,", "\n1.jpg,", 1)),
+                                  r"test.csv:3: ImageID '1.jpg' is also in train.csv line \d+"),
+    "test.csv ID without image": (lambda r: _csv(r, "test.csv", lambda t: t + '99.jpg,"no such image"\n'),
+                                  r"data/99.jpg: image file not found \(test.csv line \d+, ImageID 99.jpg\)"),
+}
+
+
+@pytest.mark.parametrize("fault", list(DATA_FAULTS))
+def test_data_fault_is_named_or_a_counted_skip(data_root, tmp_path, fault):
+    damage, error = DATA_FAULTS[fault]
+    root = copy_data(data_root, tmp_path)
+    damage(root)
+    records = 32 + (fault == "test.csv ID without image")
+    args = ["extract", "--data", str(root), "--cache", str(tmp_path / "c"), *CLI_FAST]
+    strict = CliRunner().invoke(app, args)
+    assert strict.exit_code == 2 and re.search(error, strict.output), strict.output
+    assert not cache_path(tmp_path / "c", ENC).exists()
+    lenient = CliRunner().invoke(app, args + ["--lenient"])
+    assert lenient.exit_code == 0 and re.search(r"skipped 1 (items|unreadable CSV rows)", lenient.output), lenient.output
+    assert len(open_features(tmp_path / "c", ENC).ids) == records - 1  # every other row is cached
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "I;16", "1x1", "RGBA", "P"])
+def test_odd_image_modes_and_sizes_extract(data_root, tmp_path, mode):
+    root = copy_data(data_root, tmp_path)
+    path = root / "data" / "7.jpg"
+    if mode == "I;16":
+        Image.fromarray((np.arange(40 * 40).reshape(40, 40) * 40).astype(np.uint16)).save(path.with_suffix(".png"))
+        path.write_bytes(path.with_suffix(".png").read_bytes())
+    elif mode == "1x1":
+        Image.new("RGB", (1, 1), (200, 10, 10)).save(path, format="JPEG")
+    else:
+        im = Image.open(path).convert(mode)
+        im.save(path, format="JPEG" if mode in ("L", "CMYK") else "PNG")
+    result = extract(load_dataset(root), ENC, tmp_path / "c", **FAST)
+    fs = open_features(tmp_path / "c", ENC)
+    assert result.rows == 32 and not result.skipped and np.isfinite(fs.rows(["7.jpg"])).all()
