@@ -242,37 +242,15 @@ def report_cmd(
     threads: int = typer.Option(1, help="torch threads for rows measured now (see benchmark --help)."),
 ):
     """The study's Table 1 (F1, fit time, prediction time, size) and a Pareto chart; names the best model under the budget."""
-    import polars as pl
-
-    from featcache import benchmark as bm
     from featcache import report as rp
-    from stores.results import read_results
 
-    parts = ([read_results(results)] if results.exists() else []) + ([rp.e2e_results(runs)] if runs.exists() else [])
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        fail(f"no results: {results} does not exist and no finished end-to-end run is under {runs} (run fit-head or ablate)")
-    table = pl.concat(parts, how="diagonal_relaxed")
-    rows = (bm.load_json(bench) if bench.suffix == ".json" else pl.read_csv(bench)) if bench else None
-    encoders, run_ids = rp.needed(table)
-    have = set() if rows is None else set(rows["model"])
-    todo_enc, todo_runs = [e for e in encoders if e not in have], sorted({r for r in run_ids if r not in have})
+    cfg = rp.ReportConfig(budget_mb=budget_mb, fp16=fp16)
     try:
-        if todo_enc or todo_runs:  # only batch-1 latency enters Table 1: one short cell each
-            cfg = bm.BenchConfig(threads=threads, batch_sizes=(1,), min_run_time=0.2, max_run_time=1.0)
-            new = bm.benchmark(todo_enc, [runs / r for r in todo_runs], cfg, runs,
-                               progress=lambda item: typer.echo(f"benchmark: {item}", err=True))
-            rows = new if rows is None else pl.concat([rows, new], how="diagonal_relaxed")
-        cfg = rp.ReportConfig(budget_mb=budget_mb, fp16=fp16)
-        t1 = rp.table1(table, rows, cfg)
-    except ValueError as e:  # a run in the results table that is gone or unreadable, a missing benchmark row
+        t1, best = rp.build(results, runs, bench, out, cfg, threads,
+                            progress=lambda item: typer.echo(f"benchmark: {item}", err=True))
+    except (FileNotFoundError, ValueError) as e:  # no results; a run that is gone or unreadable; a missing row
         fail(str(e))
-    out.mkdir(parents=True, exist_ok=True)
-    t1.write_csv(out / "table1.csv")
-    (out / "table1.md").write_text(rp.markdown(t1) + "\n")
-    rp.chart(t1, out / "pareto.png", cfg)
     typer.echo(rp.markdown(t1))
-    best = rp.best_under_budget(t1)
     typer.echo(f"\nbest under {budget_mb:g} MB: " + (f"{best['model']} (F1 {best['f1']:.4f}, {best['size_mb']:.1f} MB, "
                f"{best['predict_ms_per_item']:.1f} ms/item)" if best else "none fits"))
     typer.echo(f"wrote {out / 'table1.md'}, {out / 'table1.csv'}, {out / 'pareto.png'}")
@@ -462,6 +440,33 @@ def predict_cmd(
     except (DataError, StoreError, RunError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
     typer.echo(f"{path}: {sum(1 for _ in open(path)) - 1} rows")
+
+
+# --- demo (issue 7): the whole study on one dataset -------------------------------------------
+
+@app.command("demo")
+def demo_cmd(
+    data: Path = typer.Option(None, help="Dataset root in the COMP5329 layout (default: generate one under --out/data)."),
+    out: Path = typer.Option(Path("demo_out"), help="Everything the demo writes goes here."),
+    n_train: int = typer.Option(2000, help="Generated labelled rows (without --data)."),
+    n_test: int = typer.Option(400, help="Generated test rows (without --data)."),
+    image_encoder: str = typer.Option("efficientnet_lite0", help="Image encoder (offline weights by default)."),
+    text_encoder: str = typer.Option("minilm_l6", help="Text encoder (offline weights by default)."),
+    seeds: int = typer.Option(3, help="Head seeds per configuration."),
+    random_init: bool = typer.Option(False, help="Random-init encoders (tests; the numbers mean nothing)."),
+):
+    """Data -> extract -> ablate -> chosen model -> submission -> size/latency -> Table 1 and plots."""
+    from featcache.demo import DemoConfig, run
+    from featcache.encoders import WeightsNotFound
+    from heads.experiment import RunError
+    from stores.features import StoreError
+
+    cfg = DemoConfig(out=out, data=data, n_train=n_train, n_test=n_test, image_encoder=image_encoder,
+                     text_encoder=text_encoder, seeds=seeds, pretrained=not random_init)
+    try:
+        run(cfg, echo=typer.echo)
+    except (DataError, StoreError, WeightsNotFound, RunError, ValueError) as e:
+        fail(str(e))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ class FinetuneCfg:
     epochs: int
     lr: float
     batch_size: int = 32
+    # The linear head starts from scratch: at the backbone's small lr it would take most of the
+    # run just to learn the label priors, and the backbone would bend to make up for it.
+    head_lr: float = 1e-3
     weight_decay: float = 0.01
     seed: int = 0  # split seed and training seed
     val_fraction: float = 0.2
@@ -69,10 +72,10 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
     targets = torch.from_numpy(dataset.targets(records))
     encoder = build_encoder(cfg, source).to(device).train()
     head = torch.nn.Linear(cfg.embed_dim, targets.shape[1]).to(device)
-    params = list(encoder.parameters()) + list(head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=ft.lr, weight_decay=ft.weight_decay)
+    optimizer = torch.optim.AdamW([{"params": encoder.parameters(), "lr": ft.lr},
+                                   {"params": head.parameters(), "lr": ft.head_lr}], weight_decay=ft.weight_decay)
     steps = ft.epochs * -(-len(records) // ft.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, ft.lr, total_steps=steps, pct_start=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, [ft.lr, ft.head_lr], total_steps=steps, pct_start=0.1)
 
     def item(i: int):
         rec = records[i]

@@ -164,3 +164,33 @@ def markdown(table: pl.DataFrame) -> str:
     with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
                    tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=100, tbl_width_chars=1000, fmt_float="full"):
         return str(shown)
+
+
+def build(results: Path, runs: Path, bench: Path | None, out: Path, cfg: ReportConfig = ReportConfig(),
+          threads: int = 1, progress=None) -> tuple[pl.DataFrame, dict | None]:
+    """Table 1 from the results table and finished e2e runs, joined with benchmark rows (loaded from
+    `bench`, the missing ones measured now at batch 1); writes table1.md/.csv and pareto.png to out."""
+    from stores.results import read_results
+
+    from . import benchmark as bm
+
+    parts = ([read_results(results)] if results.exists() else []) + ([e2e_results(runs)] if runs.exists() else [])
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        raise FileNotFoundError(f"no results: {results} does not exist and no finished end-to-end run is under {runs} "
+                                "(run fit-head or ablate)")
+    table = pl.concat(parts, how="diagonal_relaxed")
+    rows = (bm.load_json(bench) if bench.suffix == ".json" else pl.read_csv(bench)) if bench else None
+    encoders, run_ids = needed(table)
+    have = set() if rows is None else set(rows["model"])
+    todo_enc, todo_runs = [e for e in encoders if e not in have], sorted({r for r in run_ids if r not in have})
+    if todo_enc or todo_runs:  # only batch-1 latency enters Table 1: one short cell each
+        bench_cfg = bm.BenchConfig(threads=threads, batch_sizes=(1,), min_run_time=0.2, max_run_time=1.0)
+        new = bm.benchmark(todo_enc, [runs / r for r in todo_runs], bench_cfg, runs, progress=progress)
+        rows = new if rows is None else pl.concat([rows, new], how="diagonal_relaxed")
+    t1 = table1(table, rows, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    t1.write_csv(out / "table1.csv")
+    (out / "table1.md").write_text(markdown(t1) + "\n")
+    chart(t1, out / "pareto.png", cfg)
+    return t1, best_under_budget(t1)

@@ -41,6 +41,9 @@ class HeadConfig:
     # ...capped at this many optimizer steps (0: no cap). A head converges in a number of steps,
     # not of passes: 8 epochs of 8,000 rows are 128 steps; on 24,000 rows the cap ends at 2.7 epochs.
     max_steps: int = 128
+    # ...and stretched to at least this many: on a small dataset 8 epochs are a handful of steps,
+    # too few for the gated/bilinear/attention fusions to converge (early stopping still guards).
+    min_steps: int = 64
     batch_size: int = 512
     patience: int = 3  # epochs without a better validation mAP before stopping
     seed: int = 0
@@ -116,7 +119,9 @@ class Head:
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         # Cosine decay to 0 over the step budget: large early steps, a settled end, few epochs.
         per_epoch = -(-len(y_t) // cfg.batch_size)
-        steps = min(cfg.epochs * per_epoch, cfg.max_steps or cfg.epochs * per_epoch)
+        steps = cfg.epochs * per_epoch
+        if cfg.max_steps:  # the default budget; max_steps=0 means exactly `epochs` epochs
+            steps = min(max(steps, cfg.min_steps), cfg.max_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k / steps, 1.0))))
         loss_fn = LOSSES[cfg.loss]
         n, best, best_state, bad = len(y_t), -np.inf, None, 0
