@@ -347,7 +347,7 @@ def fit_head_cmd(
     weight_decay: float = typer.Option(None, help="AdamW weight decay."),
     seed: int = typer.Option(0, help="Head seed (the train/validation split always uses seed 0)."),
     metric: str = typer.Option("samples", help="Metric the thresholds maximise: samples, micro or macro."),
-    threshold_mode: str = typer.Option("per-label", help="per-label, global or flat (0.5)."),
+    threshold_mode: str = typer.Option("auto", help="auto (best out of fold on the validation rows), per-label, shrunk, global or flat (0.5)."),
     data: Path = typer.Option(DEFAULT_DATA, help="Dataset root (train.csv, test.csv, data/)."),
     cache: Path = typer.Option(Path("cache"), help="Cache directory with <name>.h5 files."),
     runs: Path = typer.Option(Path("runs"), help="Run directories go to runs/<id>/; results to runs/results.parquet."),
@@ -366,8 +366,11 @@ def fit_head_cmd(
     except (DataError, StoreError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
     rid = run_id(result.encoders, cfg)
-    run_dir = save_run(result, runs / rid, dataset.label_space, dataset.fingerprint())
-    append_results(runs / "results.parquet", [results_row(result, rid)])
+    try:
+        run_dir = save_run(result, runs / rid, dataset.label_space, dataset.fingerprint())
+        append_results(runs / "results.parquet", [results_row(result, rid)])
+    except (OSError, RuntimeError) as e:  # an unwritable runs dir, an unreadable results table
+        fail(f"{runs}: cannot save the run ({e})")
     m = result.metrics
     if as_json:
         typer.echo(json.dumps({"run": rid, "run_dir": str(run_dir), "encoders": result.encoders, "fusion": cfg.fusion,
@@ -376,11 +379,16 @@ def fit_head_cmd(
     typer.echo(f"{run_dir}: {' + '.join(result.encoders)} / {cfg.fusion} / {cfg.classifier} / {cfg.loss}, seed {cfg.seed}, "
                f"{m['n_train']} train / {m['n_val']} validation rows")
     typer.echo(f"{'':<28} {'sample-F1':>9} {'micro-F1':>9} {'macro-F1':>9} {'mAP':>7}")
-    for name, key in [("at 0.5", "at_0.5"), ("at 0.5 + fallback", "at_0.5_fallback"), (f"tuned ({threshold_mode}, {metric})", "tuned")]:
+    chosen = m["thresholds"]["chosen"]
+    mode = f"auto: {chosen}" if threshold_mode == "auto" else threshold_mode
+    for name, key in [("at 0.5", "at_0.5"), ("at 0.5 + fallback", "at_0.5_fallback"), (f"tuned ({mode}, {metric})", "tuned")]:
         s = m[key]
         typer.echo(f"{name:<28} {s['sample_f1']:>9.4f} {s['micro_f1']:>9.4f} {s['macro_f1']:>9.4f} {s['map']:>7.4f}")
     typer.echo(f"tuned thresholds scored out of fold (tuned on one half of the validation rows, scored on the other): "
                f"{metric} F1 {m['tuned_out_of_fold']:.4f}")
+    if m["thresholds"]["candidates_out_of_fold"]:
+        typer.echo("auto's candidates out of fold: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in m["thresholds"]["candidates_out_of_fold"].items()) + f" -> {chosen}")
     typer.echo(f"fit {m['fit_seconds']:.2f} s ({m['epochs_run']} epochs, best {m['best_epoch']}), thresholds {m['tune_seconds']:.2f} s")
 
 
@@ -391,7 +399,7 @@ def ablate_cmd(
     seeds: int = typer.Option(3, help="Head seeds per configuration (mean ± std)."),
     grid: str = typer.Option(None, help="'seed': add the seed report's batch/lr/epoch grids (see heads/ablate.py)."),
     metric: str = typer.Option("samples", help="Metric the thresholds maximise."),
-    threshold_mode: str = typer.Option("per-label", help="per-label, global or flat."),
+    threshold_mode: str = typer.Option("auto", help="auto, per-label, shrunk, global or flat."),
     data: Path = typer.Option(DEFAULT_DATA, help="Dataset root."),
     cache: Path = typer.Option(Path("cache"), help="Cache directory."),
     runs: Path = typer.Option(Path("runs"), help="Writes runs/ablate-<time>/ and appends to runs/results.parquet."),
@@ -439,7 +447,7 @@ def predict_cmd(
         path = e2e.predict_run(run, dataset, out) if e2e.is_e2e_run(run) else predict_run(run, dataset, cache, out)
     except (DataError, StoreError, RunError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
-    typer.echo(f"{path}: {sum(1 for _ in open(path)) - 1} rows")
+    typer.echo(f"{path}: {len(path.read_text().splitlines()) - 1} rows")
 
 
 # --- demo (issue 7): the whole study on one dataset -------------------------------------------

@@ -53,7 +53,7 @@ def ablate_time(cache: Path, data: Path, seeds: int) -> tuple[float, int, list[s
         return None
     t0 = time.perf_counter()
     dataset = load_dataset(data)
-    features = load_features(cache, names)
+    features = load_features(cache, names, dataset)  # refuses caches built from other data
     with tempfile.TemporaryDirectory() as tmp:
         _, raw = ablate(features, Split.of(dataset), dataset.label_space, Path(tmp) / "ablate", seeds=seeds, progress=False)
     return time.perf_counter() - t0, len(raw), names

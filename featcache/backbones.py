@@ -128,6 +128,14 @@ def _own_checkpoint(sd: dict) -> bool:
     return all(k.startswith("model.") for k in sd)
 
 
+def _load_own(encoder: nn.Module, sd: dict, cfg: EncoderCfg, source: WeightsSource) -> None:
+    """A fine-tuned checkpoint of another encoder (or image size) is a clear error, not a traceback."""
+    try:
+        encoder.load_state_dict(sd)
+    except RuntimeError as e:
+        raise WeightsNotFound(f"{cfg.name}: {source.path} does not fit the model ({str(e)[:300]})\n{how_to_supply(cfg)}") from None
+
+
 def _build_image(cfg: EncoderCfg, source: WeightsSource) -> ImageEncoder:
     if cfg.family == "timm":
         import timm
@@ -154,7 +162,7 @@ def _build_image(cfg: EncoderCfg, source: WeightsSource) -> ImageEncoder:
         model.classifier = nn.Identity()
     encoder = ImageEncoder(cfg, model)
     if sd is not None and _own_checkpoint(sd):
-        encoder.load_state_dict(sd)
+        _load_own(encoder, sd, cfg, source)
     return encoder
 
 
@@ -174,7 +182,7 @@ def _build_text(cfg: EncoderCfg, source: WeightsSource) -> TextEncoder:
     if source.path is not None:
         sd = load_state_dict(source.path)
         if _own_checkpoint(sd):
-            encoder.load_state_dict(sd)
+            _load_own(encoder, sd, cfg, source)
         else:  # a bare BertModel checkpoint (possibly with the "bert." prefix of a task model)
             sd = {k.removeprefix("bert."): v for k, v in sd.items() if not k.startswith(("cls.", "pooler.", "bert.pooler."))}
             missing, unexpected = encoder.model.load_state_dict(sd, strict=False)

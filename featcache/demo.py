@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from sklearn.metrics import f1_score
 
 from .data import Dataset, load_dataset
+from .metrics import f1
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def run(cfg: DemoConfig, echo=print) -> dict:
     echo("\n" + verdict["text"])
     echo(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; files:")
     for what, path in files.items():
-        echo(f"  {what:<16} {path}")
+        echo(f"  {what:<26} {path}")
     return {"seconds": time.perf_counter() - t0, "table": table, "test_f1": test_f1, "files": files, **verdict}
 
 
@@ -128,7 +128,7 @@ def _score_submission(ds: Dataset, submission: Path) -> float | None:
     pred = pl.read_csv(submission, schema_overrides={"Labels": pl.String})
     joined = truth.join(pred, on="ImageID", suffix="_pred", how="left")
     to_y = lambda col: ds.label_space.encode([tuple(int(t) for t in s.split()) for s in joined[col]])  # noqa: E731
-    return float(f1_score(to_y("Labels"), to_y("Labels_pred"), average="samples", zero_division=0))
+    return f1(to_y("Labels"), to_y("Labels_pred"), "samples")
 
 
 def _fusion_verdict(table: pl.DataFrame, cfg: DemoConfig) -> dict:

@@ -74,7 +74,7 @@ class E2EConfig:
     precision: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     channels_last: bool = True
     metric: str = "samples"  # what the final thresholds maximise
-    threshold_mode: str = "per-label"
+    threshold_mode: str = "auto"  # as fit-head: per-label thresholds overfit rare labels
     val_fraction: float = 0.2
     seed: int = 0
 
@@ -223,10 +223,17 @@ def with_init_head(cfg: E2EConfig, num_labels: int) -> tuple[E2EConfig, list[str
     if not cfg.init_head:
         return cfg, [cfg.image_encoder, cfg.text_encoder], None
     head = Head.load(cfg.init_head)
-    order = [name.removesuffix("_ft") for name in _head_encoders(Path(cfg.init_head))]
+    saved = _head_config(Path(cfg.init_head))
+    order = [name.removesuffix("_ft") for name in saved["encoders"]]
     if sorted(order) != sorted([cfg.image_encoder, cfg.text_encoder]) or head.net.num_labels != num_labels:
         raise ValueError(f"--init-head {cfg.init_head}: a head over {order} with {head.net.num_labels} labels does not "
                          f"fit {cfg.image_encoder} + {cfg.text_encoder} with {num_labels} labels")
+    # The head trained on the train rows of fit-head's split (Split.of: seed split_seed, 20% held
+    # out). Another split would put rows the head trained on into this run's validation rows.
+    if (cfg.seed, cfg.val_fraction) != (saved.get("split_seed", 0), 0.2):
+        raise ValueError(f"--init-head {cfg.init_head}: its head was fitted on split seed {saved.get('split_seed', 0)} "
+                         f"(20% validation); --seed {cfg.seed} / val_fraction {cfg.val_fraction} would validate on rows "
+                         f"it trained on")
     hc = head.cfg
     with torch.no_grad():
         floor_std(head.net)
@@ -258,11 +265,13 @@ def build_model(cfg: E2EConfig, num_labels: int, order: list[str], head: HeadNet
     return model
 
 
-def _head_encoders(run_dir: Path) -> list[str]:
-    """The cache names a stage-2 run's head was fitted on, in input order (fit-head's config.json)."""
+def _head_config(run_dir: Path) -> dict:
+    """A stage-2 run's config.json: "encoders", the cache names its head was fitted on, in input
+    order, and "split_seed"."""
     try:
-        return list(json.loads((run_dir / "config.json").read_text())["encoders"])
-    except (OSError, ValueError, KeyError) as e:
+        saved = json.loads((run_dir / "config.json").read_text())
+        return {**saved, "encoders": list(saved["encoders"])}
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{run_dir}: not a fit-head run directory (config.json with 'encoders': {e})") from None
 
 
@@ -543,6 +552,8 @@ def is_e2e_run(run_dir: str | Path) -> bool:
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[E2EModel, E2EConfig, Thresholds]:
     run_dir = Path(run_dir)
+    if not (run_dir / "model.safetensors").exists():
+        raise ValueError(f"{run_dir}: no model.safetensors: the run has not finished (finetune --resume {run_dir})")
     saved = json.loads((run_dir / "config.json").read_text())
     cfg = E2EConfig.from_dict(saved["config"])
     try:
@@ -557,8 +568,7 @@ def predict_run(run_dir: str | Path, dataset: Dataset, out: str | Path, device: 
     """`predict` for an e2e run: ImageID,Labels for every test row, in order, >= 1 label each."""
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     probs = predict_proba(run_dir, dataset, device=device)
-    th = Thresholds.load(Path(run_dir) / "thresholds.json")
-    preds = apply_thresholds(probs, np.array(th.values), fallback=True)  # >= 1 label each, as stage 2's predict
+    preds = Thresholds.load(Path(run_dir) / "thresholds.json").apply(probs)  # finish() fits with fallback: >= 1 label each
     write_submission(out, [r.image_id for r in dataset.test], dataset.label_space.decode(preds))
     return Path(out)
 

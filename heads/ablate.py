@@ -70,7 +70,7 @@ def grid_plan(pair: list[FeatureSet], seeds: int, base: HeadConfig) -> list[tupl
 
 def ablate(features: list[FeatureSet], split: Split, label_space: LabelSpace, out_dir: Path,
            base: HeadConfig = HeadConfig(), fusions: list[str] | None = None, seeds: int = 3, grid: str | None = None,
-           metric: str = "samples", threshold_mode: str = "per-label", results: Path | None = None,
+           metric: str = "samples", threshold_mode: str = "auto", results: Path | None = None,
            progress: bool = True, runs_root: Path | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Run the plan; write runs under out_dir/<id>/, table.{parquet,csv}, raw.parquet and chart.png.
     Returns (summary, raw rows)."""
@@ -127,17 +127,19 @@ def summarize(raw: pl.DataFrame) -> pl.DataFrame:
     aggs = [pl.len().alias("seeds")]
     for m in METRICS:
         aggs += [pl.col(m).mean().alias(m), pl.col(m).std(ddof=0).alias(f"{m}_std")]
+    if "threshold_mode_chosen" in raw.columns:  # the mode each seed's thresholds came from, e.g. "flat,shrunk,shrunk"
+        aggs.append(pl.col("threshold_mode_chosen").sort().str.join(",").alias("thresholds_chosen"))
     return raw.group_by(keys).agg(aggs).sort("sample_f1", descending=True)
 
 
 def format_table(table: pl.DataFrame) -> str:
     lines = [f"{'encoders':<34} {'fusion':<9} {'variant':<15} {'n':>2}  {'sample-F1 tuned':>16}  {'tuned oof':>9}  {'@0.5+fb':>7}  "
-             f"{'@0.5':>6}  {'micro':>6}  {'macro':>6}  {'mAP':>6}  {'fit s':>5}"]
+             f"{'@0.5':>6}  {'micro':>6}  {'macro':>6}  {'mAP':>6}  {'fit s':>5}  thresholds"]
     for r in table.iter_rows(named=True):
         lines.append(f"{r['encoders']:<34} {r['fusion']:<9} {r['variant']:<15} {r['seeds']:>2}  "
                      f"{r['sample_f1']:.4f} ± {r['sample_f1_std']:.4f}  {r['tuned_out_of_fold']:>9.4f}  {r['sample_f1_05_fallback']:>7.4f}  "
                      f"{r['sample_f1_05']:>6.4f}  {r['micro_f1']:>6.4f}  {r['macro_f1']:>6.4f}  {r['map']:>6.4f}  "
-                     f"{r['fit_seconds']:>5.2f}")
+                     f"{r['fit_seconds']:>5.2f}  {r.get('thresholds_chosen') or ''}")
     return "\n".join(lines)
 
 

@@ -76,7 +76,7 @@ def load_features(cache_dir: str | Path, names: list[str], dataset: Dataset | No
 
 
 def fit_eval(features: list[FeatureSet], split: Split, cfg: HeadConfig, metric: str = "samples",
-             threshold_mode: str = "per-label", label_names: list[str] | None = None) -> FitResult:
+             threshold_mode: str = "auto", label_names: list[str] | None = None) -> FitResult:
     xs_tr = [fs.rows(split.ids_train) for fs in features]
     xs_va = [fs.rows(split.ids_val) for fs in features]
     views = [fs.view_rows(split.ids_train) for fs in features]
@@ -86,7 +86,7 @@ def fit_eval(features: list[FeatureSet], split: Split, cfg: HeadConfig, metric: 
     thresholds = fit_thresholds(split.y_val, probs, metric=metric, mode=threshold_mode)
     tune_seconds = time.perf_counter() - t0
     # The tuned metrics are measured on the rows the thresholds were tuned on (optimistic); this
-    # is the same tuning scored on held-out halves of the validation rows.
+    # is the same tuning scored on held-out halves of the validation rows (auto: its choice too).
     oof = out_of_fold_score(split.y_val, probs, metric=metric, mode=threshold_mode)
     tuned_preds = thresholds.apply(probs)
     tuned = scores(split.y_val, probs, tuned_preds)
@@ -95,7 +95,9 @@ def fit_eval(features: list[FeatureSet], split: Split, cfg: HeadConfig, metric: 
                "at_0.5": scores(split.y_val, probs, apply_thresholds(probs, 0.5, fallback=False)),
                "at_0.5_fallback": scores(split.y_val, probs, apply_thresholds(probs, 0.5, fallback=True)),
                "tuned": tuned, "tuned_out_of_fold": oof,
-               "thresholds": {"metric": metric, "mode": threshold_mode, "values": list(thresholds.values)},
+               "thresholds": {"metric": metric, "mode": threshold_mode, "chosen": thresholds.chosen,
+                              "candidates_out_of_fold": thresholds.candidates_out_of_fold,
+                              "values": list(thresholds.values)},
                "best_epoch": head.best_epoch, "epochs_run": len(head.history),
                "n_train": len(split.ids_train), "n_val": len(split.ids_val), "split_seed": split.seed}
     table = per_label_table(split.y_val, probs, tuned_preds, label_names)
@@ -130,8 +132,10 @@ def results_row(result: FitResult, run: str) -> dict:
            "loss": cfg.loss, "seed": cfg.seed, "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
            "width": cfg.width, "dropout": cfg.dropout, "weight_decay": cfg.weight_decay,
            "threshold_metric": m["thresholds"]["metric"], "threshold_mode": m["thresholds"]["mode"],
+           "threshold_mode_chosen": m["thresholds"]["chosen"],
            "fit_seconds": m["fit_seconds"], "best_epoch": m["best_epoch"], "config": json.dumps(asdict(cfg)),
-           "tuned_out_of_fold": m["tuned_out_of_fold"]}
+           "tuned_out_of_fold": m["tuned_out_of_fold"],
+           **{f"out_of_fold_{k.replace('-', '_')}": v for k, v in (m["thresholds"]["candidates_out_of_fold"] or {}).items()}}
     for key in [*AVERAGES.values(), "map"]:
         row[key] = m[key]
         row[f"{key}_05"] = m["at_0.5"][key]
@@ -171,6 +175,6 @@ def predict_run(run_dir: str | Path, dataset: Dataset, cache_dir: str | Path, ou
     except KeyError as e:
         raise RunError(f"test rows of {dataset.root} missing from a cache: {e.args[0]}") from None
     probs = head.predict_proba(xs)
-    preds = apply_thresholds(probs, np.array(thresholds.values), fallback=True)  # >= 1 label each
+    preds = apply_thresholds(probs, np.array(thresholds.values), fallback=True)  # the submission needs >= 1 label each
     write_submission(out, ids, dataset.label_space.decode(preds))
     return Path(out)

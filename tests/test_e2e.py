@@ -131,6 +131,8 @@ def test_init_head_from_a_stage2_run_and_freezing(data, tmp_path):
     cfg = replace(CFG, init_head=str(tmp_path), freeze=("text", "image-early"))
     cfg, order, net = e2e.with_init_head(cfg, 18)
     assert order == ["minilm_l6", "efficientnet_lite0"] and (cfg.classifier, cfg.width) == ("mlp", 32)
+    with pytest.raises(ValueError, match="split seed 0"):  # another split would validate on the head's train rows
+        e2e.with_init_head(replace(CFG, init_head=str(tmp_path), seed=1), 18)
     model = e2e.build_model(cfg, 18, order, net)
     assert torch.equal(model.head.mean1, head.net.mean1) and torch.equal(model.head.fusion.cls[0].weight,
                                                                           head.net.fusion.cls[0].weight)

@@ -97,6 +97,9 @@ def test_weights_path_comes_first_and_must_exist(tmp_path):
     x = enc.example_batch(2)
     with torch.inference_mode():
         assert torch.equal(loaded(x), enc.eval()(x))
+    # An encoder checkpoint of another architecture is a clear error, not a load_state_dict traceback.
+    with pytest.raises(WeightsNotFound, match="efficientnet_lite1: .*w.safetensors does not fit the model"):
+        create_encoder(replace(get_cfg("efficientnet_lite1"), input_size=32), weights=tmp_path / "w.safetensors")
 
 
 def test_random_init_text_encoder_borrows_the_offline_tokenizer_and_says_so(offline):
