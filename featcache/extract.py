@@ -107,7 +107,7 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
 
         ft = FinetuneCfg(epochs=finetune_epochs, lr=lr, batch_size=batch_size)
         source, finetune = ensure_finetuned(dataset, cfg, source, ft, Path(cache_dir), device=device,
-                                            num_workers=num_workers, threads=threads, say=say)
+                                            num_workers=num_workers, threads=threads, say=say, lenient=lenient)
         name = f"{cfg.name}_ft"
     spec = fingerprint_spec(cfg, source, dataset, views, dtype, finetune)
     fingerprint = spec_hash(spec)

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .data import Dataset, load_image
+from .data import DataError, Dataset, load_image
 from .encoders import EncoderCfg, WeightsSource, sha256_path
 from .split import train_val_split
 
@@ -44,7 +44,7 @@ def finetune_spec(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: 
 
 def ensure_finetuned(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: FinetuneCfg, out_dir: Path,
                      device: str = "cpu", num_workers: int | None = None, threads: int | None = None,
-                     say=print) -> tuple[WeightsSource, dict]:
+                     say=print, lenient: bool = False) -> tuple[WeightsSource, dict]:
     """The fine-tuned weights (trained now unless a file with the same spec exists) and the spec
     with the weights' sha256, for the fingerprint."""
     spec = finetune_spec(dataset, cfg, source, ft)
@@ -52,13 +52,13 @@ def ensure_finetuned(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, f
     if weights.exists() and sidecar.exists() and json.loads(sidecar.read_text()).get("spec") == spec:
         say(f"{weights}: reusing fine-tuned weights")
     else:
-        train(dataset, cfg, source, ft, weights, device, num_workers, threads, say)
+        train(dataset, cfg, source, ft, weights, device, num_workers, threads, say, lenient)
         sidecar.write_text(json.dumps({"spec": spec, "sha256": sha256_path(weights)}, indent=1))
     return WeightsSource("path", weights), {**spec, "weights_sha256": sha256_path(weights)}
 
 
 def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: FinetuneCfg, out: Path, device: str,
-          num_workers: int | None, threads: int | None, say) -> Path:
+          num_workers: int | None, threads: int | None, say, lenient: bool = False) -> Path:
     import torch
     from safetensors.torch import save_file
     from torch.utils.data import DataLoader
@@ -78,20 +78,35 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, [ft.lr, ft.head_lr], total_steps=steps, pct_start=0.1)
 
     def item(i: int):
+        """(input, target, None), or (None, None, error) for an unreadable image: raised or
+        counted in the main process, as extract does, so the message is not wrapped in a worker
+        traceback."""
         rec = records[i]
-        x = rec.caption if cfg.is_text else preprocess_image(cfg, load_image(dataset.image_path(rec.image_id)))
-        return x, targets[i]
+        try:
+            x = rec.caption if cfg.is_text else preprocess_image(cfg, load_image(dataset.image_path(rec.image_id)))
+        except DataError as e:
+            return None, None, f"{e} (train.csv line {rec.line}, ImageID {rec.image_id})"
+        return x, targets[i], None
 
     def collate(batch):
-        return encoder.collate([x for x, _ in batch]), torch.stack([y for _, y in batch])
+        kept = [(x, y) for x, y, err in batch if err is None]
+        errors = [err for _, _, err in batch if err is not None]
+        if not kept:
+            return None, None, errors
+        return encoder.collate([x for x, _ in kept]), torch.stack([y for _, y in kept]), errors
 
     workers = (0 if cfg.is_text else 1) if num_workers is None else num_workers
     loader = DataLoader(_Items(item, len(records)), batch_size=ft.batch_size, shuffle=True, collate_fn=collate,
                         num_workers=workers, generator=torch.Generator().manual_seed(ft.seed), drop_last=len(records) > ft.batch_size)
-    t0 = time.perf_counter()
+    t0, skipped = time.perf_counter(), 0
     for epoch in range(ft.epochs):
         bar, total = tqdm(loader, desc=f"finetune {cfg.name} epoch {epoch + 1}/{ft.epochs}", unit="batch"), 0.0
-        for k, (x, y) in enumerate(bar, 1):
+        for k, (x, y, errors) in enumerate(bar, 1):
+            if errors and not lenient:
+                raise DataError(errors[0])
+            skipped += len(errors)
+            if x is None:  # every image of the batch was unreadable
+                continue
             x = {n: v.to(device) for n, v in x.items()} if isinstance(x, dict) else x.to(device)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(head(encoder(x)), y.to(device))
             optimizer.zero_grad(set_to_none=True)
@@ -105,6 +120,8 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
     save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, str(tmp),
               metadata={"encoder": cfg.name, "finetune": json.dumps(asdict(ft))})
     os.replace(tmp, out)
+    if skipped:
+        say(f"{cfg.name}: fine-tuning skipped {skipped} unreadable training images over {ft.epochs} epochs (--lenient)")
     say(f"{out}: fine-tuned {cfg.name} for {ft.epochs} epochs on {len(records)} train rows in {time.perf_counter() - t0:.0f} s")
     return out
 

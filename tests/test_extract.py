@@ -231,6 +231,24 @@ def test_finetune_trains_on_the_train_split_only_and_caches_under_ft(dataset, tm
     assert base.fingerprint != ft.fingerprint
 
 
+def test_finetune_names_an_unreadable_train_image_or_counts_it_with_lenient(data_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    dataset = load_dataset(root)
+    train_idx, _ = train_val_split(dataset.targets(), seed=0)
+    victim = dataset.train[train_idx[0]]  # a row fine-tuning trains on
+    (root / "data" / victim.image_id).unlink()
+    with pytest.raises(DataError, match=rf"{victim.image_id}: image file not found \(train.csv line {victim.line}, ImageID"):
+        run(dataset, tmp_path / "strict", finetune_epochs=1, lr=1e-3, num_workers=1)
+    said = []
+    result = run(dataset, tmp_path / "lenient", finetune_epochs=1, lr=1e-3, lenient=True, log=said.append)
+    assert any("fine-tuning skipped 1 unreadable training images" in m for m in said), said
+    assert [s["image_id"] for s in result.skipped] == [victim.image_id]  # and extraction reports it too
+    assert victim.image_id not in open_features(tmp_path / "lenient", "efficientnet_lite0_ft").ids
+
+
 def test_cli_encoders_and_extract(data_root, tmp_path):
     from typer.testing import CliRunner
 
