@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
 from .data import DataError, Dataset, load_image
 from .encoders import EncoderCfg, WeightsSource, sha256_path
 from .split import train_val_split
@@ -49,11 +51,14 @@ def ensure_finetuned(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, f
     with the weights' sha256, for the fingerprint."""
     spec = finetune_spec(dataset, cfg, source, ft)
     weights, sidecar = out_dir / f"{cfg.name}_ft.safetensors", out_dir / f"{cfg.name}_ft.json"
-    if weights.exists() and sidecar.exists() and json.loads(sidecar.read_text()).get("spec") == spec:
-        say(f"{weights}: reusing fine-tuned weights")
-    else:
-        train(dataset, cfg, source, ft, weights, device, num_workers, threads, say, lenient)
-        sidecar.write_text(json.dumps({"spec": spec, "sha256": sha256_path(weights)}, indent=1))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Two extractors fine-tuning the same encoder: the second waits, then reuses the first's weights.
+    with FileLock(str(out_dir / f"{cfg.name}_ft.lock")):
+        if weights.exists() and sidecar.exists() and json.loads(sidecar.read_text()).get("spec") == spec:
+            say(f"{weights}: reusing fine-tuned weights")
+        else:
+            train(dataset, cfg, source, ft, weights, device, num_workers, threads, say, lenient)
+            sidecar.write_text(json.dumps({"spec": spec, "sha256": sha256_path(weights)}, indent=1))
     return WeightsSource("path", weights), {**spec, "weights_sha256": sha256_path(weights)}
 
 

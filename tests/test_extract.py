@@ -249,6 +249,34 @@ def test_finetune_names_an_unreadable_train_image_or_counts_it_with_lenient(data
     assert victim.image_id not in open_features(tmp_path / "lenient", "efficientnet_lite0_ft").ids
 
 
+def test_two_concurrent_fine_tunings_train_once(dataset, tmp_path, monkeypatch):
+    import threading
+
+    from featcache import finetune
+    from featcache.encoders import resolve_weights
+
+    calls = []
+
+    def fake_train(dataset, cfg, source, ft, out, *args):
+        calls.append(out)
+        time.sleep(0.5)  # long enough for the other caller to arrive while this one trains
+        out.write_bytes(b"weights")
+        return out
+
+    monkeypatch.setattr(finetune, "train", fake_train)
+    cfg = get_cfg("efficientnet_lite0")
+    source = resolve_weights(cfg, None, False)
+    ft = finetune.FinetuneCfg(epochs=1, lr=1e-3)
+    said = []
+    threads = [threading.Thread(target=finetune.ensure_finetuned, args=(dataset, cfg, source, ft, tmp_path),
+                                kwargs={"say": said.append}) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and any("reusing fine-tuned weights" in m for m in said)
+
+
 def test_cli_encoders_and_extract(data_root, tmp_path):
     from typer.testing import CliRunner
 
