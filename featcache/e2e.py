@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -41,7 +41,7 @@ from heads.fusion import CLASSIFIERS, FUSIONS
 from heads.losses import LOSSES
 from heads.train import Head, HeadConfig, HeadNet
 
-from .backbones import preprocess_image
+from .backbones import preprocess_image, save_weights
 from .data import Dataset, Record, load_dataset, load_image, write_submission
 from .encoders import WeightsNotFound, create_encoder, get_cfg
 from .metrics import scores
@@ -448,7 +448,7 @@ def evaluate(model: E2EModel, val_loader, proc: Proc, amp, n: int) -> np.ndarray
 
 def finish(run_dir: Path, model: E2EModel, cfg: E2EConfig, y_val: np.ndarray, probs: np.ndarray, state: dict, say) -> None:
     """Final weights, thresholds re-tuned on the validation rows (stage 2's code), metrics."""
-    _save_weights(model, run_dir / "model.safetensors")
+    save_weights(model, run_dir / "model.safetensors")
     th = fit_thresholds(y_val, probs, cfg.metric, cfg.threshold_mode)
     th.save(run_dir / "thresholds.json")
     tuned = scores(y_val, probs, th.apply(probs))  # laid out like stage 2's metrics.json
@@ -462,12 +462,6 @@ def finish(run_dir: Path, model: E2EModel, cfg: E2EConfig, y_val: np.ndarray, pr
 
 # --- checkpoints, tables, plots ------------------------------------------------------------------
 
-def _save_weights(model: nn.Module, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
-
-
 def save_checkpoint(run_dir: Path, model, optimizer, scaler, state: dict) -> Path:
     """checkpoints/epoch-N/ is written beside the old one and renamed into place: a kill at any
     moment leaves the previous checkpoint intact. Older checkpoints are then removed."""
@@ -475,7 +469,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, scaler, state: dict) -> Pat
     final, tmp = root / f"epoch-{state['epoch']}", root / f".epoch-{state['epoch']}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _save_weights(model, tmp / "model.safetensors")
+    save_weights(model, tmp / "model.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state))
     shutil.rmtree(final, ignore_errors=True)

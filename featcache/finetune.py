@@ -65,11 +65,10 @@ def ensure_finetuned(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, f
 def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: FinetuneCfg, out: Path, device: str,
           num_workers: int | None, threads: int | None, say, lenient: bool = False) -> Path:
     import torch
-    from safetensors.torch import save_file
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from .backbones import build_encoder, preprocess_image
+    from .backbones import build_encoder, preprocess_image, save_weights
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
     train_idx, _ = train_val_split(dataset.targets(), ft.val_fraction, ft.seed)
@@ -121,10 +120,7 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
             total += loss.item()
             bar.set_postfix(loss=f"{total / k:.4f}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, str(tmp),
-              metadata={"encoder": cfg.name, "finetune": json.dumps(asdict(ft))})
-    os.replace(tmp, out)
+    save_weights(encoder, out, metadata={"encoder": cfg.name, "finetune": json.dumps(asdict(ft))})
     if skipped:
         say(f"{cfg.name}: fine-tuning skipped {skipped} unreadable training images over {ft.epochs} epochs (--lenient)")
     say(f"{out}: fine-tuned {cfg.name} for {ft.epochs} epochs on {len(records)} train rows in {time.perf_counter() - t0:.0f} s")
