@@ -36,8 +36,7 @@ class FinetuneCfg:
     val_fraction: float = 0.2
 
 
-def finetune_spec(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: FinetuneCfg) -> dict:
-    train_idx, _ = train_val_split(dataset.targets(), ft.val_fraction, ft.seed)
+def finetune_spec(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: FinetuneCfg, train_idx) -> dict:
     train_ids = "\n".join(dataset.train[i].image_id for i in train_idx)
     return {**asdict(ft), "encoder": cfg.name, "preprocessing": cfg.preprocessing(), "base_weights_sha256": source.sha256(),
             "dataset": dataset.fingerprint(), "train_rows": len(train_idx),
@@ -49,21 +48,25 @@ def ensure_finetuned(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, f
                      say=print, lenient: bool = False) -> tuple[WeightsSource, dict]:
     """The fine-tuned weights (trained now unless a file with the same spec exists) and the spec
     with the weights' sha256, for the fingerprint."""
-    spec = finetune_spec(dataset, cfg, source, ft)
+    train_idx, _ = train_val_split(dataset.targets(), ft.val_fraction, ft.seed)
+    spec = finetune_spec(dataset, cfg, source, ft, train_idx)
     weights, sidecar = out_dir / f"{cfg.name}_ft.safetensors", out_dir / f"{cfg.name}_ft.json"
     out_dir.mkdir(parents=True, exist_ok=True)
     # Two extractors fine-tuning the same encoder: the second waits, then reuses the first's weights.
     with FileLock(str(out_dir / f"{cfg.name}_ft.lock")):
-        if weights.exists() and sidecar.exists() and json.loads(sidecar.read_text()).get("spec") == spec:
+        reuse = weights.exists() and sidecar.exists() and json.loads(sidecar.read_text()).get("spec") == spec
+        if reuse:
             say(f"{weights}: reusing fine-tuned weights")
         else:
-            train(dataset, cfg, source, ft, weights, device, num_workers, threads, say, lenient)
-            sidecar.write_text(json.dumps({"spec": spec, "sha256": sha256_path(weights)}, indent=1))
-    return WeightsSource("path", weights), {**spec, "weights_sha256": sha256_path(weights)}
+            train(dataset, cfg, source, ft, weights, device, num_workers, threads, say, lenient, train_idx)
+        sha256 = sha256_path(weights)  # of the file as it is now, reused or just written
+        if not reuse:
+            sidecar.write_text(json.dumps({"spec": spec, "sha256": sha256}, indent=1))
+    return WeightsSource("path", weights), {**spec, "weights_sha256": sha256}
 
 
 def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: FinetuneCfg, out: Path, device: str,
-          num_workers: int | None, threads: int | None, say, lenient: bool = False) -> Path:
+          num_workers: int | None, threads: int | None, say, lenient: bool, train_idx) -> Path:
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -71,7 +74,6 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
     from .backbones import build_encoder, preprocess_image, save_weights
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    train_idx, _ = train_val_split(dataset.targets(), ft.val_fraction, ft.seed)
     records = [dataset.train[i] for i in train_idx]
     targets = torch.from_numpy(dataset.targets(records))
     encoder = build_encoder(cfg, source).to(device).train()
