@@ -237,17 +237,23 @@ class Work:
         return self.records[r], 1_000_003 * (v + 1) + r  # a view's seed depends only on (view, row)
 
     def __getitem__(self, w: int):
-        from .backbones import preprocess_image
-
         rec, seed = self.record(w)
-        if self.cfg.is_text:
-            return w, rec.caption, None
-        path = self.dataset.image_path(rec.image_id)
-        try:
-            return w, preprocess_image(self.cfg, load_image(path), seed), None
-        except DataError as e:
-            where = "train.csv" if self.row(w) < self.n_train else "test.csv"
-            return w, None, f"{e} ({where} line {rec.line}, ImageID {rec.image_id})"
+        return (w, *encoder_input(self.dataset, self.cfg, rec, seed))
+
+
+def encoder_input(dataset: Dataset, cfg: EncoderCfg, rec, view_seed: int | None = None):
+    """(model input, None) for a record's caption or image, or (None, error) for an unreadable
+    image: the error names the file and the CSV row, and is raised or counted by the caller in the
+    main process (raised in a DataLoader worker it would come wrapped in a worker traceback)."""
+    from .backbones import preprocess_image
+
+    if cfg.is_text:
+        return rec.caption, None
+    try:
+        return preprocess_image(cfg, load_image(dataset.image_path(rec.image_id)), view_seed), None
+    except DataError as e:
+        where = "train.csv" if rec.labels is not None else "test.csv"
+        return None, f"{e} ({where} line {rec.line}, ImageID {rec.image_id})"
 
 
 def plan_batches(work: Work, start: int, chunk: int, batch_size: int, stop: int | None = None) -> list[list[int]]:

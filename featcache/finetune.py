@@ -18,8 +18,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .data import DataError, Dataset, load_image
+from .data import DataError, Dataset
 from .encoders import EncoderCfg, WeightsSource, sha256_path
+from .extract import encoder_input
 from .split import train_val_split
 
 
@@ -71,7 +72,7 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from .backbones import build_encoder, preprocess_image, save_weights
+    from .backbones import build_encoder, save_weights
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
     records = [dataset.train[i] for i in train_idx]
@@ -84,15 +85,8 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, [ft.lr, ft.head_lr], total_steps=steps, pct_start=0.1)
 
     def item(i: int):
-        """(input, target, None), or (None, None, error) for an unreadable image: raised or
-        counted in the main process, as extract does, so the message is not wrapped in a worker
-        traceback."""
-        rec = records[i]
-        try:
-            x = rec.caption if cfg.is_text else preprocess_image(cfg, load_image(dataset.image_path(rec.image_id)))
-        except DataError as e:
-            return None, None, f"{e} (train.csv line {rec.line}, ImageID {rec.image_id})"
-        return x, targets[i], None
+        x, err = encoder_input(dataset, cfg, records[i])
+        return x, targets[i], err
 
     def collate(batch):
         kept = [(x, y) for x, y, err in batch if err is None]

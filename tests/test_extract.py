@@ -213,8 +213,8 @@ def test_finetune_trains_on_the_train_split_only_and_caches_under_ft(dataset, tm
     from featcache import finetune
 
     seen = []
-    load = finetune.load_image
-    monkeypatch.setattr(finetune, "load_image", lambda path: seen.append(Path(path).name) or load(path))
+    load = finetune.encoder_input
+    monkeypatch.setattr(finetune, "encoder_input", lambda ds, cfg, rec, *a: seen.append(rec.image_id) or load(ds, cfg, rec, *a))
     result = run(dataset, tmp_path, finetune_epochs=1, lr=1e-3)
     train_idx, val_idx = train_val_split(dataset.targets(), seed=0)
     train_ids = {dataset.train[i].image_id for i in train_idx}
