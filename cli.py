@@ -106,7 +106,9 @@ def extract_cmd(
     num_workers: int = typer.Option(None, help="DataLoader workers (default: 1 for images, 0 for text)."),
     threads: int = typer.Option(None, help="torch intra-op threads (default: all cores)."),
     finetune_epochs: int = typer.Option(0, help="Fine-tune backbone + linear head first (train split only); cache <encoder>_ft."),
-    lr: float = typer.Option(1e-4, help="Fine-tuning peak learning rate."),
+    lr: float = typer.Option(None, help="Fine-tuning peak learning rate (default 3e-5 image, 1e-4 text)."),
+    finetune_freeze_bn: bool = typer.Option(True, help="Fine-tuning keeps BatchNorm statistics as loaded."),
+    finetune_augment: bool = typer.Option(True, help="Fine-tuning draws the study's image augmentations."),
     views: int = typer.Option(0, help="Also cache K augmented views of each train image."),
     image_size: int = typer.Option(None, help="Override the encoder's input size (changes the fingerprint)."),
     force: bool = typer.Option(False, help="Rebuild a cache built from a different configuration."),
@@ -133,6 +135,7 @@ def extract_cmd(
         result = extract(dataset, encoder, cache, batch_size=batch_size, device=device, num_workers=num_workers,
                          threads=threads, weights=weights, pretrained=not random_init, image_size=image_size, views=views,
                          force=force, lenient=lenient, finetune_epochs=finetune_epochs, lr=lr,
+                         finetune_opts={"freeze_bn": finetune_freeze_bn, "augment": finetune_augment},
                          shard=shard, num_shards=num_shards)
     except (DataError, StoreError, WeightsNotFound, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
@@ -269,6 +272,9 @@ def finetune_cmd(
     epochs: int = typer.Option(None, help="Epochs (default 3; with --resume: the run's, or raise it)."),
     batch_size: int = typer.Option(16, help="Rows per step per process."),
     lr: float = typer.Option(1e-4, help="Adam learning rate."),
+    image_lr: float = typer.Option(None, help="The image backbone's learning rate (default: --lr)."),
+    freeze_bn: bool = typer.Option(False, help="Keep the backbones' BatchNorm statistics as loaded."),
+    schedule: str = typer.Option("constant", help="constant (the seed's) or cosine (5% warm-up, cosine decay)."),
     freeze: list[str] = typer.Option(["none"], help="none | image | text | image-early (repeat or comma-separate)."),
     early_fraction: float = typer.Option(0.5, help="image-early: share of the image backbone frozen, from the stem."),
     image_size: int = typer.Option(None, help="Image side in pixels (default: the encoder's input size)."),
@@ -297,7 +303,7 @@ def finetune_cmd(
     try:
         cfg = None if resume else E2EConfig(
             image_encoder, text_encoder, fusion, classifier, dropout=dropout, epochs=epochs or 3, batch_size=batch_size,
-            lr=lr, freeze=tuple(f for item in freeze for f in item.split(",") if f), early_fraction=early_fraction,
+            lr=lr, image_lr=image_lr, freeze_bn=freeze_bn, schedule=schedule, freeze=tuple(f for item in freeze for f in item.split(",") if f), early_fraction=early_fraction,
             image_size=image_size, pretrained=not random_init, init_head=str(init_head) if init_head else None,
             max_steps=max_steps, precision=precision, channels_last=channels_last, metric=metric, seed=seed)
         run_dir = train(cfg, None if resume and data == DEFAULT_DATA else data, runs, resume=resume, epochs=epochs,

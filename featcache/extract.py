@@ -84,7 +84,7 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
             device: str = "cpu", num_workers: int | None = None, threads: int | None = None,
             weights: str | Path | None = None, pretrained: bool = True, image_size: int | None = None,
             views: int = 0, force: bool = False, lenient: bool = False, dtype: str = "float16",
-            finetune_epochs: int = 0, lr: float = 1e-4, chunk_batches: int = 8, progress: bool = True,
+            finetune_epochs: int = 0, lr: float | None = None, finetune_opts: dict | None = None, chunk_batches: int = 8, progress: bool = True,
             log=None, shard: int = 0, num_shards: int = 1) -> ExtractResult:
     t0 = time.perf_counter()
     messages: list[str] = []
@@ -105,7 +105,9 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
     if finetune_epochs:
         from .finetune import FinetuneCfg, ensure_finetuned
 
-        ft = FinetuneCfg(epochs=finetune_epochs, lr=lr, batch_size=batch_size)
+        # lr None: the modality's default recipe; finetune_opts: FinetuneCfg's other fields (freeze_bn, augment, ...)
+        ft = FinetuneCfg(epochs=finetune_epochs, lr=lr or FinetuneCfg.default_lr(cfg.is_text), batch_size=batch_size,
+                         **(finetune_opts or {}))
         source, finetune = ensure_finetuned(dataset, cfg, source, ft, Path(cache_dir), device=device,
                                             num_workers=num_workers, threads=threads, say=say, lenient=lenient)
         name = f"{cfg.name}_ft"

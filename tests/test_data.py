@@ -257,3 +257,17 @@ def test_dataset_directory_errors(tmp_path):
     shutil.copy(root / "train.csv", root / "test.csv")
     with pytest.raises(DataError, match="test.csv:1: expected header"):
         load_dataset(root)
+
+
+def test_fingerprint_follows_contents_not_file_times(tmp_path):
+    root = make_dataset(tmp_path / "a", n_train=24, n_test=6, seed=3)
+    first = load_dataset(root).fingerprint()
+    # A copy without preserved times (rsync without -t, a re-mounted share) is the same data.
+    copy = Path(shutil.copytree(root, tmp_path / "b", copy_function=shutil.copyfile))
+    assert load_dataset(copy).fingerprint() == first
+    image = copy / "data" / "3.jpg"
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(image)  # same name, other photo
+    replaced = load_dataset(copy).fingerprint()
+    assert replaced != first
+    image.unlink()  # a missing image is part of what the features depend on too
+    assert load_dataset(copy).fingerprint() not in (first, replaced)

@@ -26,9 +26,10 @@ from featcache.synth import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 # dropout 0: the head's pooled dropout masks are redrawn in a new process, so only without
-# dropout can a resumed run be compared bit for bit with an uninterrupted one.
+# dropout can a resumed run be compared bit for bit with an uninterrupted one. The cosine schedule
+# makes the resumed run's lr depend on where it resumes.
 CFG = e2e.E2EConfig(image_size=32, pretrained=False, epochs=3, batch_size=8, lr=1e-3, stats_rows=32, max_steps=3,
-                    dropout=0.0)
+                    dropout=0.0, schedule="cosine")
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +147,42 @@ def test_init_head_from_a_stage2_run_and_freezing(data, tmp_path):
     assert params[0].grad is None and params[-1].grad is not None  # stem frozen, last stage trains
     frozen_bn = [m for m in image.modules() if isinstance(m, torch.nn.BatchNorm2d) and not m.weight.requires_grad]
     assert frozen_bn and not any(m.training for m in frozen_bn)
+
+
+def test_freeze_bn_keeps_statistics_while_weights_train_and_image_lr_is_its_own(data, tmp_path):
+    import torch
+
+    cfg = replace(CFG, freeze_bn=True, image_lr=1e-5, epochs=1, max_steps=2)
+    run = e2e.train(cfg, data, tmp_path, run_name="bn", threads=1, log=lambda m: None)
+    model = e2e.build_model(cfg, 18, [cfg.image_encoder, cfg.text_encoder])
+    before = model.state_dict()
+    after = load_file(str(next(run.glob("**/model.safetensors"))))
+    image = [k for k in before if k.startswith("encoders.0.")]
+    stats = [k for k in image if k.endswith(("running_mean", "running_var"))]
+    moved = [k for k in image if k.endswith("weight") and not torch.equal(before[k], after[k])]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats) and moved
+    # the optimizer's groups: the image backbone at image_lr, the rest at lr
+    saved = torch.load(next(run.glob("**/optimizer.pt")), weights_only=True)["optimizer"]["param_groups"]
+    assert sorted(g["lr"] for g in saved) == [1e-5, cfg.lr]
+
+
+def test_an_unreadable_photo_is_named_with_its_csv_row(data, tmp_path):
+    import shutil
+
+    from featcache.data import DataError
+
+    root = Path(shutil.copytree(data, tmp_path / "data"))
+    victim = load_dataset(root).train[5]
+    (root / "data" / victim.image_id).write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=rf"{victim.image_id}.*\(train.csv line {victim.line}, ImageID {victim.image_id}\)"):
+        e2e.train(replace(CFG, epochs=1), root, tmp_path / "runs", run_name="bad", threads=1, num_workers=0,
+                  log=lambda m: None)
+
+
+def test_cosine_schedule_warms_up_peaks_and_decays_to_zero():
+    f = [e2e.lr_factor("cosine", s, 200) for s in range(200)]
+    assert f[0] == 0.1 and f[9] == 1.0  # 5% warm-up: 10 steps
+    assert all(a >= b for a, b in zip(f[9:], f[10:])) and f[-1] < 1e-3
+    assert {e2e.lr_factor("constant", s, 200) for s in range(200)} == {1.0}
+    with pytest.raises(ValueError, match="schedule"):
+        replace(CFG, schedule="step")

@@ -212,14 +212,22 @@ def test_two_concurrent_extractors_make_one_valid_cache(data_root, dataset, tmp_
 def test_finetune_trains_on_the_train_split_only_and_caches_under_ft(dataset, tmp_path, monkeypatch):
     from featcache import finetune
 
-    seen = []
+    seen, scored = [], []
     load = finetune.encoder_input
-    monkeypatch.setattr(finetune, "encoder_input", lambda ds, cfg, rec, *a: seen.append(rec.image_id) or load(ds, cfg, rec, *a))
+
+    def spy(ds, cfg, rec, *a, **kw):  # training reads under autograd; the validation watch under inference_mode
+        (seen if torch.is_grad_enabled() else scored).append(rec.image_id)
+        return load(ds, cfg, rec, *a, **kw)
+
+    monkeypatch.setattr(finetune, "encoder_input", spy)
     result = run(dataset, tmp_path, finetune_epochs=1, lr=1e-3)
     train_idx, val_idx = train_val_split(dataset.targets(), seed=0)
     train_ids = {dataset.train[i].image_id for i in train_idx}
     assert set(seen) <= train_ids and len(set(seen)) >= len(train_ids) - 3  # drop_last: batches of 4
     assert not set(seen) & ({dataset.train[i].image_id for i in val_idx} | {r.image_id for r in dataset.test})
+    assert sorted(scored) == sorted(dataset.train[i].image_id for i in val_idx)  # watched, once per epoch
+    history = __import__("json").loads((tmp_path / "efficientnet_lite0_ft.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1] and 0 <= history[0]["val_map"] <= 1
     assert result.name == "efficientnet_lite0_ft" and (tmp_path / "efficientnet_lite0_ft.safetensors").exists()
     ft = open_features(tmp_path, "efficientnet_lite0_ft")
     spec = __import__("json").loads(ft.attrs["fingerprint_spec"])
@@ -261,7 +269,7 @@ def test_two_concurrent_fine_tunings_train_once(dataset, tmp_path, monkeypatch):
         calls.append(out)
         time.sleep(0.5)  # long enough for the other caller to arrive while this one trains
         out.write_bytes(b"weights")
-        return out
+        return []
 
     monkeypatch.setattr(finetune, "train", fake_train)
     cfg = get_cfg("efficientnet_lite0")
@@ -294,3 +302,20 @@ def test_cli_encoders_and_extract(data_root, tmp_path):
     assert "warm" in CliRunner().invoke(app, args).output
     refused = CliRunner().invoke(app, args[:-6] + ["--image-size", "40"])
     assert refused.exit_code == 2 and "different configuration" in refused.output
+
+
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_finetune_keeps_batchnorm_statistics_unless_told_otherwise(dataset, tmp_path, freeze_bn):
+    from featcache import finetune
+    from featcache.backbones import build_encoder, load_state_dict
+    from featcache.encoders import resolve_weights
+
+    cfg = replace(get_cfg("efficientnet_lite0"), input_size=32)
+    source = resolve_weights(cfg, None, False)
+    ft = finetune.FinetuneCfg(epochs=1, lr=1e-2, batch_size=4, freeze_bn=freeze_bn)
+    tuned, _ = finetune.ensure_finetuned(dataset, cfg, source, ft, tmp_path, threads=1, num_workers=0, say=lambda m: None)
+    before, after = build_encoder(cfg, source).state_dict(), load_state_dict(tuned.path)
+    stats = [k for k in before if k.endswith("running_mean")]
+    weights = [k for k in before if k.endswith("conv_stem.weight")]
+    assert stats and weights and not torch.equal(before[weights[0]], after[weights[0]])  # it trained
+    assert all(torch.equal(before[k], after[k]) for k in stats) == freeze_bn
