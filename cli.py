@@ -303,7 +303,8 @@ def finetune_cmd(
     try:
         cfg = None if resume else E2EConfig(
             image_encoder, text_encoder, fusion, classifier, dropout=dropout, epochs=epochs or 3, batch_size=batch_size,
-            lr=lr, image_lr=image_lr, freeze_bn=freeze_bn, schedule=schedule, freeze=tuple(f for item in freeze for f in item.split(",") if f), early_fraction=early_fraction,
+            lr=lr, image_lr=image_lr, freeze_bn=freeze_bn, schedule=schedule,
+            freeze=tuple(f for item in freeze for f in item.split(",") if f), early_fraction=early_fraction,
             image_size=image_size, pretrained=not random_init, init_head=str(init_head) if init_head else None,
             max_steps=max_steps, precision=precision, channels_last=channels_last, metric=metric, seed=seed)
         run_dir = train(cfg, None if resume and data == DEFAULT_DATA else data, runs, resume=resume, epochs=epochs,
