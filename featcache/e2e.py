@@ -46,9 +46,10 @@ from .backbones import save_weights
 from .data import DataError, Dataset, Record, load_dataset, write_submission
 from .encoders import WeightsNotFound, create_encoder, get_cfg
 from .extract import encoder_input
+from .finetune import finetuned_weights
 from .metrics import scores
 from .split import train_val_split
-from .thresholds import Thresholds, apply_thresholds, fit_thresholds
+from .thresholds import Thresholds, apply_thresholds, fit_thresholds, out_of_fold_score
 
 FREEZE = ("image", "text", "image-early")
 CHECKPOINTS = "checkpoints"
@@ -231,11 +232,14 @@ class E2EModel(nn.Module):
         return self
 
 
-def with_init_head(cfg: E2EConfig, num_labels: int) -> tuple[E2EConfig, list[str], HeadNet | None]:
+def with_init_head(cfg: E2EConfig, num_labels: int) -> tuple[E2EConfig, list[str], HeadNet | None, dict[str, Path]]:
     """A stage-2 head to start from: its fusion settings go into the config (so the run records the
-    model it trains) and its input order into the encoder order (a head may take text first)."""
+    model it trains) and its input order into the encoder order (a head may take text first).
+    A head fitted on a stage-1 fine-tuned cache (`<encoder>_ft`) starts with that fine-tuned
+    backbone (the last item: encoder -> weights file): its standardisation and weights were fitted
+    to those features, not to the base backbone's."""
     if not cfg.init_head:
-        return cfg, [cfg.image_encoder, cfg.text_encoder], None
+        return cfg, [cfg.image_encoder, cfg.text_encoder], None, {}
     head = Head.load(cfg.init_head)
     saved = _head_config(Path(cfg.init_head))
     order = [name.removesuffix("_ft") for name in saved["encoders"]]
@@ -248,19 +252,30 @@ def with_init_head(cfg: E2EConfig, num_labels: int) -> tuple[E2EConfig, list[str
         raise ValueError(f"--init-head {cfg.init_head}: its head was fitted on split seed {saved.get('split_seed', 0)} "
                          f"(20% validation); --seed {cfg.seed} / val_fraction {cfg.val_fraction} would validate on rows "
                          f"it trained on")
+    weights = {}
+    for name in saved["encoders"]:
+        if name.endswith("_ft"):
+            if name not in saved.get("caches", {}):
+                raise ValueError(f"--init-head {cfg.init_head}: fitted on {name}, but its config.json does not say "
+                                 f"which cache directory (written before featcache recorded it); fit the head again")
+            weights[name.removesuffix("_ft")] = finetuned_weights(Path(saved["caches"][name]).parent, name,
+                                                                 saved["fingerprints"][name])
     hc = head.cfg
     with torch.no_grad():
         floor_std(head.net)
-    return replace(cfg, fusion=hc.fusion, classifier=hc.classifier, width=hc.width, dropout=hc.dropout), order, head.net
+    return replace(cfg, fusion=hc.fusion, classifier=hc.classifier, width=hc.width, dropout=hc.dropout), order, \
+        head.net, weights
 
 
-def build_model(cfg: E2EConfig, num_labels: int, order: list[str], head: HeadNet | None = None) -> E2EModel:
+def build_model(cfg: E2EConfig, num_labels: int, order: list[str], head: HeadNet | None = None,
+                weights: dict[str, Path] | None = None) -> E2EModel:
+    """`weights`: encoder -> a weights file to start from instead of its pretrained source."""
     encoders = []
     for name in order:
         enc_cfg = get_cfg(name)
         if cfg.image_size and not enc_cfg.is_text:
             enc_cfg = replace(enc_cfg, input_size=cfg.image_size)
-        encoders.append(create_encoder(enc_cfg, pretrained=cfg.pretrained))
+        encoders.append(create_encoder(enc_cfg, pretrained=cfg.pretrained, weights=(weights or {}).get(name)))
     if head is None:
         head = HeadNet([e.embed_dim for e in encoders], num_labels,
                        HeadConfig(fusion=cfg.fusion, classifier=cfg.classifier, loss=cfg.loss, width=cfg.width,
@@ -352,10 +367,10 @@ def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path = "ru
     train_idx, val_idx = train_val_split(y_all, cfg.val_fraction, cfg.seed)
     torch.manual_seed(cfg.seed)
     if resume:  # the saved config already holds the init head's settings; the checkpoint its weights
-        order, head = saved["encoders"], None
+        order, head, weights = saved["encoders"], None, {}
     else:
-        cfg, order, head = with_init_head(cfg, dataset.label_space.num_labels)
-    model = build_model(cfg, dataset.label_space.num_labels, order, head)
+        cfg, order, head, weights = with_init_head(cfg, dataset.label_space.num_labels)
+    model = build_model(cfg, dataset.label_space.num_labels, order, head, weights)
     image_enc = next(e for e in model.encoders if not e.cfg.is_text)
     text_enc = next(e for e in model.encoders if e.cfg.is_text)
     model.to(proc.device)
@@ -378,6 +393,7 @@ def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path = "ru
         run_dir.mkdir(parents=True, exist_ok=False)
         config = {"kind": "e2e", "config": asdict(cfg), "encoders": order, "num_labels": dataset.label_space.num_labels,
                   "label_ids": list(dataset.label_space.ids), "data": str(dataset.root), "world_size": proc.world,
+                  "init_weights": {name: str(path) for name, path in weights.items()},
                   "trainable_params": sum(p.numel() for p in params),
                   "total_params": sum(p.numel() for p in model.parameters())}
         (run_dir / "config.json").write_text(json.dumps(config, indent=1))
@@ -483,12 +499,17 @@ def finish(run_dir: Path, model: E2EModel, cfg: E2EConfig, y_val: np.ndarray, pr
     th = fit_thresholds(y_val, probs, cfg.metric, cfg.threshold_mode)
     th.save(run_dir / "thresholds.json")
     tuned = scores(y_val, probs, th.apply(probs))  # laid out like stage 2's metrics.json
+    # As stage 2: "tuned" is scored on the rows the thresholds were tuned on; this is the same
+    # tuning scored on held-out halves of them.
+    oof = out_of_fold_score(y_val, probs, metric=cfg.metric, mode=cfg.threshold_mode)
     metrics = {**tuned, "at_0.5": scores(y_val, probs), "at_0.5_fallback": scores(y_val, probs, apply_thresholds(probs)),
-               "tuned": tuned, "thresholds": {"metric": cfg.metric, "mode": cfg.threshold_mode, "values": list(th.values)},
+               "tuned": tuned, "tuned_out_of_fold": oof,
+               "thresholds": {"metric": cfg.metric, "mode": cfg.threshold_mode, "chosen": th.chosen,
+                              "candidates_out_of_fold": th.candidates_out_of_fold, "values": list(th.values)},
                "n_val": len(y_val), "epochs": state["epoch"], "history": state["history"]}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     say(f"{run_dir}: validation sample-F1 {metrics['at_0.5']['sample_f1']:.4f} at 0.5, "
-        f"{metrics['tuned']['sample_f1']:.4f} with tuned thresholds")
+        f"{metrics['tuned']['sample_f1']:.4f} with tuned thresholds ({oof:.4f} out of fold)")
 
 
 # --- checkpoints, tables, plots ------------------------------------------------------------------

@@ -56,6 +56,7 @@ class FitResult:
     thresholds: Thresholds
     encoders: list[str]
     fingerprints: dict[str, str]
+    caches: dict[str, str]  # name -> the .h5 file's absolute path (end to end finds `_ft` backbones beside it)
     metrics: dict  # flat: tuned metrics at top level, the others nested
     per_label: list[dict]
 
@@ -102,7 +103,7 @@ def fit_eval(features: list[FeatureSet], split: Split, cfg: HeadConfig, metric: 
                "n_train": len(split.ids_train), "n_val": len(split.ids_val), "split_seed": split.seed}
     table = per_label_table(split.y_val, probs, tuned_preds, label_names)
     return FitResult(head, thresholds, [fs.name for fs in features], {fs.name: fs.fingerprint for fs in features},
-                     metrics, table)
+                     {fs.name: str(Path(fs.path).resolve()) for fs in features}, metrics, table)
 
 
 def run_id(encoders: list[str], cfg: HeadConfig) -> str:
@@ -114,7 +115,8 @@ def save_run(result: FitResult, run_dir: Path, label_space: LabelSpace, dataset_
     """head.safetensors + head.json, config.json, thresholds.json, metrics.json, per_label.csv."""
     run_dir = Path(run_dir)
     result.head.save(run_dir)
-    config = {"encoders": result.encoders, "fingerprints": result.fingerprints, "head": asdict(result.head.cfg),
+    config = {"encoders": result.encoders, "fingerprints": result.fingerprints, "caches": result.caches,
+              "head": asdict(result.head.cfg),
               "label_ids": list(label_space.ids), "label_names": list(label_space.names),
               "split_seed": result.metrics["split_seed"], "dataset_fingerprint": dataset_fingerprint}
     (run_dir / "config.json").write_text(json.dumps(config, indent=1))

@@ -54,6 +54,9 @@ def test_training_lowers_the_loss_and_writes_the_run(full_run):
         assert (full_run / name).stat().st_size > 0, name
     metrics = json.loads((full_run / "metrics.json").read_text())
     assert set(metrics["tuned"]) >= {"sample_f1", "micro_f1", "macro_f1", "map"} and metrics["epochs"] == 3
+    # The out-of-fold score re-tunes on half the rows: it can't beat tuning on all of them by much.
+    assert 0 < metrics["tuned_out_of_fold"] <= metrics["tuned"]["sample_f1"] + 0.05
+    assert metrics["thresholds"]["chosen"] in ("flat", "global", "shrunk", "per-label")
     assert [p.name for p in (full_run / "checkpoints").iterdir()] == ["epoch-3"]  # only the latest is kept
 
 
@@ -128,10 +131,10 @@ def test_init_head_from_a_stage2_run_and_freezing(data, tmp_path):
         (rng.random((40, 18)) < 0.2).astype(np.float32)
     head = Head(HeadConfig(classifier="mlp", width=32, epochs=1, bf16=False)).fit(xs, y)
     head.save(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"encoders": ["minilm_l6", "efficientnet_lite0_ft"]}))
+    (tmp_path / "config.json").write_text(json.dumps({"encoders": ["minilm_l6", "efficientnet_lite0"]}))
     cfg = replace(CFG, init_head=str(tmp_path), freeze=("text", "image-early"))
-    cfg, order, net = e2e.with_init_head(cfg, 18)
-    assert order == ["minilm_l6", "efficientnet_lite0"] and (cfg.classifier, cfg.width) == ("mlp", 32)
+    cfg, order, net, weights = e2e.with_init_head(cfg, 18)
+    assert order == ["minilm_l6", "efficientnet_lite0"] and (cfg.classifier, cfg.width) == ("mlp", 32) and not weights
     with pytest.raises(ValueError, match="split seed 0"):  # another split would validate on the head's train rows
         e2e.with_init_head(replace(CFG, init_head=str(tmp_path), seed=1), 18)
     model = e2e.build_model(cfg, 18, order, net)
@@ -147,6 +150,44 @@ def test_init_head_from_a_stage2_run_and_freezing(data, tmp_path):
     assert params[0].grad is None and params[-1].grad is not None  # stem frozen, last stage trains
     frozen_bn = [m for m in image.modules() if isinstance(m, torch.nn.BatchNorm2d) and not m.weight.requires_grad]
     assert frozen_bn and not any(m.training for m in frozen_bn)
+
+
+def test_a_head_fitted_on_a_finetuned_cache_starts_from_that_backbone(data, tmp_path):
+    """--init-head from a head fitted on `<encoder>_ft`: the backbone starts as the fine-tuned one
+    whose features the head was fitted on, not the base weights; a cache rebuilt since or a
+    replaced weights file is refused by name."""
+    import torch
+    from safetensors.torch import save_file
+
+    from featcache.encoders import create_encoder, get_cfg
+    from featcache.extract import extract
+    from heads.experiment import Split, fit_eval, load_features, save_run
+    from heads.train import HeadConfig
+
+    dataset, cache = load_dataset(data), tmp_path / "cache"
+    fast = dict(pretrained=False, image_size=32, batch_size=8, threads=1, num_workers=0, progress=False,
+                log=lambda m: None)
+    extract(dataset, "efficientnet_lite0", cache, finetune_epochs=1, lr=1e-3, **fast)
+    extract(dataset, "minilm_l6", cache, **fast)
+    features = load_features(cache, ["efficientnet_lite0_ft", "minilm_l6"], dataset)
+    result = fit_eval(features, Split.of(dataset), HeadConfig(fusion="late", width=32, epochs=1, bf16=False))
+    run = save_run(result, tmp_path / "head", dataset.label_space)
+    cfg, order, net, weights = e2e.with_init_head(replace(CFG, init_head=str(run)), 18)
+    tuned_file = cache / "efficientnet_lite0_ft.safetensors"
+    assert order == ["efficientnet_lite0", "minilm_l6"] and weights == {"efficientnet_lite0": tuned_file}
+    image = e2e.build_model(cfg, 18, order, net, weights).encoders[0]
+    tuned = load_file(str(tuned_file))
+    assert tuned and all(torch.equal(v, tuned[k]) for k, v in image.state_dict().items() if k in tuned)
+
+    other = create_encoder(replace(get_cfg("efficientnet_lite0"), input_size=32), pretrained=False)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tuned_file))
+    with pytest.raises(ValueError, match="efficientnet_lite0_ft.safetensors: not the file"):
+        e2e.with_init_head(replace(CFG, init_head=str(run)), 18)
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**saved, "fingerprints": {**saved["fingerprints"],
+                                                                            "efficientnet_lite0_ft": "0" * 16}}))
+    with pytest.raises(ValueError, match=r"efficientnet_lite0_ft.h5 holds fingerprint .*\(fit-head\)"):
+        e2e.with_init_head(replace(CFG, init_head=str(run)), 18)
 
 
 def test_freeze_bn_keeps_statistics_while_weights_train_and_image_lr_is_its_own(data, tmp_path):
