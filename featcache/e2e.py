@@ -49,7 +49,7 @@ from .extract import encoder_input
 from .finetune import finetuned_weights
 from .metrics import scores
 from .split import train_val_split
-from .thresholds import Thresholds, apply_thresholds, fit_thresholds, out_of_fold_score
+from .thresholds import Thresholds, fit_thresholds, threshold_report
 
 FREEZE = ("image", "text", "image-early")
 CHECKPOINTS = "checkpoints"
@@ -498,18 +498,11 @@ def finish(run_dir: Path, model: E2EModel, cfg: E2EConfig, y_val: np.ndarray, pr
     save_weights(model, run_dir / "model.safetensors")
     th = fit_thresholds(y_val, probs, cfg.metric, cfg.threshold_mode)
     th.save(run_dir / "thresholds.json")
-    tuned = scores(y_val, probs, th.apply(probs))  # laid out like stage 2's metrics.json
-    # As stage 2: "tuned" is scored on the rows the thresholds were tuned on; this is the same
-    # tuning scored on held-out halves of them.
-    oof = out_of_fold_score(y_val, probs, metric=cfg.metric, mode=cfg.threshold_mode)
-    metrics = {**tuned, "at_0.5": scores(y_val, probs), "at_0.5_fallback": scores(y_val, probs, apply_thresholds(probs)),
-               "tuned": tuned, "tuned_out_of_fold": oof,
-               "thresholds": {"metric": cfg.metric, "mode": cfg.threshold_mode, "chosen": th.chosen,
-                              "candidates_out_of_fold": th.candidates_out_of_fold, "values": list(th.values)},
+    metrics = {**threshold_report(y_val, probs, th, cfg.metric, cfg.threshold_mode),  # laid out as stage 2's
                "n_val": len(y_val), "epochs": state["epoch"], "history": state["history"]}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     say(f"{run_dir}: validation sample-F1 {metrics['at_0.5']['sample_f1']:.4f} at 0.5, "
-        f"{metrics['tuned']['sample_f1']:.4f} with tuned thresholds ({oof:.4f} out of fold)")
+        f"{metrics['tuned']['sample_f1']:.4f} with tuned thresholds ({metrics['tuned_out_of_fold']:.4f} out of fold)")
 
 
 # --- checkpoints, tables, plots ------------------------------------------------------------------

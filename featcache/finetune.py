@@ -70,7 +70,7 @@ def ensure_finetuned(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, f
     with the weights' sha256, for the fingerprint."""
     train_idx, val_idx = train_val_split(dataset.targets(), ft.val_fraction, ft.seed)
     spec = finetune_spec(dataset, cfg, source, ft, train_idx)
-    weights, sidecar = out_dir / f"{cfg.name}_ft.safetensors", out_dir / f"{cfg.name}_ft.json"
+    weights, sidecar = weights_file(out_dir, cfg.name), out_dir / f"{cfg.name}_ft.json"
     out_dir.mkdir(parents=True, exist_ok=True)
     # Two extractors fine-tuning the same encoder: the second waits, then reuses the first's weights.
     with FileLock(str(out_dir / f"{cfg.name}_ft.lock")):
@@ -83,6 +83,10 @@ def ensure_finetuned(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, f
         if not reuse:
             sidecar.write_text(json.dumps({"spec": spec, "sha256": sha256, "history": history}, indent=1))
     return WeightsSource("path", weights), {**spec, "weights_sha256": sha256}
+
+
+def weights_file(cache_dir: str | Path, encoder: str) -> Path:
+    return Path(cache_dir) / f"{encoder}_ft.safetensors"
 
 
 def finetuned_weights(cache_dir: str | Path, cache_name: str, fingerprint: str) -> Path:
@@ -101,7 +105,7 @@ def finetuned_weights(cache_dir: str | Path, cache_name: str, fingerprint: str) 
         raise ValueError(f"{h5} {found}; the head was fitted on fingerprint {fingerprint}: its fine-tuned backbone "
                          f"is gone. Fit the head again on the current cache (fit-head)")
     sha = json.loads(attrs["fingerprint_spec"])["finetune"]["weights_sha256"]
-    weights = Path(cache_dir) / f"{cache_name}.safetensors"
+    weights = weights_file(cache_dir, cache_name.removesuffix("_ft"))
     if not weights.exists() or sha256_path(weights) != sha:
         raise ValueError(f"{weights}: {'missing' if not weights.exists() else 'not the file'} the cache {h5} was "
                          f"extracted with (sha256 {sha[:16]}); rerun extract --finetune-epochs with --force")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import AVERAGES, f1
+from .metrics import AVERAGES, f1, scores
 
 GRID = np.round(np.arange(0.02, 0.985, 0.01), 2)  # candidate thresholds
 CANDIDATES = ("flat", "global", "shrunk", "per-label")  # simplest first: auto's ties go to the earlier
@@ -225,3 +225,17 @@ def out_of_fold_score(y_true: np.ndarray, probs: np.ndarray, folds: int = 2, rep
     scores = [f1(y[held], fit_thresholds(y[fit], probs[fit], **kw).apply(probs[held]), metric)
               for fit, held in _folds(len(y), folds, repeats, seed)]
     return float(np.mean(scores))
+
+
+def threshold_report(y_true: np.ndarray, probs: np.ndarray, th: Thresholds, metric: str, mode: str) -> dict:
+    """The metrics both stages report for thresholds `th` fitted on these rows: "tuned" (also at
+    the top level) is scored on the rows the thresholds were tuned on (optimistic);
+    "tuned_out_of_fold" is the same tuning scored on held-out halves of them (auto: its choice
+    too); then 0.5 without and with the top-label fallback, and the thresholds themselves."""
+    tuned = scores(y_true, probs, th.apply(probs))
+    return {**tuned,
+            "at_0.5": scores(y_true, probs, apply_thresholds(probs, 0.5, fallback=False)),
+            "at_0.5_fallback": scores(y_true, probs, apply_thresholds(probs, 0.5, fallback=True)),
+            "tuned": tuned, "tuned_out_of_fold": out_of_fold_score(y_true, probs, metric=metric, mode=mode),
+            "thresholds": {"metric": metric, "mode": mode, "chosen": th.chosen,
+                           "candidates_out_of_fold": th.candidates_out_of_fold, "values": list(th.values)}}

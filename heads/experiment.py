@@ -22,9 +22,9 @@ import numpy as np
 import polars as pl
 
 from featcache.data import Dataset, LabelSpace, write_submission
-from featcache.metrics import AVERAGES, per_label_table, scores
+from featcache.metrics import AVERAGES, per_label_table
 from featcache.split import train_val_split
-from featcache.thresholds import Thresholds, apply_thresholds, fit_thresholds, out_of_fold_score
+from featcache.thresholds import Thresholds, apply_thresholds, fit_thresholds, threshold_report
 from stores.features import FeatureSet, StoreError, open_features
 
 from .train import Head, HeadConfig
@@ -86,22 +86,11 @@ def fit_eval(features: list[FeatureSet], split: Split, cfg: HeadConfig, metric: 
     probs = head.predict_proba(xs_va)
     thresholds = fit_thresholds(split.y_val, probs, metric=metric, mode=threshold_mode)
     tune_seconds = time.perf_counter() - t0
-    # The tuned metrics are measured on the rows the thresholds were tuned on (optimistic); this
-    # is the same tuning scored on held-out halves of the validation rows (auto: its choice too).
-    oof = out_of_fold_score(split.y_val, probs, metric=metric, mode=threshold_mode)
-    tuned_preds = thresholds.apply(probs)
-    tuned = scores(split.y_val, probs, tuned_preds)
-    metrics = {**tuned,
+    metrics = {**threshold_report(split.y_val, probs, thresholds, metric, threshold_mode),
                "fit_seconds": round(head.fit_seconds, 3), "tune_seconds": round(tune_seconds, 3),
-               "at_0.5": scores(split.y_val, probs, apply_thresholds(probs, 0.5, fallback=False)),
-               "at_0.5_fallback": scores(split.y_val, probs, apply_thresholds(probs, 0.5, fallback=True)),
-               "tuned": tuned, "tuned_out_of_fold": oof,
-               "thresholds": {"metric": metric, "mode": threshold_mode, "chosen": thresholds.chosen,
-                              "candidates_out_of_fold": thresholds.candidates_out_of_fold,
-                              "values": list(thresholds.values)},
                "best_epoch": head.best_epoch, "epochs_run": len(head.history),
                "n_train": len(split.ids_train), "n_val": len(split.ids_val), "split_seed": split.seed}
-    table = per_label_table(split.y_val, probs, tuned_preds, label_names)
+    table = per_label_table(split.y_val, probs, thresholds.apply(probs), label_names)
     return FitResult(head, thresholds, [fs.name for fs in features], {fs.name: fs.fingerprint for fs in features},
                      {fs.name: str(Path(fs.path).resolve()) for fs in features}, metrics, table)
 
