@@ -109,6 +109,7 @@ def extract_cmd(
     lr: float = typer.Option(None, help="Fine-tuning peak learning rate (default 3e-5 image, 1e-4 text)."),
     finetune_freeze_bn: bool = typer.Option(True, help="Fine-tuning keeps BatchNorm statistics as loaded."),
     finetune_augment: bool = typer.Option(True, help="Fine-tuning draws the study's image augmentations."),
+    finetune_head_init: str = typer.Option("scratch", help="Fine-tuning's linear head: scratch or probe (fitted to the loaded features first)."),
     views: int = typer.Option(0, help="Also cache K augmented views of each train image."),
     image_size: int = typer.Option(None, help="Override the encoder's input size (changes the fingerprint)."),
     force: bool = typer.Option(False, help="Rebuild a cache built from a different configuration."),
@@ -135,7 +136,8 @@ def extract_cmd(
         result = extract(dataset, encoder, cache, batch_size=batch_size, device=device, num_workers=num_workers,
                          threads=threads, weights=weights, pretrained=not random_init, image_size=image_size, views=views,
                          force=force, lenient=lenient, finetune_epochs=finetune_epochs, lr=lr,
-                         finetune_opts={"freeze_bn": finetune_freeze_bn, "augment": finetune_augment},
+                         finetune_opts={"freeze_bn": finetune_freeze_bn, "augment": finetune_augment,
+                                        "head_init": finetune_head_init},
                          shard=shard, num_shards=num_shards)
     except (DataError, StoreError, WeightsNotFound, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))

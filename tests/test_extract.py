@@ -319,3 +319,37 @@ def test_finetune_keeps_batchnorm_statistics_unless_told_otherwise(dataset, tmp_
     weights = [k for k in before if k.endswith("conv_stem.weight")]
     assert stats and weights and not torch.equal(before[weights[0]], after[weights[0]])  # it trained
     assert all(torch.equal(before[k], after[k]) for k in stats) == freeze_bn
+
+
+def test_the_probe_head_is_the_logistic_regression_scikit_learn_fits():
+    from sklearn.linear_model import LogisticRegression
+
+    from featcache.finetune import _fit_probe
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 12, generator=g) * 3 + 1  # unstandardised, as backbone features are
+    y = (torch.sigmoid(x @ torch.randn(3, 12, generator=g).T) > torch.rand(400, 3, generator=g)).float()
+    x[7] = 0  # an unreadable row under lenient: left out of the fit
+    head = torch.nn.Linear(12, 3)
+    _fit_probe(head, x, y)
+    keep = np.arange(len(x)) != 7
+    xs = ((x[keep] - x[keep].mean(0)) / (x[keep].std(0) + 1e-6)).numpy()
+    for j in range(3):
+        expected = LogisticRegression(C=1.0, max_iter=5000).fit(xs, y[keep, j].numpy()).predict_proba(xs)[:, 1]
+        got = torch.sigmoid(head(x[keep]))[:, j].detach().numpy()
+        assert np.abs(expected - got).max() < 1e-2
+
+
+def test_finetune_with_a_probe_head_records_it_and_rejects_an_unknown_start(dataset, tmp_path):
+    from featcache import finetune
+    from featcache.encoders import resolve_weights
+
+    cfg = replace(get_cfg("efficientnet_lite0"), input_size=32)
+    source = resolve_weights(cfg, None, False)
+    said = []
+    ft = finetune.FinetuneCfg(epochs=1, lr=1e-3, batch_size=4, head_init="probe")
+    _, spec = finetune.ensure_finetuned(dataset, cfg, source, ft, tmp_path, threads=1, num_workers=0, say=said.append)
+    assert spec["head_init"] == "probe" and any("linear probe fitted" in m for m in said)
+    with pytest.raises(ValueError, match="head_init"):
+        finetune.ensure_finetuned(dataset, cfg, source, replace(ft, head_init="zeros"), tmp_path, threads=1,
+                                  num_workers=0, say=said.append)
