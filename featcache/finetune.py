@@ -53,6 +53,10 @@ class FinetuneCfg:
     # against 0.8700. The training loss fell faster and validation mAP slower. So "scratch" stays.
     head_init: str = "scratch"
 
+    def __post_init__(self):
+        if self.head_init not in ("scratch", "probe"):
+            raise ValueError(f"head_init must be probe or scratch, got {self.head_init!r}")
+
     @staticmethod
     def default_lr(is_text: bool) -> float:
         # Measured on the shared slice (text-only / image-only head, validation sample-F1):
@@ -64,7 +68,10 @@ class FinetuneCfg:
 
 def finetune_spec(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: FinetuneCfg, train_idx) -> dict:
     train_ids = "\n".join(dataset.train[i].image_id for i in train_idx)
-    return {**asdict(ft), "encoder": cfg.name, "preprocessing": cfg.preprocessing(), "base_weights_sha256": source.sha256(),
+    recipe = asdict(ft)
+    if recipe["head_init"] == "scratch":  # the recipe from before the field existed: its weights and caches stay valid
+        del recipe["head_init"]
+    return {**recipe, "encoder": cfg.name, "preprocessing": cfg.preprocessing(), "base_weights_sha256": source.sha256(),
             "dataset": dataset.fingerprint(), "train_rows": len(train_idx),
             "train_ids_sha256": hashlib.sha256(train_ids.encode()).hexdigest()[:16]}
 
@@ -137,11 +144,9 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
     workers = (0 if cfg.is_text else 1) if num_workers is None else num_workers
     if ft.head_init == "probe":
         t_probe = time.perf_counter()
-        features = _embed(encoder, dataset, cfg, records, ft.batch_size, device, workers, lenient)
-        _fit_probe(head, features, targets.to(device))
-        say(f"finetune {cfg.name}: linear probe fitted on {len(records)} train rows in {time.perf_counter() - t_probe:.0f} s")
-    elif ft.head_init != "scratch":
-        raise ValueError(f"head_init must be probe or scratch, got {ft.head_init!r}")
+        features, read = _embed(encoder, dataset, cfg, records, ft.batch_size, device, workers, lenient)
+        _fit_probe(head, features[read], targets.to(device)[read])
+        say(f"finetune {cfg.name}: linear probe fitted on {int(read.sum())} train rows in {time.perf_counter() - t_probe:.0f} s")
     optimizer = torch.optim.AdamW([{"params": encoder.parameters(), "lr": ft.lr},
                                    {"params": head.parameters(), "lr": ft.head_lr}], weight_decay=ft.weight_decay)
     steps = ft.epochs * -(-len(records) // ft.batch_size)
@@ -211,12 +216,9 @@ def _train_mode(encoder, freeze_bn: bool) -> None:
 
 def _fit_probe(head, features, targets, iterations: int = 200) -> None:
     """Sets `head` to the L2-regularised logistic regression of targets on features (full batch
-    L-BFGS on standardised features, scikit-learn's default penalty C = 1; a convex fit of seconds).
-    Rows whose features are all 0 (unreadable under lenient) are left out."""
+    L-BFGS on standardised features, scikit-learn's default penalty C = 1; a convex fit of seconds)."""
     import torch
 
-    keep = features.abs().sum(1) > 0
-    features, targets = features[keep], targets[keep]
     mean, std = features.mean(0), features.std(0) + 1e-6
     z = (features - mean) / std  # standardised for the solver; folded back into the weights below
     w = torch.zeros(targets.shape[1], z.shape[1], device=z.device, requires_grad=True)
@@ -244,12 +246,14 @@ def _predict(encoder, head, dataset: Dataset, cfg: EncoderCfg, records, batch_si
     import torch
 
     with torch.inference_mode():
-        return torch.sigmoid(head(_embed(encoder, dataset, cfg, records, batch_size, device, workers, lenient))).cpu().numpy()
+        features, read = _embed(encoder, dataset, cfg, records, batch_size, device, workers, lenient)
+        return (torch.sigmoid(head(features)) * read[:, None]).cpu().numpy()
 
 
 def _embed(encoder, dataset: Dataset, cfg: EncoderCfg, records, batch_size: int, device: str, workers: int,
            lenient: bool):
-    """Backbone outputs (float32 tensor on `device`) on clean inputs; unreadable rows are 0 under lenient."""
+    """Backbone outputs on clean inputs (float32, on `device`) and which rows were read (under
+    lenient an unreadable row is skipped: False, features 0)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -263,6 +267,7 @@ def _embed(encoder, dataset: Dataset, cfg: EncoderCfg, records, batch_size: int,
         return x, [i for _, i in kept], errors
 
     out = torch.zeros(len(records), cfg.embed_dim, device=device)
+    read = torch.zeros(len(records), dtype=torch.bool, device=device)
     encoder.eval()
     with torch.inference_mode():
         for x, rows, errors in DataLoader(_Items(item, len(records)), batch_size=batch_size, collate_fn=collate,
@@ -271,8 +276,8 @@ def _embed(encoder, dataset: Dataset, cfg: EncoderCfg, records, batch_size: int,
                 raise DataError(errors[0])
             if x is not None:
                 x = {n: v.to(device) for n, v in x.items()} if isinstance(x, dict) else x.to(device)
-                out[rows] = encoder(x).float()
-    return out
+                out[rows], read[rows] = encoder(x).float(), True
+    return out, read
 
 
 class _Items:

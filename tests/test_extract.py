@@ -329,27 +329,35 @@ def test_the_probe_head_is_the_logistic_regression_scikit_learn_fits():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(400, 12, generator=g) * 3 + 1  # unstandardised, as backbone features are
     y = (torch.sigmoid(x @ torch.randn(3, 12, generator=g).T) > torch.rand(400, 3, generator=g)).float()
-    x[7] = 0  # an unreadable row under lenient: left out of the fit
     head = torch.nn.Linear(12, 3)
     _fit_probe(head, x, y)
-    keep = np.arange(len(x)) != 7
-    xs = ((x[keep] - x[keep].mean(0)) / (x[keep].std(0) + 1e-6)).numpy()
+    xs = ((x - x.mean(0)) / (x.std(0) + 1e-6)).numpy()
     for j in range(3):
-        expected = LogisticRegression(C=1.0, max_iter=5000).fit(xs, y[keep, j].numpy()).predict_proba(xs)[:, 1]
-        got = torch.sigmoid(head(x[keep]))[:, j].detach().numpy()
+        expected = LogisticRegression(C=1.0, max_iter=5000).fit(xs, y[:, j].numpy()).predict_proba(xs)[:, 1]
+        got = torch.sigmoid(head(x))[:, j].detach().numpy()
         assert np.abs(expected - got).max() < 1e-2
 
 
-def test_finetune_with_a_probe_head_records_it_and_rejects_an_unknown_start(dataset, tmp_path):
+def test_finetune_with_a_probe_head_records_it_and_rejects_an_unknown_start(data_root, tmp_path):
+    import shutil
+
     from featcache import finetune
     from featcache.encoders import resolve_weights
 
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    dataset = load_dataset(root)
+    train_idx, _ = train_val_split(dataset.targets(), seed=0)
+    (root / "data" / dataset.train[train_idx[0]].image_id).unlink()  # lenient: the probe fits the rows read
     cfg = replace(get_cfg("efficientnet_lite0"), input_size=32)
     source = resolve_weights(cfg, None, False)
     said = []
     ft = finetune.FinetuneCfg(epochs=1, lr=1e-3, batch_size=4, head_init="probe")
-    _, spec = finetune.ensure_finetuned(dataset, cfg, source, ft, tmp_path, threads=1, num_workers=0, say=said.append)
-    assert spec["head_init"] == "probe" and any("linear probe fitted" in m for m in said)
+    _, spec = finetune.ensure_finetuned(dataset, cfg, source, ft, tmp_path / "cache", threads=1, num_workers=0,
+                                        say=said.append, lenient=True)
+    assert spec["head_init"] == "probe"
+    scratch = finetune.finetune_spec(dataset, cfg, source, replace(ft, head_init="scratch"), train_idx)
+    assert "head_init" not in scratch  # so fine-tunes made before the option keep their fingerprint
+    assert any(f"linear probe fitted on {len(train_idx) - 1} train rows" in m for m in said), said
     with pytest.raises(ValueError, match="head_init"):
-        finetune.ensure_finetuned(dataset, cfg, source, replace(ft, head_init="zeros"), tmp_path, threads=1,
-                                  num_workers=0, say=said.append)
+        replace(ft, head_init="zeros")
