@@ -49,8 +49,8 @@ class FinetuneCfg:
     # "probe": the linear head starts as the logistic regression of the loaded backbone's features
     # (LP-FT, Kumar et al. 2022), so early gradients carry label signal rather than a random head's.
     # Costs one inference pass over the train rows. Measured on the shared slice it did not help:
-    # image-only 0.8260 (lite0, 260 px, lr 1e-4) against 0.8296 from scratch at 224 px; text 0.8671
-    # against 0.8700. The training loss fell faster and validation mAP slower. So "scratch" stays.
+    # image-only 0.8260 against 0.8297 from scratch (lite0, 260 px, lr 1e-4); text 0.8671 against
+    # 0.8700. The training loss fell faster and validation mAP slower. So "scratch" stays.
     head_init: str = "scratch"
 
     def __post_init__(self):
