@@ -110,8 +110,10 @@ def extract_cmd(
     finetune_freeze_bn: bool = typer.Option(True, help="Fine-tuning keeps BatchNorm statistics as loaded."),
     finetune_augment: bool = typer.Option(True, help="Fine-tuning draws the study's image augmentations."),
     finetune_head_init: str = typer.Option("scratch", help="Fine-tuning's linear head: scratch or probe (fitted to the loaded features first)."),
+    finetune_ema: float = typer.Option(0.0, help="Keep the moving average of the fine-tuned weights with this decay (e.g. 0.998; 0: the last step's)."),
     views: int = typer.Option(0, help="Also cache K augmented views of each train image."),
     image_size: int = typer.Option(None, help="Override the encoder's input size (changes the fingerprint)."),
+    pooling: str = typer.Option(None, help="Override the pooling: avg, max, avgmax, catavgmax (timm image models), mean or cls (text)."),
     force: bool = typer.Option(False, help="Rebuild a cache built from a different configuration."),
     weights: Path = typer.Option(None, help="Weights file or Hugging Face directory (first in the lookup order)."),
     random_init: bool = typer.Option(False, help="Random weights: tests and speed measurements only."),
@@ -134,10 +136,10 @@ def extract_cmd(
         for s in dataset.skipped:
             typer.echo(f"skipped {s.file}:{s.line}: {s.reason}", err=True)
         result = extract(dataset, encoder, cache, batch_size=batch_size, device=device, num_workers=num_workers,
-                         threads=threads, weights=weights, pretrained=not random_init, image_size=image_size, views=views,
+                         threads=threads, weights=weights, pretrained=not random_init, image_size=image_size, pooling=pooling, views=views,
                          force=force, lenient=lenient, finetune_epochs=finetune_epochs, lr=lr,
                          finetune_opts={"freeze_bn": finetune_freeze_bn, "augment": finetune_augment,
-                                        "head_init": finetune_head_init},
+                                        "head_init": finetune_head_init, "ema_decay": finetune_ema},
                          shard=shard, num_shards=num_shards)
     except (DataError, StoreError, WeightsNotFound, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
@@ -277,6 +279,7 @@ def finetune_cmd(
     image_lr: float = typer.Option(None, help="The image backbone's learning rate (default: --lr)."),
     freeze_bn: bool = typer.Option(False, help="Keep the backbones' BatchNorm statistics as loaded."),
     schedule: str = typer.Option("constant", help="constant (the seed's) or cosine (5% warm-up, cosine decay)."),
+    ema: float = typer.Option(0.0, help="Validate and save the moving average of the weights with this decay (e.g. 0.999; 0: the last step's)."),
     freeze: list[str] = typer.Option(["none"], help="none | image | text | image-early (repeat or comma-separate)."),
     early_fraction: float = typer.Option(0.5, help="image-early: share of the image backbone frozen, from the stem."),
     image_size: int = typer.Option(None, help="Image side in pixels (default: the encoder's input size)."),
@@ -305,7 +308,7 @@ def finetune_cmd(
     try:
         cfg = None if resume else E2EConfig(
             image_encoder, text_encoder, fusion, classifier, dropout=dropout, epochs=epochs or 3, batch_size=batch_size,
-            lr=lr, image_lr=image_lr, freeze_bn=freeze_bn, schedule=schedule,
+            lr=lr, image_lr=image_lr, freeze_bn=freeze_bn, schedule=schedule, ema_decay=ema,
             freeze=tuple(f for item in freeze for f in item.split(",") if f), early_fraction=early_fraction,
             image_size=image_size, pretrained=not random_init, init_head=str(init_head) if init_head else None,
             max_steps=max_steps, precision=precision, channels_last=channels_last, metric=metric, seed=seed)

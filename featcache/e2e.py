@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -72,6 +73,9 @@ class E2EConfig:
     image_lr: float | None = None  # None: lr
     freeze_bn: bool = False
     schedule: str = "constant"  # the seed's; cosine: 5% linear warm-up, then cosine decay to 0
+    # > 0: validate, tune thresholds on and save the exponential moving average of the weights
+    # (timm's ModelEmaV3, updated every step, starting from the loaded model) instead of the last step's.
+    ema_decay: float = 0.0
     freeze: tuple[str, ...] = ()  # any of FREEZE
     early_fraction: float = 0.5  # image-early: this share of the image backbone's tensors, in forward order
     image_size: int | None = None  # None: the encoder's input size
@@ -96,6 +100,8 @@ class E2EConfig:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(table)}")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be constant or cosine, got {self.schedule!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         for name, modality in (("image_encoder", "image"), ("text_encoder", "text")):
@@ -385,9 +391,11 @@ def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path = "ru
     base_lrs = [g["lr"] for g in optimizer.param_groups]  # peaks; a checkpoint's groups hold the last scaled lr
     amp = autocast_dtype(cfg, proc.device)
     scaler = torch.amp.GradScaler(proc.device.type, enabled=amp == torch.float16)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
+    scored = ema.module if ema is not None else model  # what is validated, thresholded and saved
     state = {"epoch": 0, "history": [], "steps": []}
     if resume:
-        state = load_checkpoint(run_dir, model, optimizer, scaler)
+        state = load_checkpoint(run_dir, model, optimizer, scaler, ema)
         say(f"{run_dir}: resuming after epoch {state['epoch']} of {cfg.epochs}")
     elif proc.main:
         run_dir.mkdir(parents=True, exist_ok=False)
@@ -426,6 +434,8 @@ def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path = "ru
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if ema is not None:
+                ema.update(model)
             total, n_seen = total + loss.item() * len(y), n_seen + len(y)
             now = time.perf_counter()
             if proc.main:  # rank 0's own loss per step (the epoch mean below covers every rank)
@@ -441,7 +451,7 @@ def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path = "ru
         if proc.world > 1:
             dist.all_reduce(sums)
         t1 = time.perf_counter()
-        logits = evaluate(model, val_loader, proc, amp, len(val_rows))
+        logits = evaluate(scored, val_loader, proc, amp, len(val_rows))
         probs = _sigmoid(logits)
         val_loss = float(LOSSES["bce"](torch.from_numpy(logits), torch.from_numpy(y_val)))
         record = {"epoch": epoch, "steps": steps, "train_loss": float(sums[0] / sums[1]), "val_loss": val_loss,
@@ -453,14 +463,14 @@ def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path = "ru
             say(f"epoch {epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f}, val loss {val_loss:.4f}, "
                 f"val sample-F1 {record['val_sample_f1']:.4f} (0.5), mAP {record['val_map']:.4f}, "
                 f"{train_seconds:.0f} s ({record['seconds_per_step']:.2f} s/step)")
-            save_checkpoint(run_dir, model, optimizer, scaler, state)
+            save_checkpoint(run_dir, model, optimizer, scaler, state, ema)
             write_tables(run_dir, state)
         if proc.world > 1:
             dist.barrier()
     if probs is None:  # resumed after the last epoch: only the final step was left
-        probs = _sigmoid(evaluate(model, val_loader, proc, amp, len(val_rows)))
+        probs = _sigmoid(evaluate(scored, val_loader, proc, amp, len(val_rows)))
     if proc.main:
-        finish(run_dir, model, cfg, y_val, probs, state, say)
+        finish(run_dir, scored, cfg, y_val, probs, state, say)
     if proc.world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -507,7 +517,7 @@ def finish(run_dir: Path, model: E2EModel, cfg: E2EConfig, y_val: np.ndarray, pr
 
 # --- checkpoints, tables, plots ------------------------------------------------------------------
 
-def save_checkpoint(run_dir: Path, model, optimizer, scaler, state: dict) -> Path:
+def save_checkpoint(run_dir: Path, model, optimizer, scaler, state: dict, ema=None) -> Path:
     """checkpoints/epoch-N/ is written beside the old one and renamed into place: a kill at any
     moment leaves the previous checkpoint intact. Older checkpoints are then removed."""
     root = run_dir / CHECKPOINTS
@@ -515,6 +525,8 @@ def save_checkpoint(run_dir: Path, model, optimizer, scaler, state: dict) -> Pat
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_weights(model, tmp / "model.safetensors")
+    if ema is not None:
+        save_weights(ema.module, tmp / "ema.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state))
     shutil.rmtree(final, ignore_errors=True)
@@ -532,9 +544,14 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return done[-1]
 
 
-def load_checkpoint(run_dir: Path, model, optimizer=None, scaler=None) -> dict:
+def load_checkpoint(run_dir: Path, model, optimizer=None, scaler=None, ema=None) -> dict:
     ckpt = latest_checkpoint(run_dir)
     model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+    if ema is not None:
+        if not (ckpt / "ema.safetensors").exists():
+            raise ValueError(f"{ckpt}: no ema.safetensors, though the run keeps a moving average (ema_decay "
+                             f"{ema.decay}); the checkpoint was not written by this run")
+        ema.module.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
     if optimizer is not None:
         try:
             opt = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)

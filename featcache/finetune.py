@@ -52,10 +52,15 @@ class FinetuneCfg:
     # image-only 0.8260 against 0.8297 from scratch (lite0, 260 px, lr 1e-4); text 0.8671 against
     # 0.8700. The training loss fell faster and validation mAP slower. So "scratch" stays.
     head_init: str = "scratch"
+    # > 0: the saved backbone (and the watched head) is the exponential moving average of the
+    # weights over the steps, with this decay (timm's ModelEmaV3), instead of the last step's.
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         if self.head_init not in ("scratch", "probe"):
             raise ValueError(f"head_init must be probe or scratch, got {self.head_init!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
 
     @staticmethod
     def default_lr(is_text: bool) -> float:
@@ -68,9 +73,9 @@ class FinetuneCfg:
 
 def finetune_spec(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: FinetuneCfg, train_idx) -> dict:
     train_ids = "\n".join(dataset.train[i].image_id for i in train_idx)
-    recipe = asdict(ft)
-    if recipe["head_init"] == "scratch":  # the recipe from before the field existed: its weights and caches stay valid
-        del recipe["head_init"]
+    # Fields added later are left out at their defaults: the recipes from before they existed keep
+    # their specs, so their weights and caches stay valid.
+    recipe = {k: v for k, v in asdict(ft).items() if (k, v) not in (("head_init", "scratch"), ("ema_decay", 0.0))}
     return {**recipe, "encoder": cfg.name, "preprocessing": cfg.preprocessing(), "base_weights_sha256": source.sha256(),
             "dataset": dataset.fingerprint(), "train_rows": len(train_idx),
             "train_ids_sha256": hashlib.sha256(train_ids.encode()).hexdigest()[:16]}
@@ -132,6 +137,8 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
+    from timm.utils import ModelEmaV3
+
     from .backbones import build_encoder, save_weights
     from .metrics import scores
 
@@ -150,6 +157,9 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
     optimizer = torch.optim.AdamW([{"params": encoder.parameters(), "lr": ft.lr},
                                    {"params": head.parameters(), "lr": ft.head_lr}], weight_decay=ft.weight_decay)
     steps = ft.epochs * -(-len(records) // ft.batch_size)
+    # The average starts at the loaded weights; with decay d it weighs the last ~1 / (1 - d) steps.
+    trained = torch.nn.ModuleList([encoder, head])
+    ema = ModelEmaV3(trained, decay=ft.ema_decay) if ft.ema_decay else None
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, [ft.lr, ft.head_lr], total_steps=steps, pct_start=0.1)
 
     augment = ft.augment and not cfg.is_text
@@ -187,9 +197,12 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
             loss.backward()
             optimizer.step()
             schedule.step()
+            if ema is not None:
+                ema.update(trained)
             total += loss.item()
             bar.set_postfix(loss=f"{total / k:.4f}")
-        probs = _predict(encoder, head, dataset, cfg, val_records, ft.batch_size, device, workers, lenient)
+        kept_encoder, kept_head = (ema.module[0], ema.module[1]) if ema is not None else (encoder, head)
+        probs = _predict(kept_encoder, kept_head, dataset, cfg, val_records, ft.batch_size, device, workers, lenient)
         val = scores(dataset.targets(val_records), probs)
         history.append({"epoch": epoch + 1, "train_loss": round(total / max(len(loader), 1), 5),
                         "val_map": round(val["map"], 4), "val_sample_f1_at_0.5": round(val["sample_f1"], 4),
@@ -197,7 +210,7 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
         say(f"finetune {cfg.name} epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, validation mAP "
             f"{val['map']:.4f}, sample-F1 at 0.5 {val['sample_f1']:.4f} (linear head; watched, not selected on)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(encoder, out, metadata={"encoder": cfg.name, "finetune": json.dumps(asdict(ft))})
+    save_weights(kept_encoder, out, metadata={"encoder": cfg.name, "finetune": json.dumps(asdict(ft))})
     if skipped:
         say(f"{cfg.name}: fine-tuning skipped {skipped} unreadable training images over {ft.epochs} epochs (--lenient)")
     say(f"{out}: fine-tuned {cfg.name} for {ft.epochs} epochs on {len(records)} train rows in {time.perf_counter() - t0:.0f} s")

@@ -361,3 +361,42 @@ def test_finetune_with_a_probe_head_records_it_and_rejects_an_unknown_start(data
     assert any(f"linear probe fitted on {len(train_idx) - 1} train rows" in m for m in said), said
     with pytest.raises(ValueError, match="head_init"):
         replace(ft, head_init="zeros")
+
+
+def test_finetune_ema_saves_the_moving_average_and_is_recorded_only_when_on(dataset, tmp_path):
+    from featcache import finetune
+    from featcache.backbones import build_encoder, load_state_dict
+    from featcache.encoders import resolve_weights
+
+    cfg = replace(get_cfg("efficientnet_lite0"), input_size=32)
+    source = resolve_weights(cfg, None, False)
+    before = build_encoder(cfg, source).state_dict()
+    ft = finetune.FinetuneCfg(epochs=1, lr=1e-2, batch_size=4)
+    moved = {}
+    for decay in (0.0, 0.999):
+        tuned, spec = finetune.ensure_finetuned(dataset, cfg, source, replace(ft, ema_decay=decay), tmp_path / str(decay),
+                                                threads=1, num_workers=0, say=lambda m: None)
+        after = load_state_dict(tuned.path)
+        moved[decay] = sum(float((after[k] - before[k]).norm()) for k in before if before[k].is_floating_point())
+        assert ("ema_decay" in spec) == bool(decay)  # fine-tunes made before the option keep their fingerprint
+    # 0.999 over a handful of steps keeps ~99% of the loaded weights: the average moved far less than the last step
+    assert 0 < moved[0.999] < 0.05 * moved[0.0], moved
+    with pytest.raises(ValueError, match="ema_decay"):
+        replace(ft, ema_decay=1.0)
+
+
+def test_pooling_changes_the_width_and_the_fingerprint_and_is_checked(dataset, tmp_path):
+    from featcache.encoders import with_pooling
+
+    base = run(dataset, tmp_path / "avg")
+    pooled = run(dataset, tmp_path / "cat", pooling="catavgmax")
+    avg = open_features(tmp_path / "avg", "efficientnet_lite0").features
+    cat = open_features(tmp_path / "cat", "efficientnet_lite0").features
+    assert cat.shape == (32, 2560) and pooled.fingerprint != base.fingerprint
+    np.testing.assert_allclose(cat[:, :1280], avg, rtol=2e-3, atol=2e-3)  # timm's catavgmax: [avg, max]
+    assert (cat[:, 1280:] >= avg - 2e-3 * np.abs(avg) - 1e-3).all()  # a max is never below the mean (float16 store)
+    assert with_pooling(get_cfg("minilm_l6"), "cls").embed_dim == 384
+    with pytest.raises(ValueError, match="needs a timm model"):
+        with_pooling(get_cfg("resnet50"), "max")
+    with pytest.raises(ValueError, match="choose from"):
+        with_pooling(get_cfg("efficientnet_lite0"), "gem")
