@@ -111,6 +111,7 @@ def extract_cmd(
     finetune_augment: bool = typer.Option(True, help="Fine-tuning draws the study's image augmentations."),
     finetune_head_init: str = typer.Option("scratch", help="Fine-tuning's linear head: scratch or probe (fitted to the loaded features first)."),
     finetune_ema: float = typer.Option(0.0, help="Keep the moving average of the fine-tuned weights with this decay (e.g. 0.998; 0: the last step's)."),
+    finetune_text_mask: float = typer.Option(0.0, help="Text fine-tuning masks this share of caption tokens in each step (e.g. 0.15)."),
     views: int = typer.Option(0, help="Also cache K augmented views of each train image."),
     image_size: int = typer.Option(None, help="Override the encoder's input size (changes the fingerprint)."),
     pooling: str = typer.Option(None, help="Override the pooling: avg, max, avgmax, catavgmax (timm image models), mean or cls (text)."),
@@ -139,7 +140,7 @@ def extract_cmd(
                          threads=threads, weights=weights, pretrained=not random_init, image_size=image_size, pooling=pooling, views=views,
                          force=force, lenient=lenient, finetune_epochs=finetune_epochs, lr=lr,
                          finetune_opts={"freeze_bn": finetune_freeze_bn, "augment": finetune_augment,
-                                        "head_init": finetune_head_init, "ema_decay": finetune_ema},
+                                        "head_init": finetune_head_init, "ema_decay": finetune_ema, "text_mask": finetune_text_mask},
                          shard=shard, num_shards=num_shards)
     except (DataError, StoreError, WeightsNotFound, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))

@@ -55,12 +55,17 @@ class FinetuneCfg:
     # > 0: the saved backbone (and the watched head) is the exponential moving average of the
     # weights over the steps, with this decay (timm's ModelEmaV3), instead of the last step's.
     ema_decay: float = 0.0
+    # Text: this share of each caption's tokens is replaced by [MASK] in every training step (a fresh
+    # draw each epoch), so the head cannot lean on one word; the validation watch reads clean captions.
+    text_mask: float = 0.0
 
     def __post_init__(self):
         if self.head_init not in ("scratch", "probe"):
             raise ValueError(f"head_init must be probe or scratch, got {self.head_init!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
+        if not 0.0 <= self.text_mask < 1.0:
+            raise ValueError(f"text_mask must be in [0, 1) (0: off), got {self.text_mask}")
 
     @staticmethod
     def default_lr(is_text: bool) -> float:
@@ -75,7 +80,8 @@ def finetune_spec(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: 
     train_ids = "\n".join(dataset.train[i].image_id for i in train_idx)
     # Fields added later are left out at their defaults: the recipes from before they existed keep
     # their specs, so their weights and caches stay valid.
-    recipe = {k: v for k, v in asdict(ft).items() if (k, v) not in (("head_init", "scratch"), ("ema_decay", 0.0))}
+    added_later = {"head_init": "scratch", "ema_decay": 0.0, "text_mask": 0.0}
+    recipe = {k: v for k, v in asdict(ft).items() if k not in added_later or v != added_later[k]}
     return {**recipe, "encoder": cfg.name, "preprocessing": cfg.preprocessing(), "base_weights_sha256": source.sha256(),
             "dataset": dataset.fingerprint(), "train_rows": len(train_idx),
             "train_ids_sha256": hashlib.sha256(train_ids.encode()).hexdigest()[:16]}
@@ -183,6 +189,7 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
     t0, skipped, history = time.perf_counter(), 0, []
     for epoch in range(ft.epochs):
         items.epoch = epoch  # read by workers forked for this epoch's iteration
+        masks = torch.Generator().manual_seed(ft.seed * 1000 + epoch)
         _train_mode(encoder, ft.freeze_bn)
         bar, total = tqdm(loader, desc=f"finetune {cfg.name} epoch {epoch + 1}/{ft.epochs}", unit="batch"), 0.0
         for k, (x, y, errors) in enumerate(bar, 1):
@@ -191,6 +198,8 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
             skipped += len(errors)
             if x is None:  # every image of the batch was unreadable
                 continue
+            if cfg.is_text and ft.text_mask:
+                x = _mask_tokens(x, encoder.tokenizer, ft.text_mask, masks)
             x = {n: v.to(device) for n, v in x.items()} if isinstance(x, dict) else x.to(device)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(head(encoder(x)), y.to(device))
             optimizer.zero_grad(set_to_none=True)
@@ -215,6 +224,16 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
         say(f"{cfg.name}: fine-tuning skipped {skipped} unreadable training images over {ft.epochs} epochs (--lenient)")
     say(f"{out}: fine-tuned {cfg.name} for {ft.epochs} epochs on {len(records)} train rows in {time.perf_counter() - t0:.0f} s")
     return history
+
+
+def _mask_tokens(batch: dict, tokenizer, share: float, generator) -> dict:
+    """The batch with `share` of its caption tokens (not padding, [CLS] or [SEP]) set to [MASK]."""
+    import torch
+
+    ids = batch["input_ids"]
+    words = batch["attention_mask"].bool() & ~torch.isin(ids, torch.tensor(tokenizer.all_special_ids))
+    hit = words & (torch.rand(ids.shape, generator=generator) < share)
+    return {**batch, "input_ids": ids.masked_fill(hit, tokenizer.mask_token_id)}
 
 
 def _train_mode(encoder, freeze_bn: bool) -> None:

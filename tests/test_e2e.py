@@ -60,18 +60,24 @@ def test_training_lowers_the_loss_and_writes_the_run(full_run):
     assert [p.name for p in (full_run / "checkpoints").iterdir()] == ["epoch-3"]  # only the latest is kept
 
 
-def test_interrupted_run_resumes_after_its_checkpoint_and_matches(full_run, data, tmp_path, monkeypatch):
+def cut_after_epoch_1(cfg, data, runs: Path, name: str, monkeypatch) -> Path:
+    """A run stopped as if killed right after its epoch-1 checkpoint was written."""
+    write_tables = e2e.write_tables
+
     def stop_after_epoch_1(run_dir, state):
         if state["epoch"] == 1:
-            raise KeyboardInterrupt  # as if killed right after the epoch-1 checkpoint was written
+            raise KeyboardInterrupt
         write_tables(run_dir, state)
 
-    write_tables = e2e.write_tables
     monkeypatch.setattr(e2e, "write_tables", stop_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
-        e2e.train(CFG, data, tmp_path, run_name="cut", threads=1, log=lambda m: None)
+        e2e.train(cfg, data, runs, run_name=name, threads=1, log=lambda m: None)
     monkeypatch.undo()
-    run = tmp_path / "cut"
+    return runs / name
+
+
+def test_interrupted_run_resumes_after_its_checkpoint_and_matches(full_run, data, tmp_path, monkeypatch):
+    run = cut_after_epoch_1(CFG, data, tmp_path, "cut", monkeypatch)
     assert not (run / "model.safetensors").exists()
     saved = load_file(str(e2e.latest_checkpoint(run) / "model.safetensors"))
     model = e2e.build_model(CFG, 18, [CFG.image_encoder, CFG.text_encoder])
@@ -242,19 +248,9 @@ def test_ema_run_saves_the_average_and_resumes_it(full_run, data, tmp_path, monk
     # 9 steps at decay 0.999 keep ~99% of the start; the run validates and saves that average
     assert 0 < moved(saved) < 0.05 * moved(last)
     assert json.loads((ema / "config.json").read_text())["config"]["ema_decay"] == 0.999
-
-    def stop_after_epoch_1(run_dir, state):
-        if state["epoch"] == 1:
-            raise KeyboardInterrupt
-        write_tables(run_dir, state)
-
-    write_tables = e2e.write_tables
-    monkeypatch.setattr(e2e, "write_tables", stop_after_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        e2e.train(cfg, data, tmp_path, run_name="ema-cut", threads=1, log=lambda m: None)
-    monkeypatch.undo()
-    e2e.train(None, None, resume=tmp_path / "ema-cut", threads=1, log=lambda m: None)
-    resumed = load_file(str(tmp_path / "ema-cut" / "model.safetensors"))
+    cut = cut_after_epoch_1(cfg, data, tmp_path, "ema-cut", monkeypatch)
+    e2e.train(None, None, resume=cut, threads=1, log=lambda m: None)
+    resumed = load_file(str(cut / "model.safetensors"))  # the average, carried through the checkpoint
     assert max(float((saved[k].double() - resumed[k].double()).abs().max()) for k in saved) < 1e-5
     with pytest.raises(ValueError, match="ema_decay"):
         replace(CFG, ema_decay=1.0)

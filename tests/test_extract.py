@@ -400,3 +400,26 @@ def test_pooling_changes_the_width_and_the_fingerprint_and_is_checked(dataset, t
         with_pooling(get_cfg("resnet50"), "max")
     with pytest.raises(ValueError, match="choose from"):
         with_pooling(get_cfg("efficientnet_lite0"), "gem")
+
+
+def test_text_masking_hides_caption_words_only_and_is_recorded_only_when_on(dataset):
+    from featcache import finetune
+    from featcache.encoders import resolve_weights
+
+    enc = create_encoder("minilm_l6", pretrained=False)
+    batch = enc.collate([r.caption for r in dataset.train[:8]])
+    masked = finetune._mask_tokens(batch, enc.tokenizer, 0.5, torch.Generator().manual_seed(0))
+    ids, new = batch["input_ids"], masked["input_ids"]
+    special = torch.isin(ids, torch.tensor(enc.tokenizer.all_special_ids)) | ~batch["attention_mask"].bool()
+    hit = new != ids
+    assert (new[hit] == enc.tokenizer.mask_token_id).all() and not hit[special].any()
+    assert 0.3 < hit.sum() / (~special).sum() < 0.7  # about half of the caption's tokens
+    again = finetune._mask_tokens(batch, enc.tokenizer, 0.5, torch.Generator().manual_seed(0))["input_ids"]
+    assert torch.equal(again, new)  # seeded: a rerun draws the same masks
+    cfg = get_cfg("minilm_l6")
+    source = resolve_weights(cfg, None, False)
+    ft = finetune.FinetuneCfg(epochs=1, lr=1e-4)
+    spec = finetune.finetune_spec(dataset, cfg, source, replace(ft, text_mask=0.15), [0, 1])
+    assert spec["text_mask"] == 0.15 and "text_mask" not in finetune.finetune_spec(dataset, cfg, source, ft, [0, 1])
+    with pytest.raises(ValueError, match="text_mask"):
+        replace(ft, text_mask=1.0)
