@@ -114,7 +114,6 @@ def extract_cmd(
     finetune_text_mask: float = typer.Option(0.0, help="Text fine-tuning masks this share of caption tokens in each step (e.g. 0.15)."),
     views: int = typer.Option(0, help="Also cache K augmented views of each train image."),
     image_size: int = typer.Option(None, help="Override the encoder's input size (changes the fingerprint)."),
-    pooling: str = typer.Option(None, help="Override the pooling: avg, max, avgmax, catavgmax (timm image models), mean or cls (text)."),
     force: bool = typer.Option(False, help="Rebuild a cache built from a different configuration."),
     weights: Path = typer.Option(None, help="Weights file or Hugging Face directory (first in the lookup order)."),
     random_init: bool = typer.Option(False, help="Random weights: tests and speed measurements only."),
@@ -137,7 +136,7 @@ def extract_cmd(
         for s in dataset.skipped:
             typer.echo(f"skipped {s.file}:{s.line}: {s.reason}", err=True)
         result = extract(dataset, encoder, cache, batch_size=batch_size, device=device, num_workers=num_workers,
-                         threads=threads, weights=weights, pretrained=not random_init, image_size=image_size, pooling=pooling, views=views,
+                         threads=threads, weights=weights, pretrained=not random_init, image_size=image_size, views=views,
                          force=force, lenient=lenient, finetune_epochs=finetune_epochs, lr=lr,
                          finetune_opts={"freeze_bn": finetune_freeze_bn, "augment": finetune_augment,
                                         "head_init": finetune_head_init, "ema_decay": finetune_ema, "text_mask": finetune_text_mask},

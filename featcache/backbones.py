@@ -167,7 +167,7 @@ def _build_image(cfg: EncoderCfg, source: WeightsSource) -> ImageEncoder:
             model.load_state_dict(zip_state_dict(sd, model))
     # Drop the ImageNet classifier: the pooled features are what gets cached.
     if cfg.family == "timm":
-        model.reset_classifier(0, global_pool=cfg.pooling)
+        model.reset_classifier(0)
     elif hasattr(model, "fc"):
         model.fc = nn.Identity()
     else:

@@ -22,7 +22,7 @@ import json
 import os
 import socket
 import threading
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -116,26 +116,6 @@ REGISTRY: dict[str, EncoderCfg] = {c.name: c for c in [
                hub_id="sentence-transformers/all-MiniLM-L6-v2", package=_MINILM,
                text_config=dict(_BERT, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)),
 ]}
-
-
-# timm's global_pool options: catavgmax concatenates the average and the max (twice the width);
-# max keeps a small object's peak response that an average over the whole photo dilutes.
-IMAGE_POOLING = {"avg": 1, "max": 1, "avgmax": 1, "catavgmax": 2}
-TEXT_POOLING = ("mean", "cls")
-
-
-def with_pooling(cfg: EncoderCfg, pooling: str) -> EncoderCfg:
-    """The encoder with another pooling of its last feature map (image, timm family) or hidden
-    states (text); its embedding size follows. Part of preprocessing(), so of the fingerprint."""
-    if cfg.is_text:
-        if pooling not in TEXT_POOLING:
-            raise ValueError(f"{cfg.name}: text pooling {pooling!r}; choose from {', '.join(TEXT_POOLING)}")
-        return replace(cfg, pooling=pooling)
-    if pooling not in IMAGE_POOLING:
-        raise ValueError(f"{cfg.name}: image pooling {pooling!r}; choose from {', '.join(IMAGE_POOLING)}")
-    if cfg.family != "timm" and pooling != "avg":
-        raise ValueError(f"{cfg.name}: pooling {pooling!r} needs a timm model; {cfg.family} models pool by average only")
-    return replace(cfg, pooling=pooling, embed_dim=REGISTRY[cfg.name].embed_dim * IMAGE_POOLING[pooling])
 
 
 def list_encoders() -> list[str]:

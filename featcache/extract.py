@@ -31,7 +31,7 @@ import numpy as np
 
 from . import __version__
 from .data import Dataset, DataError, load_image
-from .encoders import EncoderCfg, WeightsSource, get_cfg, resolve_weights, text_tokenizer_source, with_pooling
+from .encoders import EncoderCfg, WeightsSource, get_cfg, resolve_weights, text_tokenizer_source
 from stores.features import (FeatureWriter, StoreError, cache_path, merge_shards, read_attrs, shard_path,
                              shard_status)
 
@@ -82,7 +82,7 @@ def _differences(old: dict, new: dict) -> str:
 
 def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch_size: int = 32,
             device: str = "cpu", num_workers: int | None = None, threads: int | None = None,
-            weights: str | Path | None = None, pretrained: bool = True, image_size: int | None = None, pooling: str | None = None,
+            weights: str | Path | None = None, pretrained: bool = True, image_size: int | None = None,
             views: int = 0, force: bool = False, lenient: bool = False, dtype: str = "float16",
             finetune_epochs: int = 0, lr: float | None = None, finetune_opts: dict | None = None, chunk_batches: int = 8, progress: bool = True,
             log=None, shard: int = 0, num_shards: int = 1) -> ExtractResult:
@@ -96,8 +96,6 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
     cfg = get_cfg(encoder_name)
     if image_size:
         cfg = replace(cfg, input_size=image_size)
-    if pooling:
-        cfg = with_pooling(cfg, pooling)
     if views and cfg.is_text:
         raise ValueError(f"{cfg.name}: --views applies to image encoders only")
     if not 0 <= shard < num_shards:

@@ -385,23 +385,6 @@ def test_finetune_ema_saves_the_moving_average_and_is_recorded_only_when_on(data
         replace(ft, ema_decay=1.0)
 
 
-def test_pooling_changes_the_width_and_the_fingerprint_and_is_checked(dataset, tmp_path):
-    from featcache.encoders import with_pooling
-
-    base = run(dataset, tmp_path / "avg")
-    pooled = run(dataset, tmp_path / "cat", pooling="catavgmax")
-    avg = open_features(tmp_path / "avg", "efficientnet_lite0").features
-    cat = open_features(tmp_path / "cat", "efficientnet_lite0").features
-    assert cat.shape == (32, 2560) and pooled.fingerprint != base.fingerprint
-    np.testing.assert_allclose(cat[:, :1280], avg, rtol=2e-3, atol=2e-3)  # timm's catavgmax: [avg, max]
-    assert (cat[:, 1280:] >= avg - 2e-3 * np.abs(avg) - 1e-3).all()  # a max is never below the mean (float16 store)
-    assert with_pooling(get_cfg("minilm_l6"), "cls").embed_dim == 384
-    with pytest.raises(ValueError, match="needs a timm model"):
-        with_pooling(get_cfg("resnet50"), "max")
-    with pytest.raises(ValueError, match="choose from"):
-        with_pooling(get_cfg("efficientnet_lite0"), "gem")
-
-
 def test_text_masking_hides_caption_words_only_and_is_recorded_only_when_on(dataset):
     from featcache import finetune
     from featcache.encoders import resolve_weights
