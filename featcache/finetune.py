@@ -141,9 +141,8 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
     """Writes the fine-tuned backbone to `out`; returns the per-epoch history."""
     import torch
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
     from timm.utils import ModelEmaV3
+    from tqdm import tqdm
 
     from .backbones import build_encoder, save_weights
     from .metrics import scores
@@ -166,6 +165,7 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
     # The average starts at the loaded weights; with decay d it weighs the last ~1 / (1 - d) steps.
     trained = torch.nn.ModuleList([encoder, head])
     ema = ModelEmaV3(trained, decay=ft.ema_decay) if ft.ema_decay else None
+    kept_encoder, kept_head = ema.module if ema is not None else trained  # what is watched and saved
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, [ft.lr, ft.head_lr], total_steps=steps, pct_start=0.1)
 
     augment = ft.augment and not cfg.is_text
@@ -210,7 +210,6 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
                 ema.update(trained)
             total += loss.item()
             bar.set_postfix(loss=f"{total / k:.4f}")
-        kept_encoder, kept_head = (ema.module[0], ema.module[1]) if ema is not None else (encoder, head)
         probs = _predict(kept_encoder, kept_head, dataset, cfg, val_records, ft.batch_size, device, workers, lenient)
         val = scores(dataset.targets(val_records), probs)
         history.append({"epoch": epoch + 1, "train_loss": round(total / max(len(loader), 1), 5),

@@ -235,7 +235,7 @@ def test_cosine_schedule_warms_up_peaks_and_decays_to_zero():
         replace(CFG, schedule="step")
 
 
-def test_ema_run_saves_the_average_and_resumes_it(full_run, data, tmp_path, monkeypatch):
+def test_ema_run_saves_the_average_and_resumes_it(data, tmp_path, monkeypatch):
     cfg = replace(CFG, ema_decay=0.999)
     ema = e2e.train(cfg, data, tmp_path, run_name="ema", threads=1, log=lambda m: None)
     start = e2e.build_model(cfg, 18, [cfg.image_encoder, cfg.text_encoder]).state_dict()
