@@ -441,6 +441,41 @@ def ablate_cmd(
                f"{out}/table.parquet, table.csv, chart.png, raw.parquet")
 
 
+@app.command("learning-curve")
+def learning_curve_cmd(
+    encoders: list[str] = typer.Option(..., help="Cache names of one curve, comma-separated (fused); repeat for more curves."),
+    fusion: str = typer.Option("concat", help="Fusion of a multi-encoder curve (as fit-head)."),
+    fractions: str = typer.Option(",".join(f"{f:g}" for f in (0.0625, 0.125, 0.25, 0.5, 1)),
+                                  help="Shares of the train rows, comma-separated (nested subsets per seed)."),
+    seeds: int = typer.Option(3, help="Row orders (and head seeds) per point: mean ± std."),
+    extrapolate: str = typer.Option("24000", help="Row counts to extend the fitted power law to, comma-separated."),
+    target: float = typer.Option(None, help="Draw this sample-F1 as a line on the chart."),
+    threshold_mode: str = typer.Option("auto", help="auto, per-label, shrunk, global or flat."),
+    data: Path = typer.Option(DEFAULT_DATA, help="Dataset root."),
+    cache: Path = typer.Option(Path("cache"), help="Cache directory."),
+    out: Path = typer.Option(None, help="Output directory (default runs/curve-<time>)."),
+):
+    """Validation sample-F1 against training rows, per encoder set: would more labelled rows pay?"""
+    from datetime import datetime
+
+    from heads import curve
+    from heads.experiment import Split, load_features
+    from heads.train import HeadConfig
+    from stores.features import StoreError
+
+    try:
+        dataset = load_dataset(data)
+        sets = [load_features(cache, _names(e), dataset) for e in encoders]
+        raw = curve.learning_curve(sets, Split.of(dataset), HeadConfig(fusion=fusion),
+                                   tuple(float(f) for f in _names(fractions)), seeds, threshold_mode=threshold_mode)
+        out = out or Path("runs") / f"curve-{datetime.now():%Y%m%d-%H%M%S}"
+        table, fits = curve.write(raw, out, [int(n) for n in _names(extrapolate)], target)
+    except (DataError, StoreError, KeyError, ValueError) as e:
+        fail(str(e).strip("'\""))
+    typer.echo(curve.format_table(table, fits))
+    typer.echo(f"{len(raw)} fits in {raw['fit_seconds'].sum():.1f} s of head training; {out}/table.csv, curve.png, fits.json")
+
+
 @app.command("predict")
 def predict_cmd(
     run: Path = typer.Option(..., help="Run directory written by fit-head (runs/<id>)."),
