@@ -445,8 +445,8 @@ def ablate_cmd(
 def learning_curve_cmd(
     encoders: list[str] = typer.Option(..., help="Cache names of one curve, comma-separated (fused); repeat for more curves."),
     fusion: str = typer.Option("concat", help="Fusion of a multi-encoder curve (as fit-head)."),
-    fractions: str = typer.Option(",".join(f"{f:g}" for f in (0.0625, 0.125, 0.25, 0.5, 1)),
-                                  help="Shares of the train rows, comma-separated (nested subsets per seed)."),
+    fractions: str = typer.Option(None, help="Shares of the train rows, comma-separated, nested per seed "
+                                              "(default 0.0625,0.125,0.25,0.5,1: heads.curve.FRACTIONS)."),
     seeds: int = typer.Option(3, help="Row orders (and head seeds) per point: mean ± std."),
     extrapolate: str = typer.Option("24000", help="Row counts to extend the fitted power law to, comma-separated."),
     target: float = typer.Option(None, help="Draw this sample-F1 as a line on the chart."),
@@ -466,8 +466,9 @@ def learning_curve_cmd(
     try:
         dataset = load_dataset(data)
         sets = [load_features(cache, _names(e), dataset) for e in encoders]
-        raw = curve.learning_curve(sets, Split.of(dataset), HeadConfig(fusion=fusion),
-                                   tuple(float(f) for f in _names(fractions)), seeds, threshold_mode=threshold_mode)
+        shares = tuple(float(f) for f in _names(fractions)) if fractions else curve.FRACTIONS
+        raw = curve.learning_curve(sets, Split.of(dataset), HeadConfig(fusion=fusion), shares, seeds,
+                                   threshold_mode=threshold_mode)
         out = out or Path("runs") / f"curve-{datetime.now():%Y%m%d-%H%M%S}"
         table, fits = curve.write(raw, out, [int(n) for n in _names(extrapolate)], target)
     except (DataError, StoreError, KeyError, ValueError) as e:

@@ -6,9 +6,9 @@ differ only in the rows trained on. Every point trains the same number of optimi
 (the head's max_steps): by its default rule a head on 4,000 rows would stop at half the steps of
 one on 8,000 (8 epochs of half as many batches), and the curve would mix rows with training time
 (measured on the shared slice: the step from 4,000 to 8,000 rows was twice the step before it).
-Each seed draws one order of the train rows and fraction f
-takes its first f share: the subsets are nested, and a curve's steps are rows added, not new
-draws. The head's seed is the same seed, so the spread over seeds covers both.
+Each seed draws one order of the train rows and fraction f takes its first f share: the subsets
+are nested, and a curve's steps are rows added, not new draws. The head's seed is the same seed,
+so the spread over seeds covers both.
 
 A saturating power law, F1(n) = top - scale * n^-rate, fitted to the mean of each point (scipy's
 curve_fit), extends the curve past the rows there are, e.g. to the study's 24,000; the same law
@@ -100,8 +100,8 @@ def extrapolate(raw: pl.DataFrame, at: list[int]) -> dict[str, dict]:
     for (name,), r in raw.group_by("encoders", maintain_order=True):
         means = r.group_by("rows").agg(pl.col("sample_f1").mean()).sort("rows")
         law = fit_power_law(means["rows"].to_numpy(), means["sample_f1"].to_numpy())
-        per_seed = [fit_power_law(t.sort("rows")["rows"].to_numpy(), t.sort("rows")["sample_f1"].to_numpy())
-                    for _, t in r.group_by("seed")]
+        per_seed = [fit_power_law(t["rows"].to_numpy(), t["sample_f1"].to_numpy())
+                    for _, t in r.sort("rows").group_by("seed", maintain_order=True)]
         per_seed = [p for p in per_seed if p]
         out[name] = {"law": law, "measured_rows": int(r["rows"].max()),
                      "at": {int(n): (float(power_law(n, **law)) if law else None) for n in at},
