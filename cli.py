@@ -295,6 +295,7 @@ def finetune_cmd(
     precision: str = typer.Option("auto", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16."),
     channels_last: bool = typer.Option(True, help="NHWC images (faster convolutions)."),
     metric: str = typer.Option("samples", help="What the final thresholds maximise: samples, micro, macro."),
+    train_fraction: float = typer.Option(1.0, help="Train on this share of the train rows (as fit-head --train-fraction; learning curves)."),
     seed: int = typer.Option(0, help="Split, initialisation, order, augmentation and dropout seed."),
     log_every: int = typer.Option(20, help="Each rank logs every N steps."),
     as_json: bool = typer.Option(False, "--json", help="Print the run's metrics as one JSON object."),
@@ -311,7 +312,8 @@ def finetune_cmd(
             lr=lr, image_lr=image_lr, freeze_bn=freeze_bn, schedule=schedule, ema_decay=ema,
             freeze=tuple(f for item in freeze for f in item.split(",") if f), early_fraction=early_fraction,
             image_size=image_size, pretrained=not random_init, init_head=str(init_head) if init_head else None,
-            max_steps=max_steps, precision=precision, channels_last=channels_last, metric=metric, seed=seed)
+            max_steps=max_steps, precision=precision, channels_last=channels_last, metric=metric,
+            train_fraction=train_fraction, seed=seed)
         run_dir = train(cfg, None if resume and data == DEFAULT_DATA else data, runs, resume=resume, epochs=epochs,
                         run_name=run_name, device=device, num_workers=num_workers, threads=threads, log_every=log_every)
     except (DataError, WeightsNotFound, KeyError, ValueError, FileNotFoundError) as e:
@@ -358,6 +360,7 @@ def fit_head_cmd(
     dropout: float = typer.Option(None, help="Dropout on the fused input and the hidden layer."),
     weight_decay: float = typer.Option(None, help="AdamW weight decay."),
     seed: int = typer.Option(0, help="Head seed (the train/validation split always uses seed 0)."),
+    train_fraction: float = typer.Option(1.0, help="Train on this share of the train rows (seeded by the split; learning curves)."),
     metric: str = typer.Option("samples", help="Metric the thresholds maximise: samples, micro or macro."),
     threshold_mode: str = typer.Option("auto", help="auto (best out of fold on the validation rows), per-label, shrunk, global or flat (0.5)."),
     data: Path = typer.Option(DEFAULT_DATA, help="Dataset root (train.csv, test.csv, data/)."),
@@ -374,7 +377,8 @@ def fit_head_cmd(
     try:
         dataset = load_dataset(data)
         features = load_features(cache, _names(encoders), dataset)
-        result = fit_eval(features, Split.of(dataset), cfg, metric, threshold_mode, list(dataset.label_space.names))
+        split = Split.of(dataset).share(train_fraction)
+        result = fit_eval(features, split, cfg, metric, threshold_mode, list(dataset.label_space.names))
     except (DataError, StoreError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
     rid = run_id(result.encoders, cfg)

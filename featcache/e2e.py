@@ -49,7 +49,7 @@ from .encoders import WeightsNotFound, create_encoder, get_cfg
 from .extract import encoder_input
 from .finetune import finetuned_weights
 from .metrics import scores
-from .split import train_val_split
+from .split import nested_share, train_val_split
 from .thresholds import Thresholds, fit_thresholds, threshold_report
 
 FREEZE = ("image", "text", "image-early")
@@ -88,6 +88,9 @@ class E2EConfig:
     metric: str = "samples"  # what the final thresholds maximise
     threshold_mode: str = "auto"  # as fit-head: per-label thresholds overfit rare labels
     val_fraction: float = 0.2
+    # < 1: train on this share of the train rows, the first in a seed-ordered draw (fit-head
+    # --train-fraction with the same seed keeps the same rows): a point of a learning curve.
+    train_fraction: float = 1.0
     seed: int = 0
 
     def __post_init__(self):
@@ -102,6 +105,7 @@ class E2EConfig:
             raise ValueError(f"schedule must be constant or cosine, got {self.schedule!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
+        nested_share(1, self.train_fraction, self.seed)  # ValueError outside (0, 1]
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         for name, modality in (("image_encoder", "image"), ("text_encoder", "text")):
@@ -258,6 +262,11 @@ def with_init_head(cfg: E2EConfig, num_labels: int) -> tuple[E2EConfig, list[str
         raise ValueError(f"--init-head {cfg.init_head}: its head was fitted on split seed {saved.get('split_seed', 0)} "
                          f"(20% validation); --seed {cfg.seed} / val_fraction {cfg.val_fraction} would validate on rows "
                          f"it trained on")
+    # A learning-curve point trained from a head that saw more rows would not measure its share.
+    if saved.get("train_fraction", 1.0) != cfg.train_fraction:
+        raise ValueError(f"--init-head {cfg.init_head}: its head was fitted on {saved.get('train_fraction', 1.0):g} of "
+                         f"the train rows, this run trains on {cfg.train_fraction:g}; fit the head with "
+                         f"fit-head --train-fraction {cfg.train_fraction:g}")
     weights = {}
     for name in saved["encoders"]:
         if name.endswith("_ft"):
@@ -371,6 +380,7 @@ def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path = "ru
     dataset = load_dataset(data)
     y_all = dataset.targets()
     train_idx, val_idx = train_val_split(y_all, cfg.val_fraction, cfg.seed)
+    train_idx = train_idx[nested_share(len(train_idx), cfg.train_fraction, cfg.seed)]
     torch.manual_seed(cfg.seed)
     if resume:  # the saved config already holds the init head's settings; the checkpoint its weights
         order, head, weights = saved["encoders"], None, {}
@@ -401,6 +411,7 @@ def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path = "ru
         run_dir.mkdir(parents=True, exist_ok=False)
         config = {"kind": "e2e", "config": asdict(cfg), "encoders": order, "num_labels": dataset.label_space.num_labels,
                   "label_ids": list(dataset.label_space.ids), "data": str(dataset.root), "world_size": proc.world,
+                  "train_rows": len(train_idx), "validation_rows": len(val_idx),
                   "init_weights": {name: str(path) for name, path in weights.items()},
                   "trainable_params": sum(p.numel() for p in params),
                   "total_params": sum(p.numel() for p in model.parameters())}

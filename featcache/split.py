@@ -20,3 +20,11 @@ def train_val_split(targets: np.ndarray, val_fraction: float = 0.2, seed: int = 
     splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
     train_idx, val_idx = next(splitter.split(np.zeros(len(targets)), targets))
     return np.sort(train_idx), np.sort(val_idx)
+
+
+def nested_share(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted positions of the first `fraction` of n rows in seed's order: one seed's shares are
+    nested (the quarter's rows are inside the half's), as a learning curve wants."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"a share of the train rows must be in (0, 1], got {fraction}")
+    return np.sort(np.random.default_rng(seed).permutation(n)[:max(1, round(fraction * n))])

@@ -35,15 +35,6 @@ FRACTIONS = (0.0625, 0.125, 0.25, 0.5, 1.0)
 METRICS = ["sample_f1", "tuned_out_of_fold", "sample_f1_05_fallback", "map"]
 
 
-def subset(split: Split, fraction: float, seed: int) -> Split:
-    """The first `fraction` of the train rows in seed's order (nested across fractions); all validation rows."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"a fraction of the train rows must be in (0, 1], got {fraction}")
-    order = np.random.default_rng(seed).permutation(len(split.ids_train))
-    keep = np.sort(order[:max(1, round(fraction * len(order)))])
-    return Split(split.ids_train[keep], split.ids_val, split.y_train[keep], split.y_val, split.seed)
-
-
 def learning_curve(feature_sets: list[list[FeatureSet]], split: Split, base: HeadConfig = HeadConfig(),
                    fractions: tuple[float, ...] = FRACTIONS, seeds: int = 3, metric: str = "samples",
                    threshold_mode: str = "auto", progress: bool = True) -> pl.DataFrame:
@@ -53,7 +44,7 @@ def learning_curve(feature_sets: list[list[FeatureSet]], split: Split, base: Hea
     rows = []
     jobs = [(fsets, f, s) for fsets in feature_sets for s in range(seeds) for f in sorted(fractions)]
     for fsets, fraction, seed in tqdm(jobs, disable=not progress, desc="learning curve", unit="fit"):
-        part = subset(split, fraction, seed)
+        part = split.share(fraction, seed)
         cfg = replace(base, seed=seed, min_steps=max(base.min_steps, base.max_steps))
         res = fit_eval(fsets, part, cfg, metric, threshold_mode)
         m = res.metrics

@@ -23,7 +23,7 @@ import polars as pl
 
 from featcache.data import Dataset, LabelSpace, write_submission
 from featcache.metrics import AVERAGES, per_label_table
-from featcache.split import train_val_split
+from featcache.split import nested_share, train_val_split
 from featcache.thresholds import Thresholds, apply_thresholds, fit_thresholds, threshold_report
 from stores.features import FeatureSet, StoreError, open_features
 
@@ -41,6 +41,7 @@ class Split:
     y_train: np.ndarray
     y_val: np.ndarray
     seed: int = 0
+    fraction: float = 1.0  # the share of the split's train rows kept (learning curves)
 
     @classmethod
     def of(cls, dataset: Dataset, seed: int = 0, val_fraction: float = 0.2) -> Split:
@@ -48,6 +49,12 @@ class Split:
         tr, va = train_val_split(y, val_fraction=val_fraction, seed=seed)
         ids = np.array([r.image_id for r in dataset.train])
         return cls(ids[tr], ids[va], y[tr], y[va], seed)
+
+    def share(self, fraction: float, seed: int | None = None) -> Split:
+        """The first `fraction` of the train rows in seed's order (default: the split's seed; nested
+        across fractions, the same rows as end to end's --train-fraction); every validation row."""
+        keep = nested_share(len(self.ids_train), fraction, self.seed if seed is None else seed)
+        return Split(self.ids_train[keep], self.ids_val, self.y_train[keep], self.y_val, self.seed, fraction)
 
 
 @dataclass
@@ -89,7 +96,8 @@ def fit_eval(features: list[FeatureSet], split: Split, cfg: HeadConfig, metric: 
     metrics = {**threshold_report(split.y_val, probs, thresholds, metric, threshold_mode),
                "fit_seconds": round(head.fit_seconds, 3), "tune_seconds": round(tune_seconds, 3),
                "best_epoch": head.best_epoch, "epochs_run": len(head.history),
-               "n_train": len(split.ids_train), "n_val": len(split.ids_val), "split_seed": split.seed}
+               "n_train": len(split.ids_train), "n_val": len(split.ids_val), "split_seed": split.seed,
+               "train_fraction": split.fraction}
     table = per_label_table(split.y_val, probs, thresholds.apply(probs), label_names)
     return FitResult(head, thresholds, [fs.name for fs in features], {fs.name: fs.fingerprint for fs in features},
                      {fs.name: str(Path(fs.path).resolve()) for fs in features}, metrics, table)
@@ -107,7 +115,8 @@ def save_run(result: FitResult, run_dir: Path, label_space: LabelSpace, dataset_
     config = {"encoders": result.encoders, "fingerprints": result.fingerprints, "caches": result.caches,
               "head": asdict(result.head.cfg),
               "label_ids": list(label_space.ids), "label_names": list(label_space.names),
-              "split_seed": result.metrics["split_seed"], "dataset_fingerprint": dataset_fingerprint}
+              "split_seed": result.metrics["split_seed"], "train_fraction": result.metrics["train_fraction"],
+              "dataset_fingerprint": dataset_fingerprint}
     (run_dir / "config.json").write_text(json.dumps(config, indent=1))
     result.thresholds.save(run_dir / "thresholds.json")
     (run_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=1))

@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from heads.curve import fit_power_law, power_law, subset
+from featcache.data import load_dataset
+from heads.curve import fit_power_law, power_law
 from heads.experiment import Split
 
 
@@ -23,16 +24,18 @@ def test_subsets_are_nested_per_seed_and_keep_every_validation_row():
     ids = np.array([f"{i}.jpg" for i in range(100)])
     y = np.eye(4, dtype=np.float32)[np.arange(100) % 4]
     split = Split(ids[:80], ids[80:], y[:80], y[80:])
-    quarter, half, full = (subset(split, f, seed=1) for f in (0.25, 0.5, 1.0))
+    quarter, half, full = (split.share(f, seed=1) for f in (0.25, 0.5, 1.0))
     assert (len(quarter.ids_train), len(half.ids_train), len(full.ids_train)) == (20, 40, 80)
     assert set(quarter.ids_train) < set(half.ids_train) < set(full.ids_train)
     assert all(list(s.ids_val) == list(ids[80:]) for s in (quarter, half, full))
     rows = {i: k for k, i in enumerate(split.ids_train)}  # targets stay with their rows
     assert np.array_equal(half.y_train, split.y_train[[rows[i] for i in half.ids_train]])
-    assert set(subset(split, 0.25, seed=2).ids_train) != set(quarter.ids_train)  # another seed, another draw
+    assert set(split.share(0.25, seed=2).ids_train) != set(quarter.ids_train)  # another seed, another draw
+    assert list(split.share(0.25).ids_train) == list(split.share(0.25, seed=0).ids_train)  # default: the split's seed
+    assert quarter.fraction == 0.25 and split.fraction == 1.0
     for bad in (0, 1.5):
-        with pytest.raises(ValueError, match="fraction"):
-            subset(split, bad, seed=0)
+        with pytest.raises(ValueError, match="share of the train rows"):
+            split.share(bad)
 
 
 def test_power_law_recovers_its_parameters_and_needs_four_points():
@@ -66,3 +69,14 @@ def test_learning_curve_command_on_planted_features(planted_data, tmp_path):
 
     code, text = invoke("learning-curve", "--encoders", "nothere", "--data", root, "--cache", cache, "--out", out)
     assert code != 0 and "nothere.h5" in text
+
+
+def test_fit_head_train_fraction_trains_on_the_share_and_records_it(planted_data, tmp_path):
+    root, cache = planted_data
+    code, text = invoke("fit-head", "--encoders", "img", "--train-fraction", 0.25, "--data", root, "--cache", cache,
+                        "--runs", tmp_path, "--json")
+    assert code == 0, text
+    m = json.loads(text.strip().splitlines()[-1])
+    full = len(Split.of(load_dataset(root)).ids_train)
+    assert m["n_train"] == round(0.25 * full) and m["train_fraction"] == 0.25
+    assert json.loads((tmp_path / m["run"] / "config.json").read_text())["train_fraction"] == 0.25

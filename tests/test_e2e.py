@@ -143,6 +143,8 @@ def test_init_head_from_a_stage2_run_and_freezing(data, tmp_path):
     assert order == ["minilm_l6", "efficientnet_lite0"] and (cfg.classifier, cfg.width) == ("mlp", 32) and not weights
     with pytest.raises(ValueError, match="split seed 0"):  # another split would validate on the head's train rows
         e2e.with_init_head(replace(CFG, init_head=str(tmp_path), seed=1), 18)
+    with pytest.raises(ValueError, match="fit-head --train-fraction 0.5"):  # the head saw all the train rows
+        e2e.with_init_head(replace(CFG, init_head=str(tmp_path), train_fraction=0.5), 18)
     model = e2e.build_model(cfg, 18, order, net)
     assert torch.equal(model.head.mean1, head.net.mean1) and torch.equal(model.head.fusion.cls[0].weight,
                                                                           head.net.fusion.cls[0].weight)
@@ -254,3 +256,17 @@ def test_ema_run_saves_the_average_and_resumes_it(data, tmp_path, monkeypatch):
     assert max(float((saved[k].double() - resumed[k].double()).abs().max()) for k in saved) < 1e-5
     with pytest.raises(ValueError, match="ema_decay"):
         replace(CFG, ema_decay=1.0)
+
+
+def test_train_fraction_trains_on_the_share_fit_head_uses(data, tmp_path):
+    from heads.experiment import Split
+
+    run = e2e.train(replace(CFG, epochs=1, max_steps=1, train_fraction=0.5), data, tmp_path, run_name="half", threads=1,
+                    log=lambda m: None)
+    saved = json.loads((run / "config.json").read_text())
+    share = Split.of(load_dataset(data)).share(0.5)
+    assert saved["train_rows"] == len(share.ids_train) < len(Split.of(load_dataset(data)).ids_train)
+    assert saved["validation_rows"] == len(share.ids_val) and saved["config"]["train_fraction"] == 0.5
+    for bad in (0.0, 1.2):
+        with pytest.raises(ValueError, match="share of the train rows"):
+            replace(CFG, train_fraction=bad)
