@@ -105,7 +105,8 @@ class E2EConfig:
             raise ValueError(f"schedule must be constant or cosine, got {self.schedule!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
-        nested_share(1, self.train_fraction, self.seed)  # ValueError outside (0, 1]
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"train_fraction: a share of the train rows must be in (0, 1], got {self.train_fraction}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         for name, modality in (("image_encoder", "image"), ("text_encoder", "text")):
