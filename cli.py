@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from featcache.data import DataError, load_dataset
+from featcache.data import DataError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multi-label image+caption classification: cache features once, compare heads in seconds.")
@@ -50,14 +50,12 @@ def data_check(
     plot: Path = typer.Option(None, help="Write a label-distribution chart (PNG) here."),
 ):
     """Rows read and skipped, label counts, labels per image, image sizes, caption lengths."""
-    from featcache.datacheck import plot_label_distribution, summarize
+    from featcache.datacheck import check
 
     try:
-        summary = summarize(load_dataset(data, lenient=lenient))
+        summary = check(data, lenient, plot)
     except DataError as e:
         fail(str(e))
-    if plot:
-        summary["plot"] = str(plot_label_distribution(summary, plot))
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -77,41 +75,41 @@ def data_check(
         typer.echo(f"chart: {summary['plot']}")
 
 
-# --- stage 1 (issue 3): encoder registry and feature extraction into the HDF5 cache -------------
+# --- stage 1: encoder names and feature extraction into the HDF5 cache ------------------------
 
 @app.command("encoders")
-def encoders_cmd():
-    """Every registered encoder: modality, embedding size, input size, parameters, weights available now."""
-    import torch
+def encoders_cmd(
+    search: str = typer.Option(None, help="List timm's model names matching this pattern (e.g. 'convnext*'), to use as timm:<name>."),
+    pretrained: bool = typer.Option(False, help="With --search: only names that have pretrained weights."),
+):
+    """The aliases (modality, width, input size, parameters, weights available now), and how to name any other model."""
+    from featcache.encoders import describe_aliases, search_timm
+    from featcache.registry import HOW_TO_NAME
 
-    from featcache.backbones import build_encoder
-    from featcache.encoders import REGISTRY, WeightsSource, weights_available
-
+    if search is not None:
+        names = search_timm(search, pretrained)
+        typer.echo("\n".join(f"timm:{n}" for n in names) or f"no timm model matches {search!r}")
+        return
     typer.echo(f"{'name':<18} {'family':<12} {'modality':<8} {'dim':>5} {'input':>6} {'params':>8}  weights")
-    for name, cfg in REGISTRY.items():
-        with torch.device("meta"):  # shapes only: counting parameters allocates nothing
-            params = sum(p.numel() for p in build_encoder(cfg, WeightsSource("random-init", None)).parameters())
-        size = f"{cfg.max_length}tok" if cfg.is_text else f"{cfg.input_size}px"
-        typer.echo(f"{name:<18} {cfg.family:<12} {cfg.modality:<8} {cfg.embed_dim:>5} {size:>6} {params / 1e6:>7.1f}M  "
-                   f"{weights_available(cfg)}")
+    for row in describe_aliases():
+        typer.echo(f"{row['name']:<18} {row['family']:<12} {row['modality']:<8} {row['embed_dim']:>5} {row['input']:>6} "
+                   f"{row['params'] / 1e6:>7.1f}M  {row['weights']}")
+    typer.echo(f"\nAny other model: {HOW_TO_NAME}")
 
 
 @app.command("extract")
 def extract_cmd(
-    encoder: str = typer.Option(..., help="Encoder name (python cli.py encoders lists them)."),
+    encoder: str = typer.Option(..., help="An alias (see `encoders`), timm:<name>[.<tag>], or hf:<repo id or directory>[#cls]."),
     data: Path = typer.Option(DEFAULT_DATA, help="Dataset root (train.csv, test.csv, data/)."),
-    cache: Path = typer.Option(Path("cache"), help="Cache directory: <cache>/<encoder>.h5."),
+    cache: Path = typer.Option(Path("cache"), help="Cache directory: <cache>/<encoder>.h5 (timm:/hf: names get a file-safe stem)."),
     batch_size: int = typer.Option(32, help="Items per forward pass."),
     device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
     num_workers: int = typer.Option(None, help="DataLoader workers (default: 1 for images, 0 for text)."),
     threads: int = typer.Option(None, help="torch intra-op threads (default: all cores)."),
     finetune_epochs: int = typer.Option(0, help="Fine-tune backbone + linear head first (train split only); cache <encoder>_ft."),
-    lr: float = typer.Option(None, help="Fine-tuning peak learning rate (default 3e-5 image, 1e-4 text)."),
-    finetune_freeze_bn: bool = typer.Option(True, help="Fine-tuning keeps BatchNorm statistics as loaded."),
-    finetune_augment: bool = typer.Option(True, help="Fine-tuning draws the study's image augmentations."),
-    finetune_head_init: str = typer.Option("scratch", help="Fine-tuning's linear head: scratch or probe (fitted to the loaded features first)."),
-    finetune_ema: float = typer.Option(0.0, help="Keep the moving average of the fine-tuned weights with this decay (e.g. 0.998; 0: the last step's)."),
-    finetune_text_mask: float = typer.Option(0.0, help="Text fine-tuning masks this share of caption tokens in each step (e.g. 0.15)."),
+    lr: float = typer.Option(None, help="Fine-tuning peak learning rate (default: FinetuneCfg.default_lr, by modality)."),
+    finetune_freeze_bn: bool = typer.Option(None, help="Fine-tuning keeps BatchNorm statistics as loaded (default: FinetuneCfg's)."),
+    finetune_augment: bool = typer.Option(None, help="Fine-tuning draws the study's image augmentations (default: FinetuneCfg's)."),
     views: int = typer.Option(0, help="Also cache K augmented views of each train image."),
     image_size: int = typer.Option(None, help="Override the encoder's input size (changes the fingerprint)."),
     force: bool = typer.Option(False, help="Rebuild a cache built from a different configuration."),
@@ -124,27 +122,22 @@ def extract_cmd(
     """Run the backbone once over every train and test item; a warm cache returns in < 2 s."""
     import os
 
-    from featcache.encoders import WeightsNotFound
-    from featcache.extract import extract
+    from featcache import stage1
+    from featcache.weights import WeightsNotFound
     from stores.features import StoreError
 
     # torchrun sets RANK and WORLD_SIZE; a plain run is shard 0 of 1
     shard = int(os.environ.get("RANK", 0)) if shard is None else shard
     num_shards = int(os.environ.get("WORLD_SIZE", 1)) if num_shards is None else num_shards
+    finetune = {k: v for k, v in {"epochs": finetune_epochs, "lr": lr, "freeze_bn": finetune_freeze_bn,
+                                  "augment": finetune_augment}.items() if v is not None} if finetune_epochs else None
     try:
-        dataset = load_dataset(data, lenient=lenient)
-        for s in dataset.skipped:
-            typer.echo(f"skipped {s.file}:{s.line}: {s.reason}", err=True)
-        result = extract(dataset, encoder, cache, batch_size=batch_size, device=device, num_workers=num_workers,
-                         threads=threads, weights=weights, pretrained=not random_init, image_size=image_size, views=views,
-                         force=force, lenient=lenient, finetune_epochs=finetune_epochs, lr=lr,
-                         finetune_opts={"freeze_bn": finetune_freeze_bn, "augment": finetune_augment,
-                                        "head_init": finetune_head_init, "ema_decay": finetune_ema, "text_mask": finetune_text_mask},
-                         shard=shard, num_shards=num_shards)
-    except (DataError, StoreError, WeightsNotFound, KeyError, ValueError) as e:
+        result = stage1.run(data, encoder, cache, finetune=finetune, weights=weights, pretrained=not random_init,
+                            image_size=image_size, batch_size=batch_size, device=device, num_workers=num_workers,
+                            threads=threads, lenient=lenient, views=views, force=force, shard=shard, num_shards=num_shards,
+                            log=lambda m: typer.echo(m, err=True))
+    except (DataError, StoreError, WeightsNotFound, ValueError) as e:
         fail(str(e).strip("'\""))
-    if dataset.skipped:
-        typer.echo(f"skipped {len(dataset.skipped)} unreadable CSV rows (--lenient; listed above)")
     state = "warm, not recomputed" if result.warm else f"{result.items_per_s:.1f} items/s"
     typer.echo(f"{result.path}: {result.rows} rows, fingerprint {result.fingerprint} ({state}, {result.seconds:.2f} s)")
     if result.skipped:
@@ -153,23 +146,18 @@ def extract_cmd(
 
 @app.command("merge-shards")
 def merge_shards_cmd(
-    encoder: str = typer.Option(..., help="Cache name (the encoder, or <encoder>_ft)."),
+    encoder: str = typer.Option(..., help="The encoder name, or a cache name (<encoder>_ft)."),
     cache: Path = typer.Option(Path("cache"), help="Cache directory holding <name>.h5.shard-I-of-N."),
     force: bool = typer.Option(False, help="Replace a complete cache built from a different configuration."),
 ):
     """Merge the shards of a sharded extract into <cache>/<name>.h5 (the last shard to finish does this itself)."""
-    import re
-
     from featcache.extract import merge
+    from featcache.registry import cache_name
     from stores.features import StoreError, cache_path
 
-    path = cache_path(cache, encoder)
-    counts = {int(m.group(1)) for p in cache.glob(f"{path.name}.shard-*-of-*")
-              if (m := re.search(r"-of-(\d+)(\.partial)?$", p.name))}
-    if len(counts) != 1:
-        fail(f"{path}: expected the shards of one --num-shards run beside it, found {'none' if not counts else sorted(counts)}")
+    path = cache_path(cache, cache_name(encoder))
     try:
-        if not merge(path, counts.pop(), force=force, say=lambda m: typer.echo(m, err=True)):
+        if not merge(path, force=force, say=lambda m: typer.echo(m, err=True)):
             fail(f"{path}: some shards are missing or unfinished (listed above)")
     except StoreError as e:
         fail(str(e))
@@ -187,7 +175,7 @@ def _csv_ints(text: str) -> tuple[int, ...]:
 
 @app.command("benchmark")
 def benchmark_cmd(
-    encoders: str = typer.Option("all", help="'all', 'none' or comma-separated encoder names."),
+    encoders: str = typer.Option("all", help="'all' (the aliases), 'none' or comma-separated encoder names (timm:/hf: too)."),
     heads: str = typer.Option("all", help="'all', 'none' or comma-separated run ids under --runs (fitted heads, end-to-end models)."),
     runs: Path = typer.Option(Path("runs"), help="Run directories (fit-head, ablate, finetune write them)."),
     device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
@@ -202,40 +190,20 @@ def benchmark_cmd(
     save: Path = typer.Option(None, help="Also write the JSON here (report --bench reads it)."),
 ):
     """Parameters, size on disk (fp32/fp16), input size, batch-1 latency, throughput and FLOPs per model."""
-    import torch
-
     from featcache import benchmark as bm
-    from featcache.encoders import list_encoders
+    from featcache.weights import WeightsNotFound
 
-    names = list_encoders() if encoders == "all" else [] if encoders == "none" else encoders.split(",")
-    unknown = sorted(set(names) - set(list_encoders()))
-    if unknown:
-        fail(f"unknown encoder(s) {', '.join(unknown)}; known: {', '.join(list_encoders())}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        fail("--device cuda but torch sees no CUDA device")
-    try:
-        run_dirs = bm.find_runs(runs, heads)
-    except FileNotFoundError as e:
-        fail(str(e))
     cfg = bm.BenchConfig(device=device, threads=threads,
                          batch_sizes=_csv_ints(batch_sizes), min_run_time=min_run_time, max_run_time=max_run_time)
-    if not names and not run_dirs:
-        fail(f"nothing to benchmark: no encoders selected and no fitted heads under {runs}")
-    header = cfg.header()  # before measuring: the machine's load as the run starts
     try:
-        df = bm.benchmark(names, run_dirs, cfg, runs, progress=lambda item: typer.echo(f"benchmark: {item}", err=True))
-    except ValueError as e:  # a run directory that cannot be loaded
+        df, doc = bm.run(encoders, heads, cfg, runs, save=save, csv=csv,
+                         progress=lambda item: typer.echo(f"benchmark: {item}", err=True))
+    except (FileNotFoundError, ValueError, WeightsNotFound) as e:  # unknown names, no device, a run that cannot be loaded
         fail(str(e))
-    doc = bm.to_json(df, header)
-    if save:
-        save.parent.mkdir(parents=True, exist_ok=True)
-        save.write_text(json.dumps(doc, indent=1))
-    if csv:
-        df.write_csv(csv)
     if as_json:
         typer.echo(json.dumps(doc))
     else:
-        typer.echo(bm.table(df, header, markdown=as_markdown))
+        typer.echo(bm.table(df, doc["header"], markdown=as_markdown))
 
 
 @app.command("report")
@@ -265,23 +233,32 @@ def report_cmd(
 
 # --- end-to-end fine-tuning (issue 5): both backbones + the fusion head, on one machine or many --
 
+def _e2e_default(field: str) -> str:
+    """The "(default X)" of a finetune help text, read from E2EConfig (its module loads no torch)."""
+    from featcache.e2e.config import E2EConfig
+
+    value = getattr(E2EConfig, field)
+    return f"(default {', '.join(value) or 'none' if isinstance(value, tuple) else value})"
+
+
 @app.command("finetune")
 def finetune_cmd(
-    image_encoder: str = typer.Option("efficientnet_lite0", help="Image encoder (python cli.py encoders)."),
-    text_encoder: str = typer.Option("minilm_l6", help="Text encoder."),
-    fusion: str = typer.Option("concat", help="Fusion (heads/fusion.py); taken from --init-head when given."),
-    classifier: str = typer.Option("linear", help="linear (the seed's) or mlp."),
-    dropout: float = typer.Option(0.5, help="Head dropout."),
+    image_encoder: str = typer.Option(None, help=f"Image encoder: an alias (python cli.py encoders) or timm:<name> {_e2e_default('image_encoder')}."),
+    text_encoder: str = typer.Option(None, help=f"Text encoder: an alias or hf:<repo id or directory> {_e2e_default('text_encoder')}."),
+    fusion: str = typer.Option(None, help=f"Fusion (heads/fusion.py) {_e2e_default('fusion')}; taken from --init-head when given."),
+    classifier: str = typer.Option(None, help=f"linear (the seed's) or mlp {_e2e_default('classifier')}."),
+    dropout: float = typer.Option(None, help=f"Head dropout {_e2e_default('dropout')}."),
     init_head: Path = typer.Option(None, help="Start the head from a fitted stage-2 run directory."),
-    epochs: int = typer.Option(None, help="Epochs (default 3; with --resume: the run's, or raise it)."),
-    batch_size: int = typer.Option(16, help="Rows per step per process."),
-    lr: float = typer.Option(1e-4, help="Adam learning rate."),
+    epochs: int = typer.Option(None, help=f"Epochs {_e2e_default('epochs')}; with --resume: the run's, or raise it."),
+    batch_size: int = typer.Option(None, help=f"Rows per step per process {_e2e_default('batch_size')}."),
+    lr: float = typer.Option(None, help=f"Adam learning rate {_e2e_default('lr')}."),
     image_lr: float = typer.Option(None, help="The image backbone's learning rate (default: --lr)."),
-    freeze_bn: bool = typer.Option(False, help="Keep the backbones' BatchNorm statistics as loaded."),
-    schedule: str = typer.Option("constant", help="constant (the seed's) or cosine (5% warm-up, cosine decay)."),
-    ema: float = typer.Option(0.0, help="Validate and save the moving average of the weights with this decay (e.g. 0.999; 0: the last step's)."),
-    freeze: list[str] = typer.Option(["none"], help="none | image | text | image-early (repeat or comma-separate)."),
-    early_fraction: float = typer.Option(0.5, help="image-early: share of the image backbone frozen, from the stem."),
+    freeze_bn: bool = typer.Option(None, help=f"Keep the backbones' BatchNorm statistics as loaded {_e2e_default('freeze_bn')}."),
+    schedule: str = typer.Option(None, help=f"constant (the seed's) or cosine (5% warm-up, cosine decay) {_e2e_default('schedule')}."),
+    ema: float = typer.Option(None, help="Validate and save the moving average of the weights with this decay (e.g. 0.999; "
+                                         f"0: the last step's) {_e2e_default('ema_decay')}."),
+    freeze: list[str] = typer.Option(None, help=f"none | image | text | image-early (repeat or comma-separate) {_e2e_default('freeze')}."),
+    early_fraction: float = typer.Option(None, help=f"image-early: share of the image backbone frozen, from the stem {_e2e_default('early_fraction')}."),
     image_size: int = typer.Option(None, help="Image side in pixels (default: the encoder's input size)."),
     data: Path = typer.Option(DEFAULT_DATA, help="Dataset root (train.csv, test.csv, data/)."),
     runs: Path = typer.Option(Path("runs"), help="Where the run directory goes."),
@@ -292,28 +269,32 @@ def finetune_cmd(
     num_workers: int = typer.Option(None, help="DataLoader workers (default: 0 on <= 2 cores per process, else 1)."),
     threads: int = typer.Option(None, help="torch threads per process (default: cores / processes, 1 if that is <= 2)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (under torchrun: cuda:LOCAL_RANK)."),
-    precision: str = typer.Option("auto", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16."),
-    channels_last: bool = typer.Option(True, help="NHWC images (faster convolutions)."),
-    metric: str = typer.Option("samples", help="What the final thresholds maximise: samples, micro, macro."),
-    train_fraction: float = typer.Option(1.0, help="Train on this share of the train rows (as fit-head --train-fraction; learning curves)."),
-    seed: int = typer.Option(0, help="Split, initialisation, order, augmentation and dropout seed."),
+    precision: str = typer.Option(None, help=f"auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16 {_e2e_default('precision')}."),
+    channels_last: bool = typer.Option(None, help=f"NHWC images (faster convolutions) {_e2e_default('channels_last')}."),
+    metric: str = typer.Option(None, help=f"What the final thresholds maximise: samples, micro, macro {_e2e_default('metric')}."),
+    train_fraction: float = typer.Option(None, help="Train on this share of the train rows (as fit-head --train-fraction; "
+                                                    f"learning curves) {_e2e_default('train_fraction')}."),
+    seed: int = typer.Option(None, help=f"Split, initialisation, order, augmentation and dropout seed {_e2e_default('seed')}."),
     log_every: int = typer.Option(20, help="Each rank logs every N steps."),
     as_json: bool = typer.Option(False, "--json", help="Print the run's metrics as one JSON object."),
 ):
     """Train image + text backbones and the fusion head end to end (also under torchrun --nproc_per_node N)."""
     import os
 
-    from featcache.e2e import E2EConfig, train
-    from featcache.encoders import WeightsNotFound
+    from featcache.e2e.config import E2EConfig
+    from featcache.e2e.loop import train
+    from featcache.weights import WeightsNotFound
 
+    # Only the options given reach E2EConfig: its defaults are the only ones.
+    given = {"image_encoder": image_encoder, "text_encoder": text_encoder, "fusion": fusion, "classifier": classifier,
+             "dropout": dropout, "init_head": str(init_head) if init_head else None, "epochs": epochs,
+             "batch_size": batch_size, "lr": lr, "image_lr": image_lr, "freeze_bn": freeze_bn, "schedule": schedule,
+             "ema_decay": ema, "freeze": tuple(f for item in freeze or () for f in item.split(",") if f) or None,
+             "early_fraction": early_fraction, "image_size": image_size, "pretrained": False if random_init else None,
+             "max_steps": max_steps, "precision": precision, "channels_last": channels_last, "metric": metric,
+             "train_fraction": train_fraction, "seed": seed}
     try:
-        cfg = None if resume else E2EConfig(
-            image_encoder, text_encoder, fusion, classifier, dropout=dropout, epochs=epochs or 3, batch_size=batch_size,
-            lr=lr, image_lr=image_lr, freeze_bn=freeze_bn, schedule=schedule, ema_decay=ema,
-            freeze=tuple(f for item in freeze for f in item.split(",") if f), early_fraction=early_fraction,
-            image_size=image_size, pretrained=not random_init, init_head=str(init_head) if init_head else None,
-            max_steps=max_steps, precision=precision, channels_last=channels_last, metric=metric,
-            train_fraction=train_fraction, seed=seed)
+        cfg = None if resume else E2EConfig(**{k: v for k, v in given.items() if v is not None})
         run_dir = train(cfg, None if resume and data == DEFAULT_DATA else data, runs, resume=resume, epochs=epochs,
                         run_name=run_name, device=device, num_workers=num_workers, threads=threads, log_every=log_every)
     except (DataError, WeightsNotFound, KeyError, ValueError, FileNotFoundError) as e:
@@ -369,27 +350,18 @@ def fit_head_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (tuned metrics at top level)."),
 ):
     """Train one fusion head on cached features, tune thresholds on the validation part, save a run."""
-    from heads.experiment import Split, fit_eval, load_features, results_row, run_id, save_run
+    from featcache.stage2.experiment import RunError, fit_head
     from stores.features import StoreError
-    from stores.results import append_results
 
     cfg = _head_cfg(fusion, classifier, loss, lr, epochs, batch_size, seed, width, dropout, weight_decay)
     try:
-        dataset = load_dataset(data)
-        features = load_features(cache, _names(encoders), dataset)
-        split = Split.of(dataset).share(train_fraction)
-        result = fit_eval(features, split, cfg, metric, threshold_mode, list(dataset.label_space.names))
-    except (DataError, StoreError, KeyError, ValueError) as e:
+        run_dir, result = fit_head(data, cache, _names(encoders), cfg, train_fraction=train_fraction, metric=metric,
+                                   threshold_mode=threshold_mode, runs=runs)
+    except (DataError, StoreError, RunError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
-    rid = run_id(result.encoders, cfg)
-    try:
-        run_dir = save_run(result, runs / rid, dataset.label_space, dataset.fingerprint())
-        append_results(runs / "results.parquet", [results_row(result, rid)])
-    except (OSError, RuntimeError) as e:  # an unwritable runs dir, an unreadable results table
-        fail(f"{runs}: cannot save the run ({e})")
     m = result.metrics
     if as_json:
-        typer.echo(json.dumps({"run": rid, "run_dir": str(run_dir), "encoders": result.encoders, "fusion": cfg.fusion,
+        typer.echo(json.dumps({"run": run_dir.name, "run_dir": str(run_dir), "encoders": result.encoders, "fusion": cfg.fusion,
                                "classifier": cfg.classifier, "loss": cfg.loss, "seed": cfg.seed, **m}))
         return
     typer.echo(f"{run_dir}: {' + '.join(result.encoders)} / {cfg.fusion} / {cfg.classifier} / {cfg.loss}, seed {cfg.seed}, "
@@ -413,7 +385,7 @@ def ablate_cmd(
     encoders: str = typer.Option(None, help="Comma-separated cache names (default: every complete cache in --cache)."),
     fusions: str = typer.Option(None, help="Comma-separated fusions (default: all)."),
     seeds: int = typer.Option(3, help="Head seeds per configuration (mean ± std)."),
-    grid: str = typer.Option(None, help="'seed': add the seed report's batch/lr/epoch grids (see heads/ablate.py)."),
+    grid: str = typer.Option(None, help="'seed': add the seed report's batch/lr/epoch grids (see featcache/stage2/ablate.py)."),
     metric: str = typer.Option("samples", help="Metric the thresholds maximise."),
     threshold_mode: str = typer.Option("auto", help="auto, per-label, shrunk, global or flat."),
     data: Path = typer.Option(DEFAULT_DATA, help="Dataset root."),
@@ -422,22 +394,13 @@ def ablate_cmd(
     out: Path = typer.Option(None, help="Output directory (default runs/ablate-<time>)."),
 ):
     """Every encoder alone, every image+text pair with each fusion, several seeds: table, Parquet/CSV, chart."""
-    from datetime import datetime
-
-    from heads.ablate import ablate, format_table
-    from heads.experiment import Split, load_features
+    from featcache.stage2.ablate import ablate, format_table
     from stores.features import StoreError
 
     try:
-        dataset = load_dataset(data)
-        names = _names(encoders) if encoders else sorted(p.stem for p in Path(cache).glob("*.h5"))
-        if not names:
-            fail(f"{cache}: no feature caches (*.h5); run `python cli.py extract --encoder ...` first")
-        features = load_features(cache, names, dataset)
-        out = out or runs / f"ablate-{datetime.now():%Y%m%d-%H%M%S}"
-        table, raw = ablate(features, Split.of(dataset), dataset.label_space, out, fusions=_names(fusions) if fusions else None,
-                            seeds=seeds, grid=grid, metric=metric, threshold_mode=threshold_mode,
-                            results=runs / "results.parquet", runs_root=runs)
+        table, raw, out = ablate(data, cache, _names(encoders) if encoders else None,
+                                 fusions=_names(fusions) if fusions else None, seeds=seeds, grid=grid, metric=metric,
+                                 threshold_mode=threshold_mode, runs=runs, out=out)
     except (DataError, StoreError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
     typer.echo(format_table(table))
@@ -450,7 +413,7 @@ def learning_curve_cmd(
     encoders: list[str] = typer.Option(..., help="Cache names of one curve, comma-separated (fused); repeat for more curves."),
     fusion: str = typer.Option("concat", help="Fusion of a multi-encoder curve (as fit-head)."),
     fractions: str = typer.Option(None, help="Shares of the train rows, comma-separated, nested per seed "
-                                              "(default 0.0625,0.125,0.25,0.5,1: heads.curve.FRACTIONS)."),
+                                              "(default 0.0625,0.125,0.25,0.5,1: featcache.stage2.curve.FRACTIONS)."),
     seeds: int = typer.Option(3, help="Row orders (and head seeds) per point: mean ± std."),
     extrapolate: str = typer.Option("24000", help="Row counts to extend the fitted power law to, comma-separated."),
     target: float = typer.Option(None, help="Draw this sample-F1 as a line on the chart."),
@@ -460,21 +423,16 @@ def learning_curve_cmd(
     out: Path = typer.Option(None, help="Output directory (default runs/curve-<time>)."),
 ):
     """Validation sample-F1 against training rows, per encoder set: would more labelled rows pay?"""
-    from datetime import datetime
-
-    from heads import curve
-    from heads.experiment import Split, load_features
+    from featcache.stage2 import curve
     from heads.train import HeadConfig
     from stores.features import StoreError
 
     try:
-        dataset = load_dataset(data)
-        sets = [load_features(cache, _names(e), dataset) for e in encoders]
         shares = tuple(float(f) for f in _names(fractions)) if fractions else curve.FRACTIONS
-        raw = curve.learning_curve(sets, Split.of(dataset), HeadConfig(fusion=fusion), shares, seeds,
-                                   threshold_mode=threshold_mode)
-        out = out or Path("runs") / f"curve-{datetime.now():%Y%m%d-%H%M%S}"
-        table, fits = curve.write(raw, out, [int(n) for n in _names(extrapolate)], target)
+        table, fits, raw, out = curve.learning_curve(data, cache, [_names(e) for e in encoders],
+                                                     base=HeadConfig(fusion=fusion), fractions=shares, seeds=seeds,
+                                                     extrapolate_to=tuple(int(n) for n in _names(extrapolate)),
+                                                     target=target, threshold_mode=threshold_mode, out=out)
     except (DataError, StoreError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
     typer.echo(curve.format_table(table, fits))
@@ -483,20 +441,18 @@ def learning_curve_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    run: Path = typer.Option(..., help="Run directory written by fit-head (runs/<id>)."),
+    run: Path = typer.Option(..., help="Run directory: a fitted head (fit-head, ablate) or an end-to-end run (finetune)."),
     data: Path = typer.Option(DEFAULT_DATA, help="Dataset root: every row of its test.csv is predicted."),
-    cache: Path = typer.Option(Path("cache"), help="Cache directory with the run's encoders (fingerprints checked)."),
+    cache: Path = typer.Option(Path("cache"), help="Cache directory with a fitted head's encoders (fingerprints checked)."),
     out: Path = typer.Option(Path("submission.csv"), help="Kaggle submission: ImageID,Labels."),
 ):
-    """Predict test.csv with a fitted head and its thresholds: one row per test row, in order, >= 1 label each."""
-    from featcache import e2e
-    from heads.experiment import RunError, predict_run
+    """Predict test.csv with a run and its thresholds: one row per test row, in order, >= 1 label each."""
+    from featcache.runs import predict
+    from featcache.stage2.experiment import RunError
     from stores.features import StoreError
 
     try:
-        dataset = load_dataset(data)
-        # An end-to-end run (finetune) holds its backbones: it reads images and captions, not a cache.
-        path = e2e.predict_run(run, dataset, out) if e2e.is_e2e_run(run) else predict_run(run, dataset, cache, out)
+        path = predict(run, data, cache, out)
     except (DataError, StoreError, RunError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
     typer.echo(f"{path}: {len(path.read_text().splitlines()) - 1} rows")
@@ -518,7 +474,7 @@ def demo_cmd(
     """Data -> extract -> ablate -> chosen model -> submission -> size/latency -> Table 1 and plots."""
     from featcache.demo import DemoConfig, run
     from featcache.encoders import WeightsNotFound
-    from heads.experiment import RunError
+    from featcache.stage2.experiment import RunError
     from stores.features import StoreError
 
     cfg = DemoConfig(out=out, data=data, n_train=n_train, n_test=n_test, image_encoder=image_encoder,

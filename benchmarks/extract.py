@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from featcache.backbones import preprocess_image  # noqa: E402
 from featcache.data import Dataset, load_dataset, load_image  # noqa: E402
-from featcache.encoders import create_encoder  # noqa: E402
+from featcache.encoders import create_encoder, preprocess_image  # noqa: E402
 from featcache.extract import extract  # noqa: E402
 from featcache.synth import make_dataset  # noqa: E402
 from stores.features import cache_path, open_features  # noqa: E402

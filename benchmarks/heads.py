@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from featcache.metrics import mean_average_precision  # noqa: E402
 from featcache.thresholds import fit_thresholds  # noqa: E402
 from heads.fusion import FUSIONS  # noqa: E402
 from heads.planted import make_planted  # noqa: E402
@@ -36,7 +37,8 @@ def fit_table(rows: int, repeats: int = 1) -> list[dict]:
     for fusion in STUDY:
         times = []
         for _ in range(repeats):
-            head = Head(HeadConfig(fusion=fusion)).fit([x[tr] for x in xs], y[tr], val=([x[va] for x in xs], y[va]))
+            head = Head(HeadConfig(fusion=fusion)).fit([x[tr] for x in xs], y[tr], val=([x[va] for x in xs], y[va]),
+                                                       scorer=mean_average_precision)  # as stage 2 fits them
             times.append(head.fit_seconds)
         f1 = fit_thresholds(y[va], head.predict_proba([x[va] for x in xs])).score
         out.append({"fusion": fusion, "rows": rows, "epochs": len(head.history), "fit_s": min(times), "cpu_s": head.fit_cpu_seconds, "sample_f1": f1})
@@ -44,18 +46,14 @@ def fit_table(rows: int, repeats: int = 1) -> list[dict]:
 
 
 def ablate_time(cache: Path, data: Path, seeds: int) -> tuple[float, int, list[str]] | None:
-    from featcache.data import load_dataset
-    from heads.ablate import ablate
-    from heads.experiment import Split, load_features
+    from featcache.stage2.ablate import ablate
 
     names = sorted(p.stem for p in cache.glob("*.h5"))[:4]
     if not names or not data.is_dir():
         return None
     t0 = time.perf_counter()
-    dataset = load_dataset(data)
-    features = load_features(cache, names, dataset)  # refuses caches built from other data
-    with tempfile.TemporaryDirectory() as tmp:
-        _, raw = ablate(features, Split.of(dataset), dataset.label_space, Path(tmp) / "ablate", seeds=seeds, progress=False)
+    with tempfile.TemporaryDirectory() as tmp:  # refuses caches built from other data; runs and results go to tmp
+        _, raw, _ = ablate(data, cache, names, seeds=seeds, runs=Path(tmp), out=Path(tmp) / "ablate", progress=False)
     return time.perf_counter() - t0, len(raw), names
 
 

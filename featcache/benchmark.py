@@ -107,7 +107,9 @@ def measure(module: nn.Module, make_batch, cfg: BenchConfig) -> dict:
 # --- what gets measured ---------------------------------------------------------------------------
 
 def encoder_row(name: str, cfg: BenchConfig) -> dict:
-    from featcache.encoders import create_encoder, get_cfg, weights_available
+    from featcache.encoders import create_encoder
+    from featcache.registry import get_cfg
+    from featcache.weights import weights_available
 
     real = weights_available(get_cfg(name)) != "-"
     enc = create_encoder(name, pretrained=real)
@@ -123,33 +125,35 @@ def input_size(enc: nn.Module) -> str:
 
 
 def run_row(run_dir: Path, cfg: BenchConfig, runs: Path = Path("runs")) -> dict:
-    """A fitted head (head.json; input: cached features) or an end-to-end model (config.json of
-    kind "e2e"; input: an image and a caption through its encoders, then its head)."""
-    from featcache.e2e import is_e2e_run, load_run
-    from heads.train import Head
+    """A fitted head (input: cached features) or an end-to-end model (input: an image and a
+    caption through its encoders, then its head), as featcache.runs loads it."""
+    from featcache.runs import E2E, kind_of, load_model
+    from featcache.stage2.experiment import RunError
 
     name = run_dir.relative_to(runs).as_posix() if run_dir.is_relative_to(runs) else run_dir.name
-    if is_e2e_run(run_dir):
-        model = load_run(run_dir)[0]
+    try:
+        kind, model = kind_of(run_dir), load_model(run_dir)
+    except RunError as e:  # as an unloadable head: a ValueError naming the run, which the commands report
+        raise ValueError(str(e)) from None
+    if kind == E2E:
         return {"model": name, "kind": "final", "weights": "trained",
                 "input_size": " + ".join(input_size(e) for e in model.encoders),
                 **measure(model, lambda n: [e.example_batch(n) for e in model.encoders], cfg)}
-    net = Head.load(run_dir).net
-    return {"model": name, "kind": "head", "weights": "fitted", "input_size": "+".join(map(str, net.dims)) + " features",
-            **measure(net, lambda n: [torch.randn(n, d) for d in net.dims], cfg)}
+    return {"model": name, "kind": "head", "weights": "fitted", "input_size": "+".join(map(str, model.dims)) + " features",
+            **measure(model, lambda n: [torch.randn(n, d) for d in model.dims], cfg)}
 
 
 def find_runs(runs: Path, which: str) -> list[Path]:
-    """'all', 'none' or comma-separated run ids (paths under runs/, nested ones too, as ablate writes
-    them): fitted heads (head.json) and end-to-end models (model.safetensors + config.json of kind e2e)."""
+    """The runs `--heads` selects: 'all', 'none' or comma-separated run ids (paths under runs/,
+    nested ones too) of runs with a model (featcache.runs.list_runs: fitted heads, finished
+    end-to-end runs)."""
     if which == "none":
         return []
-    from featcache.e2e import is_e2e_run
+    from featcache.runs import list_runs
 
-    found = {p.parent for p in Path(runs).rglob("head.json")} | {p.parent for p in Path(runs).rglob("model.safetensors")
-                                                                 if is_e2e_run(p.parent)}
+    found = list_runs(runs)
     if which == "all":
-        return sorted(found)
+        return found
     wanted = [Path(runs) / w for w in which.split(",")]
     missing = [str(w) for w in wanted if w not in found]
     if missing:
@@ -171,6 +175,31 @@ def benchmark(encoders: list[str], run_dirs: list[Path], cfg: BenchConfig, runs:
     finally:
         torch.set_num_threads(before)
     return pl.DataFrame(rows).with_columns(params_m=pl.col("params") / 1e6)
+
+
+def run(encoders: str, heads: str, cfg: BenchConfig, runs: Path = Path("runs"), save: Path | None = None,
+        csv: Path | None = None, progress=None) -> tuple[pl.DataFrame, dict]:
+    """`benchmark`: encoders 'all' (the aliases), 'none' or comma-separated names (any registry name:
+    timm:/hf: too); heads as `find_runs`. Writes the JSON to `save` and the table to `csv` when given."""
+    from featcache.registry import get_cfg, list_aliases
+
+    names = list_aliases() if encoders == "all" else [] if encoders == "none" else [n for n in encoders.split(",") if n]
+    for name in names:
+        get_cfg(name)  # an unknown name: UnknownEncoder, before anything is measured
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {cfg.device} but torch sees no CUDA device")
+    run_dirs = find_runs(runs, heads)
+    if not names and not run_dirs:
+        raise ValueError(f"nothing to benchmark: no encoders selected and no fitted heads under {runs}")
+    header = cfg.header()  # before measuring: the machine's load as the run starts
+    df = benchmark(names, run_dirs, cfg, runs, progress=progress)
+    doc = to_json(df, header)
+    if save:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save.write_text(json.dumps(doc, indent=1))
+    if csv:
+        df.write_csv(csv)
+    return df, doc
 
 
 # --- output ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .data import Dataset
+from .data import Dataset, load_dataset
 
 
 def summarize(ds: Dataset, scan_images: bool = True) -> dict:
@@ -84,3 +84,11 @@ def plot_label_distribution(summary: dict, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def check(data: str | Path, lenient: bool = False, plot: str | Path | None = None) -> dict:
+    """`data check`: the summary of the dataset at `data`, with its label chart written to `plot`."""
+    summary = summarize(load_dataset(data, lenient=lenient))
+    if plot:
+        summary["plot"] = str(plot_label_distribution(summary, plot))
+    return summary

@@ -35,13 +35,12 @@ class DemoConfig:
 
 
 def run(cfg: DemoConfig, echo=print) -> dict:
-    from heads.ablate import ablate, format_table
-    from heads.experiment import Split, load_features, predict_run
-
     from . import benchmark as bm
     from . import report as rp
     from .datacheck import plot_label_distribution, summarize
     from .extract import extract
+    from .stage2.ablate import ablate, format_table
+    from .stage2.experiment import predict_run
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
@@ -63,9 +62,8 @@ def run(cfg: DemoConfig, echo=print) -> dict:
 
     echo("== 3/6 ablate: each encoder alone, each fusion of both, several head seeds")
     runs = out / "runs"
-    features = load_features(cache, [cfg.image_encoder, cfg.text_encoder], ds)
-    table, raw = ablate(features, Split.of(ds), ds.label_space, runs / "ablate", seeds=cfg.seeds,
-                        results=runs / "results.parquet", runs_root=runs)
+    table, raw, _ = ablate(ds.root, cache, [cfg.image_encoder, cfg.text_encoder], seeds=cfg.seeds, runs=runs,
+                           out=runs / "ablate")
     files["ablation table"] = runs / "ablate" / "table.csv"
     files["ablation chart"] = runs / "ablate" / "chart.png"
     echo(format_table(table))

@@ -22,18 +22,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .data import Dataset, DataError, load_image
-from .encoders import EncoderCfg, WeightsSource, get_cfg, resolve_weights, text_tokenizer_source
 from stores.features import (FeatureWriter, StoreError, cache_path, merge_shards, read_attrs, shard_path,
                              shard_status)
+
+from . import __version__
+from .data import Dataset, DataError
+from .registry import EncoderCfg, cache_name
+from .resolve import resolve
+from .weights import WeightsSource, text_tokenizer_source
 
 VIEW_AUGMENT = "hflip, rotate<=10deg, random-resized-crop(scale 0.6-1)"
 
@@ -84,8 +88,10 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
             device: str = "cpu", num_workers: int | None = None, threads: int | None = None,
             weights: str | Path | None = None, pretrained: bool = True, image_size: int | None = None,
             views: int = 0, force: bool = False, lenient: bool = False, dtype: str = "float16",
-            finetune_epochs: int = 0, lr: float | None = None, finetune_opts: dict | None = None, chunk_batches: int = 8, progress: bool = True,
+            finetuned: dict | None = None, chunk_batches: int = 8, progress: bool = True,
             log=None, shard: int = 0, num_shards: int = 1) -> ExtractResult:
+    """`finetuned`: the spec of stage-1 fine-tuned `weights` (featcache.stage1 trains them); the
+    cache is then `<name>_ft`, and the spec is part of its fingerprint."""
     t0 = time.perf_counter()
     messages: list[str] = []
 
@@ -93,25 +99,13 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
         messages.append(message)
         (log or (lambda m: print(m, file=sys.stderr)))(message)
 
-    cfg = get_cfg(encoder_name)
-    if image_size:
-        cfg = replace(cfg, input_size=image_size)
-    if views and cfg.is_text:
-        raise ValueError(f"{cfg.name}: --views applies to image encoders only")
     if not 0 <= shard < num_shards:
         raise ValueError(f"--shard {shard} is not in 0..{num_shards - 1} (--num-shards {num_shards})")
-    source = resolve_weights(cfg, weights, pretrained)
-    name, finetune = cfg.name, None
-    if finetune_epochs:
-        from .finetune import FinetuneCfg, ensure_finetuned
-
-        # lr None: the modality's default recipe; finetune_opts: FinetuneCfg's other fields (freeze_bn, augment, ...)
-        ft = FinetuneCfg(epochs=finetune_epochs, lr=lr or FinetuneCfg.default_lr(cfg.is_text), batch_size=batch_size,
-                         **(finetune_opts or {}))
-        source, finetune = ensure_finetuned(dataset, cfg, source, ft, Path(cache_dir), device=device,
-                                            num_workers=num_workers, threads=threads, say=say, lenient=lenient)
-        name = f"{cfg.name}_ft"
-    spec = fingerprint_spec(cfg, source, dataset, views, dtype, finetune)
+    cfg, source = resolve(encoder_name, weights, pretrained, image_size)
+    if views and cfg.is_text:
+        raise ValueError(f"{cfg.name}: --views applies to image encoders only")
+    name = cache_name(cfg.name) + ("_ft" if finetuned else "")
+    spec = fingerprint_spec(cfg, source, dataset, views, dtype, finetuned)
     fingerprint = spec_hash(spec)
     path = cache_path(cache_dir, name)
 
@@ -195,10 +189,19 @@ def _shard_done(out: Path, fingerprint: str, rows: tuple[int, int]) -> bool:
     return False
 
 
-def merge(path: Path, num_shards: int, force: bool = False, say=print) -> bool:
+def merge(path: Path, num_shards: int | None = None, force: bool = False, say=print) -> bool:
     """Merge the N shards of `path` if all are complete; False (and which are pending) if not.
-    Under the cache lock: of two shards finishing at once, one merges, the other finds it done."""
+    Under the cache lock: of two shards finishing at once, one merges, the other finds it done.
+    num_shards None: the N of the shard files beside `path` (StoreError unless exactly one N)."""
     from filelock import FileLock
+
+    if num_shards is None:
+        counts = {int(m.group(1)) for p in path.parent.glob(f"{path.name}.shard-*-of-*")
+                  if (m := re.search(r"-of-(\d+)(\.partial)?$", p.name))}
+        if len(counts) != 1:
+            raise StoreError(f"{path}: expected the shards of one --num-shards run beside it, "
+                             f"found {'none' if not counts else sorted(counts)}")
+        num_shards = counts.pop()
 
     if pending := shard_status(path, num_shards):
         say(f"{path}: not merged yet: " + "; ".join(pending))
@@ -217,7 +220,8 @@ def merge(path: Path, num_shards: int, force: bool = False, say=print) -> bool:
 
 
 class Work:
-    """Work row w -> (w, model input or None, error or None). Clean rows first, then the views."""
+    """Work row w -> (w, [model input], error or None), as featcache.loader's items. Clean rows
+    first (train then test), then the views: view k of train row r is r's epoch-(k + 1) view."""
 
     def __init__(self, dataset: Dataset, cfg: EncoderCfg, views: int):
         self.records = dataset.train + dataset.test
@@ -233,29 +237,18 @@ class Work:
         return w if w < self.n else (w - self.n) % self.n_train
 
     def record(self, w: int):
+        from .loader import view_seed  # torch: only once there is work (a warm cache never gets here)
+
         if w < self.n:
             return self.records[w], None
         v, r = divmod(w - self.n, self.n_train)
-        return self.records[r], 1_000_003 * (v + 1) + r  # a view's seed depends only on (view, row)
+        return self.records[r], view_seed(0, v + 1, r)  # a view's seed depends only on (view, row)
 
     def __getitem__(self, w: int):
+        from .loader import item
+
         rec, seed = self.record(w)
-        return (w, *encoder_input(self.dataset, self.cfg, rec, seed))
-
-
-def encoder_input(dataset: Dataset, cfg: EncoderCfg, rec, view_seed: int | None = None):
-    """(model input, None) for a record's caption or image, or (None, error) for an unreadable
-    image: the error names the file and the CSV row, and is raised or counted by the caller in the
-    main process (raised in a DataLoader worker it would come wrapped in a worker traceback)."""
-    from .backbones import preprocess_image
-
-    if cfg.is_text:
-        return rec.caption, None
-    try:
-        return preprocess_image(cfg, load_image(dataset.image_path(rec.image_id)), view_seed), None
-    except DataError as e:
-        where = "train.csv" if rec.labels is not None else "test.csv"
-        return None, f"{e} ({where} line {rec.line}, ImageID {rec.image_id})"
+        return item(self.dataset, [self.cfg], rec, w, seed)
 
 
 def plan_batches(work: Work, start: int, chunk: int, batch_size: int, stop: int | None = None) -> list[list[int]]:
@@ -276,7 +269,8 @@ def _run(dataset, cfg, source, path, attrs, views, dtype, batch_size, chunk_batc
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from .backbones import build_encoder
+    from .encoders import build_encoder
+    from .loader import Collate, to_device
 
     work = Work(dataset, cfg, views)
     ids = [r.image_id for r in work.records]
@@ -292,9 +286,8 @@ def _run(dataset, cfg, source, path, attrs, views, dtype, batch_size, chunk_batc
         chunk = batch_size * chunk_batches
         if num_workers is None:  # images: decode in a worker while the model runs; text: tokenising is cheap
             num_workers = 0 if cfg.is_text else max(1, min(4, (os.cpu_count() or 2) - 1))
-        collate = (lambda items: (items, encoder.collate([x for _, x, _ in items]))) if cfg.is_text else _stack
         loader = DataLoader(work, batch_sampler=plan_batches(work, start, chunk, batch_size, stop), num_workers=num_workers,
-                            collate_fn=collate, pin_memory=device.startswith("cuda"),
+                            collate_fn=Collate([encoder]), pin_memory=device.startswith("cuda"),
                             prefetch_factor=4 if num_workers else None)
         unit = "caption" if cfg.is_text else "img"
         bar = tqdm(total=stop - writer.lo, initial=start - writer.lo, unit=unit, desc=path.stem, disable=not progress, smoothing=0.1)
@@ -302,15 +295,13 @@ def _run(dataset, cfg, source, path, attrs, views, dtype, batch_size, chunk_batc
         chunk_start, left, skips = start, min(chunk, stop - start), []
         t_run = time.perf_counter()
         with torch.inference_mode():
-            for items, x in loader:
-                errors = [(w, err) for w, _, err in items if err]
+            for ok, batch, errors in loader:
                 for w, err in errors:
                     if not lenient:
                         raise DataError(err)
                     skips.append({"row": work.row(w), "image_id": ids[work.row(w)], "work_row": w, "reason": err})
-                ok = [w for w, _, err in items if not err]
                 if ok:
-                    x = _to(x, device)
+                    x = to_device(batch[0], device)
                     t_batch = time.perf_counter()
                     buffer[np.asarray(ok) - chunk_start] = encoder(x).float().cpu().numpy()
                     if tuner:  # work = input elements: tokens for text (batches differ in length), pixels for images
@@ -318,8 +309,8 @@ def _run(dataset, cfg, source, path, attrs, views, dtype, batch_size, chunk_batc
                         torch.set_num_threads(tuner.update(size, time.perf_counter() - t_batch))
                 for w, _ in errors:
                     buffer[w - chunk_start] = 0.0
-                left -= len(items)
-                bar.update(len(items))
+                left -= len(ok) + len(errors)
+                bar.update(len(ok) + len(errors))
                 if left == 0:
                     n = min(chunk, stop - chunk_start)
                     writer.write(chunk_start, buffer[:n], skips)
@@ -372,16 +363,3 @@ class ThreadTuner:
         else:
             self.current = max(self.rate, key=self.rate.get)
         return self.current
-
-
-def _stack(items):
-    import torch
-
-    tensors = [x for _, x, err in items if not err]
-    return items, (torch.stack(tensors) if tensors else None)
-
-
-def _to(x, device: str):
-    if isinstance(x, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
-    return x.to(device, non_blocking=True)

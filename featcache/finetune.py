@@ -28,9 +28,9 @@ from pathlib import Path
 from filelock import FileLock
 
 from .data import DataError, Dataset
-from .encoders import EncoderCfg, WeightsSource, sha256_path
-from .extract import encoder_input
+from .registry import EncoderCfg, cache_name
 from .split import train_val_split
+from .weights import WeightsSource, sha256_path
 
 
 @dataclass(frozen=True)
@@ -46,26 +46,13 @@ class FinetuneCfg:
     val_fraction: float = 0.2
     freeze_bn: bool = True  # BatchNorm running statistics stay as loaded (affine weights still train)
     augment: bool = True  # images: the study's flip / rotation / resized crop, a fresh draw each epoch
-    # "probe": the linear head starts as the logistic regression of the loaded backbone's features
-    # (LP-FT, Kumar et al. 2022), so early gradients carry label signal rather than a random head's.
-    # Costs one inference pass over the train rows. Measured on the shared slice it did not help:
-    # image-only 0.8260 against 0.8297 from scratch (lite0, 260 px, lr 1e-4); text 0.8671 against
-    # 0.8700. The training loss fell faster and validation mAP slower. So "scratch" stays.
-    head_init: str = "scratch"
-    # > 0: the saved backbone (and the watched head) is the exponential moving average of the
-    # weights over the steps, with this decay (timm's ModelEmaV3), instead of the last step's.
-    ema_decay: float = 0.0
-    # Text: this share of each caption's tokens is replaced by [MASK] in every training step (a fresh
-    # draw each epoch), so the head cannot lean on one word; the validation watch reads clean captions.
-    text_mask: float = 0.0
 
     def __post_init__(self):
-        if self.head_init not in ("scratch", "probe"):
-            raise ValueError(f"head_init must be probe or scratch, got {self.head_init!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
-        if not 0.0 <= self.text_mask < 1.0:
-            raise ValueError(f"text_mask must be in [0, 1) (0: off), got {self.text_mask}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"fine-tuning {name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0 or not self.head_lr > 0:
+            raise ValueError(f"fine-tuning learning rates must be > 0, got lr {self.lr}, head_lr {self.head_lr}")
 
     @staticmethod
     def default_lr(is_text: bool) -> float:
@@ -78,11 +65,7 @@ class FinetuneCfg:
 
 def finetune_spec(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: FinetuneCfg, train_idx) -> dict:
     train_ids = "\n".join(dataset.train[i].image_id for i in train_idx)
-    # Fields added later are left out at their defaults: the recipes from before they existed keep
-    # their specs, so their weights and caches stay valid.
-    added_later = {"head_init": "scratch", "ema_decay": 0.0, "text_mask": 0.0}
-    recipe = {k: v for k, v in asdict(ft).items() if k not in added_later or v != added_later[k]}
-    return {**recipe, "encoder": cfg.name, "preprocessing": cfg.preprocessing(), "base_weights_sha256": source.sha256(),
+    return {**asdict(ft), "encoder": cfg.name, "preprocessing": cfg.preprocessing(), "base_weights_sha256": source.sha256(),
             "dataset": dataset.fingerprint(), "train_rows": len(train_idx),
             "train_ids_sha256": hashlib.sha256(train_ids.encode()).hexdigest()[:16]}
 
@@ -94,10 +77,11 @@ def ensure_finetuned(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, f
     with the weights' sha256, for the fingerprint."""
     train_idx, val_idx = train_val_split(dataset.targets(), ft.val_fraction, ft.seed)
     spec = finetune_spec(dataset, cfg, source, ft, train_idx)
-    weights, sidecar = weights_file(out_dir, cfg.name), out_dir / f"{cfg.name}_ft.json"
+    stem = cache_name(cfg.name)
+    weights, sidecar = weights_file(out_dir, cfg.name), out_dir / f"{stem}_ft.json"
     out_dir.mkdir(parents=True, exist_ok=True)
     # Two extractors fine-tuning the same encoder: the second waits, then reuses the first's weights.
-    with FileLock(str(out_dir / f"{cfg.name}_ft.lock")):
+    with FileLock(str(out_dir / f"{stem}_ft.lock")):
         reuse = weights.exists() and sidecar.exists() and json.loads(sidecar.read_text()).get("spec") == spec
         if reuse:
             say(f"{weights}: reusing fine-tuned weights")
@@ -110,7 +94,7 @@ def ensure_finetuned(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, f
 
 
 def weights_file(cache_dir: str | Path, encoder: str) -> Path:
-    return Path(cache_dir) / f"{encoder}_ft.safetensors"
+    return Path(cache_dir) / f"{cache_name(encoder)}_ft.safetensors"
 
 
 def finetuned_weights(cache_dir: str | Path, cache_name: str, fingerprint: str) -> Path:
@@ -141,10 +125,10 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
     """Writes the fine-tuned backbone to `out`; returns the per-epoch history."""
     import torch
     from torch.utils.data import DataLoader
-    from timm.utils import ModelEmaV3
     from tqdm import tqdm
 
-    from .backbones import build_encoder, save_weights
+    from .encoders import build_encoder, save_weights
+    from .loader import Collate, Inputs, to_device
     from .metrics import scores
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
@@ -154,85 +138,46 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
     encoder = build_encoder(cfg, source).to(device)
     head = torch.nn.Linear(cfg.embed_dim, targets.shape[1]).to(device)
     workers = (0 if cfg.is_text else 1) if num_workers is None else num_workers
-    if ft.head_init == "probe":
-        t_probe = time.perf_counter()
-        features, read = _embed(encoder, dataset, cfg, records, ft.batch_size, device, workers, lenient)
-        _fit_probe(head, features[read], targets.to(device)[read])
-        say(f"finetune {cfg.name}: linear probe fitted on {int(read.sum())} train rows in {time.perf_counter() - t_probe:.0f} s")
     optimizer = torch.optim.AdamW([{"params": encoder.parameters(), "lr": ft.lr},
                                    {"params": head.parameters(), "lr": ft.head_lr}], weight_decay=ft.weight_decay)
     steps = ft.epochs * -(-len(records) // ft.batch_size)
-    # The average starts at the loaded weights; with decay d it weighs the last ~1 / (1 - d) steps.
-    trained = torch.nn.ModuleList([encoder, head])
-    ema = ModelEmaV3(trained, decay=ft.ema_decay) if ft.ema_decay else None
-    kept_encoder, kept_head = ema.module if ema is not None else trained  # what is watched and saved
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, [ft.lr, ft.head_lr], total_steps=steps, pct_start=0.1)
-
-    augment = ft.augment and not cfg.is_text
-
-    def item(i: int):
-        # A view seed per (epoch, row): each epoch sees a new draw, and a rerun the same draws.
-        seed = (ft.seed * 1000 + items.epoch) * 10_000_019 + i if augment else None
-        x, err = encoder_input(dataset, cfg, records[i], view_seed=seed)
-        return x, targets[i], err
-
-    def collate(batch):
-        kept = [(x, y) for x, y, err in batch if err is None]
-        errors = [err for _, _, err in batch if err is not None]
-        if not kept:
-            return None, None, errors
-        return encoder.collate([x for x, _ in kept]), torch.stack([y for _, y in kept]), errors
-
-    items = _Items(item, len(records))
-    loader = DataLoader(items, batch_size=ft.batch_size, shuffle=True, collate_fn=collate,
-                        num_workers=workers, generator=torch.Generator().manual_seed(ft.seed), drop_last=len(records) > ft.batch_size)
+    # Images draw a fresh seeded view each (epoch, row): a rerun sees the same views.
+    inputs = Inputs(dataset, [cfg], records, augment_seed=ft.seed if ft.augment and not cfg.is_text else None)
+    loader = DataLoader(inputs, batch_size=ft.batch_size, shuffle=True, collate_fn=Collate([encoder]), num_workers=workers,
+                        generator=torch.Generator().manual_seed(ft.seed), drop_last=len(records) > ft.batch_size)
     t0, skipped, history = time.perf_counter(), 0, []
-    for epoch in range(ft.epochs):
-        items.epoch = epoch  # read by workers forked for this epoch's iteration
-        masks = torch.Generator().manual_seed(ft.seed * 1000 + epoch)
+    for epoch in range(1, ft.epochs + 1):
+        inputs.epoch = epoch  # read by the workers forked for this epoch's iteration
         _train_mode(encoder, ft.freeze_bn)
-        bar, total = tqdm(loader, desc=f"finetune {cfg.name} epoch {epoch + 1}/{ft.epochs}", unit="batch"), 0.0
-        for k, (x, y, errors) in enumerate(bar, 1):
+        bar, total = tqdm(loader, desc=f"finetune {cfg.name} epoch {epoch}/{ft.epochs}", unit="batch"), 0.0
+        for k, (rows, batch, errors) in enumerate(bar, 1):
             if errors and not lenient:
-                raise DataError(errors[0])
+                raise DataError(errors[0][1])
             skipped += len(errors)
-            if x is None:  # every image of the batch was unreadable
+            if not rows:  # every image of the batch was unreadable
                 continue
-            if cfg.is_text and ft.text_mask:
-                x = _mask_tokens(x, encoder.tokenizer, ft.text_mask, masks)
-            x = {n: v.to(device) for n, v in x.items()} if isinstance(x, dict) else x.to(device)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(head(encoder(x)), y.to(device))
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(head(encoder(to_device(batch[0], device))),
+                                                                        targets[rows].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            if ema is not None:
-                ema.update(trained)
             total += loss.item()
             bar.set_postfix(loss=f"{total / k:.4f}")
-        probs = _predict(kept_encoder, kept_head, dataset, cfg, val_records, ft.batch_size, device, workers, lenient)
+        probs = _predict(encoder, head, dataset, cfg, val_records, ft.batch_size, device, workers, lenient)
         val = scores(dataset.targets(val_records), probs)
-        history.append({"epoch": epoch + 1, "train_loss": round(total / max(len(loader), 1), 5),
+        history.append({"epoch": epoch, "train_loss": round(total / max(len(loader), 1), 5),
                         "val_map": round(val["map"], 4), "val_sample_f1_at_0.5": round(val["sample_f1"], 4),
                         "seconds": round(time.perf_counter() - t0, 1)})
-        say(f"finetune {cfg.name} epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, validation mAP "
+        say(f"finetune {cfg.name} epoch {epoch}: train loss {history[-1]['train_loss']:.4f}, validation mAP "
             f"{val['map']:.4f}, sample-F1 at 0.5 {val['sample_f1']:.4f} (linear head; watched, not selected on)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(kept_encoder, out, metadata={"encoder": cfg.name, "finetune": json.dumps(asdict(ft))})
+    save_weights(encoder, out, metadata={"encoder": cfg.name, "finetune": json.dumps(asdict(ft))})
     if skipped:
         say(f"{cfg.name}: fine-tuning skipped {skipped} unreadable training images over {ft.epochs} epochs (--lenient)")
     say(f"{out}: fine-tuned {cfg.name} for {ft.epochs} epochs on {len(records)} train rows in {time.perf_counter() - t0:.0f} s")
     return history
-
-
-def _mask_tokens(batch: dict, tokenizer, share: float, generator) -> dict:
-    """The batch with `share` of its caption tokens (not padding, [CLS] or [SEP]) set to [MASK]."""
-    import torch
-
-    ids = batch["input_ids"]
-    words = batch["attention_mask"].bool() & ~torch.isin(ids, torch.tensor(tokenizer.all_special_ids))
-    hit = words & (torch.rand(ids.shape, generator=generator) < share)
-    return {**batch, "input_ids": ids.masked_fill(hit, tokenizer.mask_token_id)}
 
 
 def _train_mode(encoder, freeze_bn: bool) -> None:
@@ -245,80 +190,21 @@ def _train_mode(encoder, freeze_bn: bool) -> None:
                 m.eval()
 
 
-def _fit_probe(head, features, targets, iterations: int = 200) -> None:
-    """Sets `head` to the L2-regularised logistic regression of targets on features (full batch
-    L-BFGS on standardised features, scikit-learn's default penalty C = 1; a convex fit of seconds)."""
-    import torch
-
-    mean, std = features.mean(0), features.std(0) + 1e-6
-    z = (features - mean) / std  # standardised for the solver; folded back into the weights below
-    w = torch.zeros(targets.shape[1], z.shape[1], device=z.device, requires_grad=True)
-    b = torch.logit(targets.mean(0).clamp(1e-4, 1 - 1e-4)).clone().requires_grad_(True)
-    solver = torch.optim.LBFGS([w, b], max_iter=iterations, line_search_fn="strong_wolfe")
-
-    def loss():
-        solver.zero_grad()
-        # per row: BCE summed over labels + ||w||^2 / 2 (each label its own C = 1 problem)
-        value = (torch.nn.functional.binary_cross_entropy_with_logits(z @ w.T + b, targets, reduction="sum")
-                 + 0.5 * w.square().sum()) / len(z)
-        value.backward()
-        return value
-
-    with torch.enable_grad():
-        solver.step(loss)
-    with torch.no_grad():
-        head.weight.copy_(w / std)
-        head.bias.copy_(b - (w * (mean / std)).sum(1))
-
-
 def _predict(encoder, head, dataset: Dataset, cfg: EncoderCfg, records, batch_size: int, device: str,
              workers: int, lenient: bool):
-    """Sigmoid outputs of backbone + head on clean inputs (unreadable rows score 0 under lenient)."""
-    import torch
-
-    with torch.inference_mode():
-        features, read = _embed(encoder, dataset, cfg, records, batch_size, device, workers, lenient)
-        return (torch.sigmoid(head(features)) * read[:, None]).cpu().numpy()
-
-
-def _embed(encoder, dataset: Dataset, cfg: EncoderCfg, records, batch_size: int, device: str, workers: int,
-           lenient: bool):
-    """Backbone outputs on clean inputs (float32, on `device`) and which rows were read (under
-    lenient an unreadable row is skipped: False, features 0)."""
+    """Sigmoid outputs of backbone + head on clean inputs (an unreadable row scores 0 under lenient)."""
     import torch
     from torch.utils.data import DataLoader
 
-    def item(i: int):
-        return (*encoder_input(dataset, cfg, records[i]), i)
+    from .loader import Collate, Inputs, to_device
 
-    def collate(batch):
-        kept = [(x, i) for x, err, i in batch if err is None]
-        errors = [err for _, err, _ in batch if err is not None]
-        x = encoder.collate([x for x, _ in kept]) if kept else None
-        return x, [i for _, i in kept], errors
-
-    out = torch.zeros(len(records), cfg.embed_dim, device=device)
-    read = torch.zeros(len(records), dtype=torch.bool, device=device)
+    probs = torch.zeros(len(records), head.out_features)
     encoder.eval()
     with torch.inference_mode():
-        for x, rows, errors in DataLoader(_Items(item, len(records)), batch_size=batch_size, collate_fn=collate,
-                                          num_workers=workers):
+        for rows, batch, errors in DataLoader(Inputs(dataset, [cfg], records), batch_size=batch_size,
+                                              collate_fn=Collate([encoder]), num_workers=workers):
             if errors and not lenient:
-                raise DataError(errors[0])
-            if x is not None:
-                x = {n: v.to(device) for n, v in x.items()} if isinstance(x, dict) else x.to(device)
-                out[rows], read[rows] = encoder(x).float(), True
-    return out, read
-
-
-class _Items:
-    """A map-style dataset over a function (picklable enough for forked workers)."""
-
-    def __init__(self, fn, n: int):
-        self.fn, self.n, self.epoch = fn, n, 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int):
-        return self.fn(i)
+                raise DataError(errors[0][1])
+            if rows:
+                probs[rows] = torch.sigmoid(head(encoder(to_device(batch[0], device)).float())).cpu()
+    return probs.numpy()

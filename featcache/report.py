@@ -10,7 +10,6 @@ architecture, so it takes that encoder's size and speed. Seeds of one configurat
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,22 +27,6 @@ class ReportConfig:
         return f"size (MB, {'fp16' if self.fp16 else 'fp32'} safetensors)"
 
 
-def e2e_results(runs: Path) -> pl.DataFrame:
-    """Result rows for finished end-to-end runs (metrics.json written at the end of training)."""
-    rows = []
-    for cfg_path in sorted(Path(runs).rglob("config.json")):
-        saved = json.loads(cfg_path.read_text())
-        metrics_path = cfg_path.with_name("metrics.json")
-        if saved.get("kind") != "e2e" or not metrics_path.exists():
-            continue
-        m = json.loads(metrics_path.read_text())
-        c = saved["config"]
-        rows.append({"run": cfg_path.parent.relative_to(runs).as_posix(), "kind": "final", "encoders": saved["encoders"],
-                     "head": f"e2e {c['fusion']}/{c['classifier']}", "variant": "default",
-                     "sample_f1": m["tuned"]["sample_f1"], "fit_seconds": sum(h["train_seconds"] for h in m["history"])})
-    return pl.DataFrame(rows)
-
-
 def models(results: pl.DataFrame) -> pl.DataFrame:
     """One row per configuration, seeds averaged: model, kind, encoders, runs, seeds, f1, f1_std, fit_seconds.
 
@@ -51,6 +34,11 @@ def models(results: pl.DataFrame) -> pl.DataFrame:
     differ only in, say, width are two models; a name shared by two configurations gets " #2")."""
     defaults = {"kind": "head", "variant": "default", "config": "", "seed": 0}
     results = results.with_columns(*[pl.lit(v).alias(k) for k, v in defaults.items() if k not in results.columns])
+    # What to benchmark a model's parts as: the registry names its caches were extracted with
+    # (rows written before they were recorded: the cache names, less a fine-tune's "_ft").
+    base_names = pl.col("encoders").list.eval(pl.element().str.strip_suffix("_ft"))
+    results = results.with_columns(encoder_names=pl.coalesce(pl.col("encoder_names"), base_names)
+                                   if "encoder_names" in results.columns else base_names)
     name = pl.concat_str(pl.col("encoders").list.join(" + "), pl.lit(" / "), pl.col("head"),
                          pl.when(pl.col("variant") == "default").then(pl.lit("")).otherwise(" / " + pl.col("variant")))
     m = (results.with_columns(pl.col(k).fill_null(v) for k, v in defaults.items())
@@ -59,7 +47,8 @@ def models(results: pl.DataFrame) -> pl.DataFrame:
          # ablate) is the same experiment, and its latest row stands.
          .unique(["model", "key", "seed"], keep="last", maintain_order=True)
          .group_by("model", "key", maintain_order=True)
-         .agg(pl.col("kind").first(), pl.col("encoders").first(), pl.col("run").alias("runs"), pl.len().alias("seeds"),
+         .agg(pl.col("kind").first(), pl.col("encoders").first(), pl.col("encoder_names").first(), pl.col("run").alias("runs"),
+              pl.len().alias("seeds"),
               pl.col("sample_f1").mean().alias("f1"), pl.col("sample_f1").std(ddof=0).alias("f1_std"),
               pl.col("fit_seconds").mean()))
     nth = pl.int_range(pl.len()).over("model")
@@ -75,8 +64,7 @@ def table1(results: pl.DataFrame, bench: pl.DataFrame, cfg: ReportConfig = Repor
     every seed's head has the same architecture."""
     m = models(results)
     parts = pl.concat([
-        m.filter(pl.col("kind") == "head").select("model", part=pl.col("encoders")).explode("part")
-        .with_columns(pl.col("part").str.strip_suffix("_ft")),
+        m.filter(pl.col("kind") == "head").select("model", part=pl.col("encoder_names")).explode("part"),
         m.select("model", part=pl.col("runs").list.first())])
     size = pl.col("size_mb_fp16" if cfg.fp16 else "size_mb").alias("size_mb")
     joined = parts.join(bench.select("model", size, "latency_ms", "params"), left_on="part", right_on="model",
@@ -86,7 +74,7 @@ def table1(results: pl.DataFrame, bench: pl.DataFrame, cfg: ReportConfig = Repor
         raise ValueError(f"no benchmark row for {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
     sums = joined.group_by("model").agg(pl.col("latency_ms").sum().alias("predict_ms_per_item"), pl.col("size_mb").sum(),
                                         (pl.col("params").sum() / 1e6).alias("params_m"))
-    out = (m.join(sums, on="model").drop("encoders", "runs")
+    out = (m.join(sums, on="model").drop("encoders", "encoder_names", "runs")
            .with_columns(within_budget=pl.col("size_mb") <= cfg.budget_mb).sort("f1", descending=True))
     return out.with_columns(pareto_size=pareto(out, "size_mb"), pareto_latency=pareto(out, "predict_ms_per_item"))
 
@@ -94,7 +82,7 @@ def table1(results: pl.DataFrame, bench: pl.DataFrame, cfg: ReportConfig = Repor
 def needed(results: pl.DataFrame) -> tuple[list[str], list[str]]:
     """(encoder names, run ids) that table1 needs benchmark rows for."""
     m = models(results)
-    encs = m.filter(pl.col("kind") == "head")["encoders"].explode().str.strip_suffix("_ft")
+    encs = m.filter(pl.col("kind") == "head")["encoder_names"].explode()
     return sorted(set(encs)), m["runs"].list.first().to_list()
 
 
@@ -173,6 +161,7 @@ def build(results: Path, runs: Path, bench: Path | None, out: Path, cfg: ReportC
     from stores.results import read_results
 
     from . import benchmark as bm
+    from .runs import e2e_results
 
     parts = ([read_results(results)] if results.exists() else []) + ([e2e_results(runs)] if runs.exists() else [])
     parts = [p for p in parts if len(p)]

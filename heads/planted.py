@@ -1,8 +1,8 @@
 """Feature arrays with planted multi-label signal, for tests and timing without any cache.
 
-Like featcache.synth at the feature level: each label has a direction per encoder; an image's
-vector is the sum of the directions of the labels that encoder "sees" plus unit noise. The image
-encoder sees each present label with probability p_seen[0], the text encoder with p_seen[1]
+Like a generated dataset, at the feature level: each label has a direction per encoder; an
+image's vector is the sum of the directions of the labels that encoder "sees" plus unit noise. The
+image encoder sees each present label with probability p_seen[0], the text encoder with p_seen[1]
 (and now and then a label that is absent), so each alone misses something and fusion wins.
 """
 

@@ -3,8 +3,9 @@
 Everything is in memory as tensors and mini-batches are index slices (no DataLoader: at ~20 steps
 an epoch its per-batch overhead would dominate). Inputs are standardised with the training rows'
 statistics, which live in the network as buffers, so saved weights take raw cached features.
-AdamW, early stopping on validation mAP (threshold-free, so it does not favour one loss's
-calibration over another), the best epoch's weights kept. Same seed, same thread count -> same
+AdamW, early stopping on a validation score the caller passes in (stage 2 passes mAP:
+threshold-free, so it does not favour one loss's calibration over another; without one, the
+negative validation loss), the best epoch's weights kept. Same seed, same thread count -> same
 weights and metrics.
 """
 
@@ -16,13 +17,12 @@ import time
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-
-from featcache.metrics import mean_average_precision
 
 from .fusion import CLASSIFIERS, FUSIONS
 from .losses import LOSSES
@@ -45,7 +45,7 @@ class HeadConfig:
     # too few for the gated/bilinear/attention fusions to converge (early stopping still guards).
     min_steps: int = 64
     batch_size: int = 512
-    patience: int = 3  # epochs without a better validation mAP before stopping
+    patience: int = 3  # epochs without a better validation score before stopping
     seed: int = 0
     # One thread: while another process uses the second core, two OpenMP threads spin-wait and
     # run ~8x slower than one. bf16 autocast: this CPU's matrix units make the matmuls ~3x faster.
@@ -98,9 +98,13 @@ class Head:
         self.fit_seconds = self.fit_cpu_seconds = float("nan")
 
     def fit(self, xs: list[np.ndarray], y: np.ndarray, val: tuple[list[np.ndarray], np.ndarray] | None = None,
-            views: list[np.ndarray | None] | None = None) -> Head:
+            views: list[np.ndarray | None] | None = None,
+            scorer: Callable[[np.ndarray, np.ndarray], float] | None = None) -> Head:
         """xs: one float array [n, D_i] per encoder; views: per encoder None or [K, n, D_i] augmented
-        views of the same rows (each epoch every row takes the clean vector or one view at random)."""
+        views of the same rows (each epoch every row takes the clean vector or one view at random).
+        With `val`, each epoch is scored on it and the best epoch's weights are kept:
+        scorer(y_val, probs) -> float, higher is better; None scores the negative validation loss
+        (the config's loss). The history records it per epoch as "val_score"."""
         cfg, t0, c0 = self.cfg, time.perf_counter(), time.process_time()
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -142,9 +146,9 @@ class Head:
                 total, seen = total + loss.item() * len(idx), seen + len(idx)
             record = {"epoch": epoch + 1, "train_loss": total / seen}
             if val is not None:
-                record["val_map"] = mean_average_precision(val[1], self._predict_prepared(val_prepared))
-                if record["val_map"] > best:
-                    best, bad, self.best_epoch = record["val_map"], 0, epoch + 1
+                record["val_score"] = self._score(val_prepared, val[1], scorer)
+                if record["val_score"] > best:
+                    best, bad, self.best_epoch = record["val_score"], 0, epoch + 1
                     best_state = {k: v.clone() for k, v in net.state_dict().items()}
                 else:
                     bad += 1
@@ -173,6 +177,15 @@ class Head:
             raise ValueError(f"feature widths {[x.shape[1] for x in xs]} differ from the head's {self.net.dims}")
         _check(xs, torch.zeros(len(xs[0])), "prediction")
         return self.net.prepare(xs)
+
+    @torch.no_grad()
+    def _score(self, inputs: list[torch.Tensor], y: np.ndarray, scorer) -> float:
+        """The epoch's validation score: scorer(y, probs), or minus the config's loss on these rows."""
+        if scorer is not None:
+            return float(scorer(y, self._predict_prepared(inputs)))
+        self.net.eval()
+        logits = self.net.logits(inputs)
+        return -float(LOSSES[self.cfg.loss](logits, torch.as_tensor(np.asarray(y, np.float32))))
 
     @torch.no_grad()
     def _predict_prepared(self, inputs: list[torch.Tensor], batch_size: int = 8192) -> np.ndarray:

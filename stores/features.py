@@ -30,6 +30,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from featcache.registry import cache_name
+
 CHUNK_BYTES = 1 << 20  # HDF5's sweet spot is ~1 MB chunks
 
 
@@ -112,7 +114,7 @@ def open_features(cache_dir: str | Path, name: str) -> FeatureSet:
             valid = f["valid"][()].astype(bool) if "valid" in f else None
     except (OSError, KeyError, ValueError) as e:
         raise StoreError(f"{path}: corrupt or truncated feature cache ({e}); delete it and extract again") from None
-    if attrs.get("encoder") not in (name, name.removesuffix("_ft")):  # a renamed or copied file
+    if cache_name(str(attrs.get("encoder"))) not in (name, name.removesuffix("_ft")):  # a renamed or copied file
         raise StoreError(f"{path}: holds features of encoder {attrs.get('encoder')!r}, not {name!r}; extract {name} instead")
     if features.shape != (len(ids), attrs.get("dim")):
         raise StoreError(f"{path}: features {features.shape} do not match {len(ids)} ids x dim {attrs.get('dim')}")

@@ -58,7 +58,9 @@ def test_measure_a_tiny_module():
 
 
 def test_cli_json_has_every_column_per_encoder(tmp_path):
-    from featcache.encoders import create_encoder, get_cfg, weights_available
+    from featcache.encoders import create_encoder
+    from featcache.registry import get_cfg
+    from featcache.weights import weights_available
 
     names = ["efficientnet_lite0", "minilm_l6"]
     out = tmp_path / "bench.json"
@@ -185,7 +187,8 @@ def test_report_cli_measures_the_models_it_lacks(tmp_path):
         Head(HeadConfig(width=8, epochs=1)).fit(xs[:2] if "+" in run else xs[:1] if "lite0" in run else xs[1:], y).save(
             runs_dir / run)
     # A final (end-to-end) model, tiny: it enters Table 1 measured whole, encoders included.
-    from featcache.e2e import E2EConfig, train
+    from featcache.e2e.config import E2EConfig
+    from featcache.e2e.loop import train
     from featcache.synth import make_dataset
 
     data = make_dataset(tmp_path / "data", n_train=32, n_test=4, seed=0, image_size=32)

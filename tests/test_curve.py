@@ -1,4 +1,4 @@
-"""Learning curves (heads/curve.py): nested subsets, the power-law fit, the command's files."""
+"""Learning curves (featcache/stage2/curve.py): nested subsets, the power-law fit, the command's files."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from featcache.data import load_dataset
-from heads.curve import fit_power_law, power_law
-from heads.experiment import Split
+from featcache.stage2.curve import fit_power_law, power_law
+from featcache.stage2.experiment import Split
 
 
 def invoke(*args):

@@ -20,15 +20,20 @@ from typer.testing import CliRunner
 
 from cli import app
 
-from featcache import e2e
 from featcache.data import load_dataset
+from featcache.e2e import loop
+from featcache.e2e.checkpoints import latest_checkpoint, load_checkpoint
+from featcache.e2e.config import E2EConfig
+from featcache.e2e.loop import lr_factor, train
+from featcache.e2e.model import build_model, with_init_head
+from featcache.e2e.predict import predict_proba
 from featcache.synth import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 # dropout 0: the head's pooled dropout masks are redrawn in a new process, so only without
 # dropout can a resumed run be compared bit for bit with an uninterrupted one. The cosine schedule
 # makes the resumed run's lr depend on where it resumes.
-CFG = e2e.E2EConfig(image_size=32, pretrained=False, epochs=3, batch_size=8, lr=1e-3, stats_rows=32, max_steps=3,
+CFG = E2EConfig(image_size=32, pretrained=False, epochs=3, batch_size=8, lr=1e-3, stats_rows=32, max_steps=3,
                     dropout=0.0, schedule="cosine")
 
 
@@ -39,7 +44,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def full_run(data, tmp_path_factory):
-    return e2e.train(CFG, data, tmp_path_factory.mktemp("runs"), run_name="full", threads=1, log=lambda m: None)
+    return train(CFG, data, tmp_path_factory.mktemp("runs"), run_name="full", threads=1, log=lambda m: None)
 
 
 def test_training_lowers_the_loss_and_writes_the_run(full_run):
@@ -62,16 +67,16 @@ def test_training_lowers_the_loss_and_writes_the_run(full_run):
 
 def cut_after_epoch_1(cfg, data, runs: Path, name: str, monkeypatch) -> Path:
     """A run stopped as if killed right after its epoch-1 checkpoint was written."""
-    write_tables = e2e.write_tables
+    write_tables = loop.write_tables
 
     def stop_after_epoch_1(run_dir, state):
         if state["epoch"] == 1:
             raise KeyboardInterrupt
         write_tables(run_dir, state)
 
-    monkeypatch.setattr(e2e, "write_tables", stop_after_epoch_1)
+    monkeypatch.setattr(loop, "write_tables", stop_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
-        e2e.train(cfg, data, runs, run_name=name, threads=1, log=lambda m: None)
+        train(cfg, data, runs, run_name=name, threads=1, log=lambda m: None)
     monkeypatch.undo()
     return runs / name
 
@@ -79,13 +84,13 @@ def cut_after_epoch_1(cfg, data, runs: Path, name: str, monkeypatch) -> Path:
 def test_interrupted_run_resumes_after_its_checkpoint_and_matches(full_run, data, tmp_path, monkeypatch):
     run = cut_after_epoch_1(CFG, data, tmp_path, "cut", monkeypatch)
     assert not (run / "model.safetensors").exists()
-    saved = load_file(str(e2e.latest_checkpoint(run) / "model.safetensors"))
-    model = e2e.build_model(CFG, 18, [CFG.image_encoder, CFG.text_encoder])
-    assert e2e.load_checkpoint(run, model)["epoch"] == 1
+    saved = load_file(str(latest_checkpoint(run) / "model.safetensors"))
+    model = build_model(CFG, 18, [CFG.image_encoder, CFG.text_encoder])
+    assert load_checkpoint(run, model)["epoch"] == 1
     assert all(np.array_equal(v.numpy(), saved[k].numpy()) for k, v in model.state_dict().items())
 
     logs = []
-    e2e.train(None, None, resume=run, threads=1, log=logs.append)
+    train(None, None, resume=run, threads=1, log=logs.append)
     assert any("resuming after epoch 1 of 3" in m for m in logs)
     assert not any("epoch 1/3" in m for m in logs)  # epoch 1 is not trained again
     steps = pl.read_csv(run / "steps.csv")
@@ -99,7 +104,7 @@ def test_interrupted_run_resumes_after_its_checkpoint_and_matches(full_run, data
 
 def test_predict_reads_the_run_and_keeps_every_test_row(full_run, data, tmp_path):
     dataset = load_dataset(data)
-    probs = e2e.predict_proba(full_run, dataset)
+    probs = predict_proba(full_run, dataset)
     assert probs.shape == (len(dataset.test), 18) and np.isfinite(probs).all()
     out = tmp_path / "submission.csv"
     result = CliRunner().invoke(app, ["predict", "--run", str(full_run), "--data", str(data), "--out", str(out)])
@@ -139,13 +144,13 @@ def test_init_head_from_a_stage2_run_and_freezing(data, tmp_path):
     head.save(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"encoders": ["minilm_l6", "efficientnet_lite0"]}))
     cfg = replace(CFG, init_head=str(tmp_path), freeze=("text", "image-early"))
-    cfg, order, net, weights = e2e.with_init_head(cfg, 18)
+    cfg, order, net, weights = with_init_head(cfg, 18)
     assert order == ["minilm_l6", "efficientnet_lite0"] and (cfg.classifier, cfg.width) == ("mlp", 32) and not weights
     with pytest.raises(ValueError, match="split seed 0"):  # another split would validate on the head's train rows
-        e2e.with_init_head(replace(CFG, init_head=str(tmp_path), seed=1), 18)
+        with_init_head(replace(CFG, init_head=str(tmp_path), seed=1), 18)
     with pytest.raises(ValueError, match="fit-head --train-fraction 0.5"):  # the head saw all the train rows
-        e2e.with_init_head(replace(CFG, init_head=str(tmp_path), train_fraction=0.5), 18)
-    model = e2e.build_model(cfg, 18, order, net)
+        with_init_head(replace(CFG, init_head=str(tmp_path), train_fraction=0.5), 18)
+    model = build_model(cfg, 18, order, net)
     assert torch.equal(model.head.mean1, head.net.mean1) and torch.equal(model.head.fusion.cls[0].weight,
                                                                           head.net.fusion.cls[0].weight)
     dataset = load_dataset(data)
@@ -167,43 +172,44 @@ def test_a_head_fitted_on_a_finetuned_cache_starts_from_that_backbone(data, tmp_
     import torch
     from safetensors.torch import save_file
 
-    from featcache.encoders import create_encoder, get_cfg
-    from featcache.extract import extract
-    from heads.experiment import Split, fit_eval, load_features, save_run
+    from featcache import stage1
+    from featcache.encoders import create_encoder
+    from featcache.registry import get_cfg
+    from featcache.stage2.experiment import Split, fit_eval, load_features, save_run
     from heads.train import HeadConfig
 
     dataset, cache = load_dataset(data), tmp_path / "cache"
     fast = dict(pretrained=False, image_size=32, batch_size=8, threads=1, num_workers=0, progress=False,
                 log=lambda m: None)
-    extract(dataset, "efficientnet_lite0", cache, finetune_epochs=1, lr=1e-3, **fast)
-    extract(dataset, "minilm_l6", cache, **fast)
+    stage1.run(dataset, "efficientnet_lite0", cache, finetune={"epochs": 1, "lr": 1e-3}, **fast)
+    stage1.run(dataset, "minilm_l6", cache, **fast)
     features = load_features(cache, ["efficientnet_lite0_ft", "minilm_l6"], dataset)
     result = fit_eval(features, Split.of(dataset), HeadConfig(fusion="late", width=32, epochs=1, bf16=False))
     run = save_run(result, tmp_path / "head", dataset.label_space)
-    cfg, order, net, weights = e2e.with_init_head(replace(CFG, init_head=str(run)), 18)
+    cfg, order, net, weights = with_init_head(replace(CFG, init_head=str(run)), 18)
     tuned_file = cache / "efficientnet_lite0_ft.safetensors"
     assert order == ["efficientnet_lite0", "minilm_l6"] and weights == {"efficientnet_lite0": tuned_file}
-    image = e2e.build_model(cfg, 18, order, net, weights).encoders[0]
+    image = build_model(cfg, 18, order, net, weights).encoders[0]
     tuned = load_file(str(tuned_file))
     assert tuned and all(torch.equal(v, tuned[k]) for k, v in image.state_dict().items() if k in tuned)
 
     other = create_encoder(replace(get_cfg("efficientnet_lite0"), input_size=32), pretrained=False)
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tuned_file))
     with pytest.raises(ValueError, match="efficientnet_lite0_ft.safetensors: not the file"):
-        e2e.with_init_head(replace(CFG, init_head=str(run)), 18)
+        with_init_head(replace(CFG, init_head=str(run)), 18)
     saved = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**saved, "fingerprints": {**saved["fingerprints"],
                                                                             "efficientnet_lite0_ft": "0" * 16}}))
     with pytest.raises(ValueError, match=r"efficientnet_lite0_ft.h5 holds fingerprint .*\(fit-head\)"):
-        e2e.with_init_head(replace(CFG, init_head=str(run)), 18)
+        with_init_head(replace(CFG, init_head=str(run)), 18)
 
 
 def test_freeze_bn_keeps_statistics_while_weights_train_and_image_lr_is_its_own(data, tmp_path):
     import torch
 
     cfg = replace(CFG, freeze_bn=True, image_lr=1e-5, epochs=1, max_steps=2)
-    run = e2e.train(cfg, data, tmp_path, run_name="bn", threads=1, log=lambda m: None)
-    model = e2e.build_model(cfg, 18, [cfg.image_encoder, cfg.text_encoder])
+    run = train(cfg, data, tmp_path, run_name="bn", threads=1, log=lambda m: None)
+    model = build_model(cfg, 18, [cfg.image_encoder, cfg.text_encoder])
     before = model.state_dict()
     after = load_file(str(next(run.glob("**/model.safetensors"))))
     image = [k for k in before if k.startswith("encoders.0.")]
@@ -224,24 +230,24 @@ def test_an_unreadable_photo_is_named_with_its_csv_row(data, tmp_path):
     victim = load_dataset(root).train[5]
     (root / "data" / victim.image_id).write_bytes(b"not a jpeg")
     with pytest.raises(DataError, match=rf"{victim.image_id}.*\(train.csv line {victim.line}, ImageID {victim.image_id}\)"):
-        e2e.train(replace(CFG, epochs=1), root, tmp_path / "runs", run_name="bad", threads=1, num_workers=0,
+        train(replace(CFG, epochs=1), root, tmp_path / "runs", run_name="bad", threads=1, num_workers=0,
                   log=lambda m: None)
 
 
 def test_cosine_schedule_warms_up_peaks_and_decays_to_zero():
-    f = [e2e.lr_factor("cosine", s, 200) for s in range(200)]
+    f = [lr_factor("cosine", s, 200) for s in range(200)]
     assert f[0] == 0.1 and f[9] == 1.0  # 5% warm-up: 10 steps
     assert all(a >= b for a, b in zip(f[9:], f[10:])) and f[-1] < 1e-3
-    assert {e2e.lr_factor("constant", s, 200) for s in range(200)} == {1.0}
+    assert {lr_factor("constant", s, 200) for s in range(200)} == {1.0}
     with pytest.raises(ValueError, match="schedule"):
         replace(CFG, schedule="step")
 
 
 def test_ema_run_saves_the_average_and_resumes_it(data, tmp_path, monkeypatch):
     cfg = replace(CFG, ema_decay=0.999)
-    ema = e2e.train(cfg, data, tmp_path, run_name="ema", threads=1, log=lambda m: None)
-    start = e2e.build_model(cfg, 18, [cfg.image_encoder, cfg.text_encoder]).state_dict()
-    last = load_file(str(e2e.latest_checkpoint(ema) / "model.safetensors"))  # the last step's weights
+    ema = train(cfg, data, tmp_path, run_name="ema", threads=1, log=lambda m: None)
+    start = build_model(cfg, 18, [cfg.image_encoder, cfg.text_encoder]).state_dict()
+    last = load_file(str(latest_checkpoint(ema) / "model.safetensors"))  # the last step's weights
     saved = load_file(str(ema / "model.safetensors"))
 
     def moved(w):  # trained tensors only: the head's standardisation buffers are set from data, not trained
@@ -251,7 +257,7 @@ def test_ema_run_saves_the_average_and_resumes_it(data, tmp_path, monkeypatch):
     assert 0 < moved(saved) < 0.05 * moved(last)
     assert json.loads((ema / "config.json").read_text())["config"]["ema_decay"] == 0.999
     cut = cut_after_epoch_1(cfg, data, tmp_path, "ema-cut", monkeypatch)
-    e2e.train(None, None, resume=cut, threads=1, log=lambda m: None)
+    train(None, None, resume=cut, threads=1, log=lambda m: None)
     resumed = load_file(str(cut / "model.safetensors"))  # the average, carried through the checkpoint
     assert max(float((saved[k].double() - resumed[k].double()).abs().max()) for k in saved) < 1e-5
     with pytest.raises(ValueError, match="ema_decay"):
@@ -259,9 +265,9 @@ def test_ema_run_saves_the_average_and_resumes_it(data, tmp_path, monkeypatch):
 
 
 def test_train_fraction_trains_on_the_share_fit_head_uses(data, tmp_path):
-    from heads.experiment import Split
+    from featcache.stage2.experiment import Split
 
-    run = e2e.train(replace(CFG, epochs=1, max_steps=1, train_fraction=0.5), data, tmp_path, run_name="half", threads=1,
+    run = train(replace(CFG, epochs=1, max_steps=1, train_fraction=0.5), data, tmp_path, run_name="half", threads=1,
                     log=lambda m: None)
     saved = json.loads((run / "config.json").read_text())
     share = Split.of(load_dataset(data)).share(0.5)

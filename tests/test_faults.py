@@ -239,17 +239,17 @@ def test_a_malicious_or_tampered_weights_file_is_refused_and_never_run(data_root
 def test_a_malicious_e2e_optimizer_checkpoint_is_refused(tmp_path):
     from safetensors.torch import save_file
 
-    from featcache import e2e
+    from featcache.e2e.checkpoints import CHECKPOINTS, load_checkpoint
 
     model = torch.nn.Linear(3, 2)
-    ckpt = tmp_path / "run" / e2e.CHECKPOINTS / "epoch-1"
+    ckpt = tmp_path / "run" / CHECKPOINTS / "epoch-1"
     ckpt.mkdir(parents=True)
     save_file(model.state_dict(), str(ckpt / "model.safetensors"))
     marker = tmp_path / "pwned"
     torch.save({"optimizer": Evil(marker)}, ckpt / "optimizer.pt")
     (ckpt / "state.json").write_text("{}")
     with pytest.raises(ValueError, match=r"epoch-1/optimizer.pt: not a loadable checkpoint, refused without running it"):
-        e2e.load_checkpoint(tmp_path / "run", model, torch.optim.Adam(model.parameters()))
+        load_checkpoint(tmp_path / "run", model, torch.optim.Adam(model.parameters()))
     assert not marker.exists()
 
 

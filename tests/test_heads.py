@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from cli import app
 from featcache.data import load_dataset
-from featcache.metrics import f1
+from featcache.metrics import f1, mean_average_precision
+from featcache.stage2.experiment import Split
 from featcache.thresholds import fit_thresholds
 from heads import fusion as fusion_mod
-from heads.experiment import Split
 from heads.fusion import FUSIONS
 from heads.losses import asl, bce, focal
 from heads.planted import make_planted
@@ -78,13 +78,23 @@ def test_same_seed_same_metrics_other_seed_other_weights(planted):
     assert not np.array_equal(a, c)
 
 
-def test_early_stopping_keeps_the_best_epoch(planted):
+def test_early_stopping_keeps_the_best_epoch_by_the_scorer_given(planted):
+    xs, y, xs_val, y_val = planted
+    head = Head(HeadConfig(**{**FAST, "patience": 2, "lr": 3e-2})).fit(xs, y, val=(xs_val, y_val),
+                                                                      scorer=mean_average_precision)
+    maps = [h["val_score"] for h in head.history]
+    assert head.best_epoch == int(np.argmax(maps)) + 1 and len(maps) < FAST["epochs"]
+    assert mean_average_precision(y_val, head.predict_proba(xs_val)) == pytest.approx(max(maps), abs=1e-6)
+
+
+def test_early_stopping_without_a_scorer_keeps_the_lowest_validation_loss(planted):
     xs, y, xs_val, y_val = planted
     head = Head(HeadConfig(**{**FAST, "patience": 2, "lr": 3e-2})).fit(xs, y, val=(xs_val, y_val))
-    maps = [h["val_map"] for h in head.history]
-    assert head.best_epoch == int(np.argmax(maps)) + 1 and len(maps) < FAST["epochs"]
-    from featcache.metrics import mean_average_precision
-    assert mean_average_precision(y_val, head.predict_proba(xs_val)) == pytest.approx(max(maps), abs=1e-6)
+    scores = [h["val_score"] for h in head.history]
+    assert head.best_epoch == int(np.argmax(scores)) + 1 and max(scores) < 0
+    probs = torch.as_tensor(head.predict_proba(xs_val)).clamp(1e-7, 1 - 1e-7)
+    loss = torch.nn.functional.binary_cross_entropy(probs, torch.as_tensor(y_val)).item()
+    assert -loss == pytest.approx(max(scores), rel=1e-3)
 
 
 def test_views_are_picked_per_row_and_used(planted):
@@ -214,6 +224,28 @@ def test_fit_head_names_a_missing_cache(planted_data, tmp_path):
     root, cache = planted_data
     code, msg = invoke("fit-head", "--encoders", "img,nothere", "--data", root, "--cache", cache, "--runs", tmp_path)
     assert code != 0 and "nothere.h5" in msg
+
+
+def test_fit_head_is_the_command_as_a_function_and_opens_a_cache_by_its_file_name(planted_data, tmp_path):
+    """`timm:img` lives in timm-img.h5 (featcache.registry.cache_name); the run names the cache by
+    that file-safe stem, as run ids and predict do."""
+    import shutil
+
+    import h5py
+    import polars as pl
+
+    from featcache.stage2.experiment import fit_head
+    root, cache = planted_data
+    colon = tmp_path / "cache"
+    colon.mkdir()
+    shutil.copy(cache / "img.h5", colon / "timm-img.h5")
+    shutil.copy(cache / "txt.h5", colon / "txt.h5")
+    with h5py.File(colon / "timm-img.h5", "r+") as f:
+        f.attrs["encoder"] = "timm:img"
+    run_dir, result = fit_head(root, colon, ["timm:img", "txt"], HeadConfig(**{**FAST, "epochs": 2}), runs=tmp_path / "runs")
+    assert run_dir.parent == tmp_path / "runs" and (run_dir / "head.safetensors").exists()
+    assert pl.read_parquet(tmp_path / "runs" / "results.parquet")["run"].to_list() == [run_dir.name]
+    assert result.fingerprints == {"timm-img": "planted-img-v1", "txt": "planted-txt-v1"}
 
 
 def test_ablate_writes_table_parquet_csv_and_chart(planted_data, tmp_path):

@@ -1,12 +1,17 @@
 """One head fit end to end, on cached features: split, fit, tune thresholds, score, save a run.
 
+    run_dir, result = fit_head(data, cache, ["efficientnet_lite0", "minilm_l6"], HeadConfig())
+
+is the fit-head command; its steps, for studies that fit many heads on the same features:
+
     features = load_features(cache_dir, ["efficientnet_lite0", "minilm_l6"])
     split = Split.of(dataset)                         # train_val_split(targets, seed=0)
     result = fit_eval(features, split, HeadConfig())  # head, thresholds, metrics
     save_run(result, runs_dir / run_id)               # head + config + thresholds + metrics
 
-The validation part early-stops the head and tunes the thresholds; it is never trained on. The
-split seed (0) is separate from the head's seed, so seeds vary the model, not the data.
+The validation part early-stops the head (on its mAP) and tunes the thresholds; it is never
+trained on. The split seed (0) is separate from the head's seed, so seeds vary the model, not the
+data.
 `predict` reads a run back and refuses caches whose fingerprint differs from the run's.
 """
 
@@ -21,13 +26,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from featcache.data import Dataset, LabelSpace, write_submission
-from featcache.metrics import AVERAGES, per_label_table
+from featcache.data import Dataset, LabelSpace, load_dataset, write_submission
+from featcache.metrics import AVERAGES, mean_average_precision, per_label_table
+from featcache.registry import cache_name
 from featcache.split import nested_share, train_val_split
 from featcache.thresholds import Thresholds, apply_thresholds, fit_thresholds, threshold_report
+from heads.train import Head, HeadConfig
 from stores.features import FeatureSet, StoreError, open_features
-
-from .train import Head, HeadConfig
+from stores.results import append_results
 
 
 class RunError(RuntimeError):
@@ -66,14 +72,16 @@ class FitResult:
     caches: dict[str, str]  # name -> the .h5 file's absolute path (end to end finds `_ft` backbones beside it)
     metrics: dict  # flat: tuned metrics at top level, the others nested
     per_label: list[dict]
+    encoder_names: list[str]  # the registry names the caches were extracted with (timm:..., hf:...)
 
 
 def load_features(cache_dir: str | Path, names: list[str], dataset: Dataset | None = None) -> list[FeatureSet]:
-    """Open each named cache (StoreError names a missing/incomplete/corrupt file, or one built from
-    another dataset than `dataset`: same ImageIDs are not the same rows if the data changed)."""
+    """Open each named cache, <cache_name(name)>.h5 (StoreError names a missing/incomplete/corrupt
+    file, or one built from another dataset than `dataset`: same ImageIDs are not the same rows if
+    the data changed)."""
     if not names:
         raise ValueError("no encoders given: pass cache names, e.g. --encoders efficientnet_lite0,minilm_l6")
-    features = [open_features(cache_dir, name) for name in names]
+    features = [open_features(cache_dir, cache_name(name)) for name in names]
     want = dataset.fingerprint() if dataset is not None else None
     for fs in features:
         built_from = json.loads(fs.attrs.get("fingerprint_spec", "{}")).get("dataset")
@@ -88,7 +96,7 @@ def fit_eval(features: list[FeatureSet], split: Split, cfg: HeadConfig, metric: 
     xs_tr = [fs.rows(split.ids_train) for fs in features]
     xs_va = [fs.rows(split.ids_val) for fs in features]
     views = [fs.view_rows(split.ids_train) for fs in features]
-    head = Head(cfg).fit(xs_tr, split.y_train, val=(xs_va, split.y_val), views=views)
+    head = Head(cfg).fit(xs_tr, split.y_train, val=(xs_va, split.y_val), views=views, scorer=mean_average_precision)
     t0 = time.perf_counter()
     probs = head.predict_proba(xs_va)
     thresholds = fit_thresholds(split.y_val, probs, metric=metric, mode=threshold_mode)
@@ -100,7 +108,26 @@ def fit_eval(features: list[FeatureSet], split: Split, cfg: HeadConfig, metric: 
                "train_fraction": split.fraction}
     table = per_label_table(split.y_val, probs, thresholds.apply(probs), label_names)
     return FitResult(head, thresholds, [fs.name for fs in features], {fs.name: fs.fingerprint for fs in features},
-                     {fs.name: str(Path(fs.path).resolve()) for fs in features}, metrics, table)
+                     {fs.name: str(Path(fs.path).resolve()) for fs in features}, metrics, table,
+                     [str(fs.encoder) for fs in features])
+
+
+def fit_head(data: str | Path, cache: str | Path, encoders: list[str], cfg: HeadConfig, *, train_fraction: float = 1.0,
+             metric: str = "samples", threshold_mode: str = "auto", runs: Path = Path("runs")) -> tuple[Path, FitResult]:
+    """The fit-head command: fit one head on the dataset's split (its train rows, or a nested share
+    of them), save the run as runs/<run id>/ and append its row to runs/results.parquet.
+    RunError when the run cannot be written."""
+    dataset = load_dataset(data)
+    features = load_features(cache, encoders, dataset)
+    split = Split.of(dataset).share(train_fraction)
+    result = fit_eval(features, split, cfg, metric, threshold_mode, list(dataset.label_space.names))
+    rid = run_id(result.encoders, cfg)
+    try:
+        run_dir = save_run(result, Path(runs) / rid, dataset.label_space, dataset.fingerprint())
+        append_results(Path(runs) / "results.parquet", [results_row(result, rid)])
+    except (OSError, RuntimeError) as e:  # an unwritable runs dir, an unreadable results table
+        raise RunError(f"{runs}: cannot save the run ({e})") from e
+    return run_dir, result
 
 
 def run_id(encoders: list[str], cfg: HeadConfig) -> str:
@@ -128,6 +155,7 @@ def results_row(result: FitResult, run: str) -> dict:
     """One row of the results table: flat scalars, encoders as a list, the config as JSON."""
     cfg, m = result.head.cfg, result.metrics
     row = {"run": run, "time": datetime.now().isoformat(timespec="seconds"), "encoders": result.encoders,
+           "encoder_names": result.encoder_names,
            "head": f"{cfg.fusion}/{cfg.classifier}/{cfg.loss}", "fusion": cfg.fusion, "classifier": cfg.classifier,
            "loss": cfg.loss, "seed": cfg.seed, "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
            "width": cfg.width, "dropout": cfg.dropout, "weight_decay": cfg.weight_decay,

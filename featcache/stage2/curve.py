@@ -15,29 +15,50 @@ curve_fit), extends the curve past the rows there are, e.g. to the study's 24,00
 fitted to each seed's curve alone gives the spread (±) of that value. It is a guide, not a
 measurement: it reads only what the measured points imply, and the further past them, the less
 it holds.
+
+    table, fits, raw, out_dir = learning_curve(data, cache, [["efficientnet_lite0"], ["efficientnet_lite0", "minilm_l6"]])
+
+is the learning-curve command; `curve_points` measures the points on features already loaded.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from featcache.data import load_dataset
+from featcache.stage2.experiment import Split, fit_eval, load_features
+from heads.train import HeadConfig
 from stores.features import FeatureSet
-
-from .experiment import Split, fit_eval
-from .train import HeadConfig
 
 FRACTIONS = (0.0625, 0.125, 0.25, 0.5, 1.0)
 METRICS = ["sample_f1", "tuned_out_of_fold", "sample_f1_05_fallback", "map"]
 
 
-def learning_curve(feature_sets: list[list[FeatureSet]], split: Split, base: HeadConfig = HeadConfig(),
-                   fractions: tuple[float, ...] = FRACTIONS, seeds: int = 3, metric: str = "samples",
-                   threshold_mode: str = "auto", progress: bool = True) -> pl.DataFrame:
+def learning_curve(data: str | Path, cache: str | Path, encoder_sets: list[list[str]], *, base: HeadConfig = HeadConfig(),
+                   fractions: tuple[float, ...] = FRACTIONS, seeds: int = 3, extrapolate_to: tuple[int, ...] = (24_000,),
+                   target: float | None = None, metric: str = "samples", threshold_mode: str = "auto",
+                   runs: Path = Path("runs"), out: Path | None = None,
+                   progress: bool = True) -> tuple[pl.DataFrame, dict, pl.DataFrame, Path]:
+    """The learning-curve command: one curve per encoder set (a set of several is fused by
+    base.fusion) on the dataset's split, written under `out` (default runs/curve-<time>).
+    Returns (summary, fitted laws, raw points, out)."""
+    dataset = load_dataset(data)
+    sets = [load_features(cache, names, dataset) for names in encoder_sets]
+    raw = curve_points(sets, Split.of(dataset), base, fractions, seeds, metric, threshold_mode, progress)
+    out = Path(out) if out else Path(runs) / f"curve-{datetime.now():%Y%m%d-%H%M%S}"
+    table, fits = write(raw, out, list(extrapolate_to), target)
+    return table, fits, raw, out
+
+
+def curve_points(feature_sets: list[list[FeatureSet]], split: Split, base: HeadConfig = HeadConfig(),
+                 fractions: tuple[float, ...] = FRACTIONS, seeds: int = 3, metric: str = "samples",
+                 threshold_mode: str = "auto", progress: bool = True) -> pl.DataFrame:
     """One row per (encoder set, fraction, seed): rows trained on and the validation metrics."""
     from tqdm import tqdm
 

@@ -1,6 +1,10 @@
 """The study as one command: every encoder alone, every image+text pair with each fusion, the seed
 report's hyper-parameter grids, several seeds each; a table (mean ± std over seeds) and a chart.
 
+    table, raw, out_dir = ablate(data, cache, ["efficientnet_lite0", "minilm_l6"], seeds=3)
+
+is the ablate command; `ablate_features` runs the same plan on features already loaded.
+
 Plan (S seeds each):
   - each encoder alone, the default fusion (with one input every fusion is the same MLP up to
     its own projection, so only the default is run);
@@ -30,13 +34,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from featcache.data import LabelSpace
-from stores.features import FeatureSet
+from featcache.data import LabelSpace, load_dataset
+from featcache.stage2.experiment import Split, fit_eval, load_features, results_row, save_run
+from heads.fusion import FUSIONS
+from heads.train import HeadConfig
+from stores.features import FeatureSet, StoreError
 from stores.results import append_results
-
-from .experiment import Split, fit_eval, results_row, save_run
-from .fusion import FUSIONS
-from .train import HeadConfig
 
 SEED_GRID = {"batch_size": (256, 512, 1024), "lr": (3e-4, 3e-3, 3e-2), "epochs": (4, 6, 8)}
 METRICS = ["sample_f1", "tuned_out_of_fold", "sample_f1_05_fallback", "sample_f1_05", "micro_f1", "macro_f1", "map", "fit_seconds"]
@@ -68,10 +71,31 @@ def grid_plan(pair: list[FeatureSet], seeds: int, base: HeadConfig) -> list[tupl
     return jobs
 
 
-def ablate(features: list[FeatureSet], split: Split, label_space: LabelSpace, out_dir: Path,
-           base: HeadConfig = HeadConfig(), fusions: list[str] | None = None, seeds: int = 3, grid: str | None = None,
-           metric: str = "samples", threshold_mode: str = "auto", results: Path | None = None,
-           progress: bool = True, runs_root: Path | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+def ablate(data: str | Path, cache: str | Path, encoders: list[str] | None = None, *, fusions: list[str] | None = None,
+           seeds: int = 3, grid: str | None = None, metric: str = "samples", threshold_mode: str = "auto",
+           runs: Path = Path("runs"), out: Path | None = None,
+           progress: bool = True) -> tuple[pl.DataFrame, pl.DataFrame, Path]:
+    """The ablate command: the plan over the named caches (None: every *.h5 in `cache`) on the
+    dataset's split; runs under `out` (default runs/ablate-<time>), their rows appended to
+    runs/results.parquet. Returns (summary, raw rows, out)."""
+    dataset = load_dataset(data)
+    names = encoders if encoders is not None else sorted(p.stem for p in Path(cache).glob("*.h5"))
+    if not names:
+        raise StoreError(f"{cache}: no feature caches (*.h5); run `python cli.py extract --encoder ...` first")
+    features = load_features(cache, names, dataset)
+    runs = Path(runs)
+    out = Path(out) if out else runs / f"ablate-{datetime.now():%Y%m%d-%H%M%S}"
+    table, raw = ablate_features(features, Split.of(dataset), dataset.label_space, out, fusions=fusions, seeds=seeds,
+                                 grid=grid, metric=metric, threshold_mode=threshold_mode,
+                                 results=runs / "results.parquet", runs_root=runs, progress=progress)
+    return table, raw, out
+
+
+def ablate_features(features: list[FeatureSet], split: Split, label_space: LabelSpace, out_dir: Path,
+                    base: HeadConfig = HeadConfig(), fusions: list[str] | None = None, seeds: int = 3,
+                    grid: str | None = None, metric: str = "samples", threshold_mode: str = "auto",
+                    results: Path | None = None, progress: bool = True,
+                    runs_root: Path | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Run the plan; write runs under out_dir/<id>/, table.{parquet,csv}, raw.parquet and chart.png.
     Returns (summary, raw rows)."""
     from tqdm import tqdm

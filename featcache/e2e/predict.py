@@ -1,0 +1,59 @@
+"""A finished end-to-end run predicts from images and captions (it holds its backbones; no cache).
+
+    probs = predict_proba(run_dir, dataset)            # [test rows, labels]
+    predict_run(run_dir, dataset, "submission.csv")    # ImageID,Labels, >= 1 label each
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from ..data import Dataset, Record, write_submission
+from ..thresholds import Thresholds
+from ..weights import WeightsNotFound
+from .batches import batches, evaluate, sigmoid
+from .config import E2EConfig
+from .distributed import Proc
+from .model import E2EModel, autocast_dtype, build_model
+from .rundir import read_config
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[E2EModel, E2EConfig, Thresholds]:
+    """The trained model (eval mode, on device), its config and its tuned thresholds."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.safetensors").exists():
+        raise ValueError(f"{run_dir}: no model.safetensors: the run has not finished (finetune --resume {run_dir})")
+    saved = read_config(run_dir)
+    cfg = E2EConfig.from_dict(saved["config"])
+    try:
+        model = build_model(cfg, saved["num_labels"], saved["encoders"])
+    except WeightsNotFound:  # the weights file overwrites every tensor: a random skeleton is enough
+        model = build_model(replace(cfg, pretrained=False), saved["num_labels"], saved["encoders"])
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    return model.to(device).eval(), cfg, Thresholds.load(run_dir / "thresholds.json")
+
+
+def predict_proba(run_dir: str | Path, dataset: Dataset, records: list[Record] | None = None, batch_size: int = 32,
+                  device: str = "cpu", num_workers: int = 0) -> np.ndarray:
+    """Probabilities [len(records), L] (default: the test rows), in the records' order."""
+    label_ids = read_config(run_dir)["label_ids"]
+    if list(dataset.label_space.ids) != label_ids:
+        raise ValueError(f"{run_dir}: trained on labels {label_ids}, dataset {dataset.root} has {list(dataset.label_space.ids)}")
+    model, cfg, _ = load_run(run_dir, device)
+    proc = Proc(device=torch.device(device))
+    loader = batches(dataset, dataset.test if records is None else records, model, batch_size, proc, workers=num_workers)
+    return sigmoid(evaluate(model, loader, proc, autocast_dtype(cfg, proc.device)))
+
+
+def predict_run(run_dir: str | Path, dataset: Dataset, out: str | Path, device: str = "auto") -> Path:
+    """`predict` for an e2e run: ImageID,Labels for every test row, in order, >= 1 label each."""
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    probs = predict_proba(run_dir, dataset, device=device)
+    preds = Thresholds.load(Path(run_dir) / "thresholds.json").apply(probs)  # finish() fits with fallback: >= 1 label each
+    write_submission(out, [r.image_id for r in dataset.test], dataset.label_space.decode(preds))
+    return Path(out)

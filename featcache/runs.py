@@ -1,0 +1,94 @@
+"""Run directories: which kind a directory holds, the runs under a root, a run's model, prediction.
+
+    stage 2 (fit-head, ablate)   head.json + head.safetensors, config.json, thresholds.json,
+                                 metrics.json: a head over cached features
+    end to end (finetune)        config.json of kind "e2e", checkpoints/; once finished
+                                 model.safetensors, thresholds.json, metrics.json: backbones + head
+
+    kind_of(run_dir)                     "stage2" | "e2e" (RunError naming the directory otherwise)
+    list_runs(root)                      every run under root with a model to load
+    e2e_results(root)                    finished end-to-end runs as rows of the results table
+    load_model(run_dir)                  the model a run predicts with (for benchmarking)
+    predict(run_dir, data, cache, out)   a submission for the dataset's test.csv
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+from torch import nn
+
+from heads.train import Head
+
+from .data import load_dataset
+from .e2e import predict as e2e_predict
+from .e2e import rundir as e2e_rundir
+from .stage2.experiment import RunError
+from .stage2.experiment import predict_run as predict_stage2
+
+STAGE2, E2E = "stage2", e2e_rundir.KIND
+
+
+def kind_of(run_dir: str | Path) -> str:
+    """The kind of a run directory: "e2e" (config.json of that kind) or "stage2" (head.json)."""
+    run_dir = Path(run_dir)
+    config = run_dir / "config.json"
+    if config.exists():
+        try:
+            kind = json.loads(config.read_text()).get("kind")
+        except (OSError, ValueError, AttributeError) as e:
+            raise RunError(f"{config}: not a readable run config ({type(e).__name__}: {e})") from None
+        if kind == E2E:
+            return E2E
+    if (run_dir / "head.json").exists():
+        return STAGE2
+    raise RunError(f"{run_dir}: not a run directory: no head.json (fit-head, ablate) and no config.json of kind "
+                   f"{E2E!r} (finetune)")
+
+
+def list_runs(root: str | Path, kind: str | None = None) -> list[Path]:
+    """Every run under root (nested ones too, as ablate writes them) whose model can be loaded:
+    fitted heads and finished end-to-end runs, sorted; only those of `kind` when given."""
+    root = Path(root)
+    heads = {p.parent for p in root.rglob("head.json")}
+    # checkpoints/epoch-N/ holds a model.safetensors too, but no config.json
+    finished = {p.parent for p in root.rglob("model.safetensors")
+                if (p.parent / "config.json").exists() and kind_of(p.parent) == E2E}
+    return sorted({STAGE2: heads, E2E: finished, None: heads | finished}[kind])
+
+
+def e2e_results(root: str | Path) -> pl.DataFrame:
+    """Result rows of the finished end-to-end runs under root, in the results table's layout (a
+    fit-head run appends its own row to results.parquet; an end-to-end run keeps metrics.json)."""
+    rows = []
+    for run_dir in list_runs(root, E2E):
+        if not (run_dir / "metrics.json").exists():  # written last: the run is still finishing
+            continue
+        saved, metrics = e2e_rundir.read_config(run_dir), json.loads((run_dir / "metrics.json").read_text())
+        c = saved["config"]
+        rows.append({"run": run_dir.relative_to(root).as_posix(), "kind": "final", "encoders": saved["encoders"],
+                     "head": f"e2e {c['fusion']}/{c['classifier']}", "variant": "default",
+                     "sample_f1": metrics["tuned"]["sample_f1"],
+                     "fit_seconds": sum(h["train_seconds"] for h in metrics["history"])})
+    return pl.DataFrame(rows)
+
+
+def load_model(run_dir: str | Path) -> nn.Module:
+    """The model a run predicts with, on the CPU in eval mode: an end-to-end E2EModel (`.encoders`
+    take images and captions) or a stage-2 HeadNet (`.dims`: cached features in)."""
+    if kind_of(run_dir) == E2E:
+        return e2e_predict.load_run(run_dir)[0]
+    return Head.load(run_dir).net
+
+
+def predict(run_dir: str | Path, data: str | Path, cache: str | Path, out: str | Path) -> Path:
+    """ImageID,Labels for every row of the dataset's test.csv, in order, >= 1 label each. A stage-2
+    run reads its encoders' features from `cache` (fingerprints checked); an end-to-end run holds
+    its backbones and reads the images and captions themselves."""
+    kind = kind_of(run_dir)
+    dataset = load_dataset(data)
+    if kind == E2E:
+        return e2e_predict.predict_run(run_dir, dataset, out)
+    return predict_stage2(run_dir, dataset, cache, out)
