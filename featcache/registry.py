@@ -15,9 +15,8 @@ alias is checked without it.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -165,9 +164,3 @@ def cache_name(name: str) -> str:
         source = f"{where.name}-{hashlib.sha256(str(where).encode()).hexdigest()[:8]}"
     stem = f"{kind}-{source.replace('/', '--')}" + (f"-{pooling}" if pooling else "")
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".")
-
-
-def describe(cfg: EncoderCfg) -> dict:
-    d = asdict(cfg)
-    d["package"] = cfg.package.pypi if cfg.package else None
-    return json.loads(json.dumps(d))
