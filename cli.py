@@ -105,7 +105,9 @@ def extract_cmd(
     batch_size: int = typer.Option(32, help="Items per forward pass."),
     device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
     num_workers: int = typer.Option(None, help="DataLoader workers (default: 1 for images, 0 for text)."),
-    threads: int = typer.Option(None, help="torch intra-op threads (default: all cores)."),
+    threads: int = typer.Option(None, help="Compute threads (default: all cores; torch's tuned batch by batch)."),
+    backend: str = typer.Option("auto", help="auto (OpenVINO on a CPU when installed, else torch), torch or openvino."),
+    precision: str = typer.Option("auto", help="auto (bf16 where the CPU or GPU runs it natively, else fp32), fp32, bf16 or fp16 (GPU)."),
     finetune_epochs: int = typer.Option(0, help="Fine-tune backbone + linear head first (train split only); cache <encoder>_ft."),
     lr: float = typer.Option(None, help="Fine-tuning peak learning rate (default: FinetuneCfg.default_lr, by modality)."),
     finetune_freeze_bn: bool = typer.Option(None, help="Fine-tuning keeps BatchNorm statistics as loaded (default: FinetuneCfg's)."),
@@ -135,10 +137,10 @@ def extract_cmd(
         result = stage1.run(data, encoder, cache, finetune=finetune, weights=weights, pretrained=not random_init,
                             image_size=image_size, batch_size=batch_size, device=device, num_workers=num_workers,
                             threads=threads, lenient=lenient, views=views, force=force, shard=shard, num_shards=num_shards,
-                            log=lambda m: typer.echo(m, err=True))
+                            backend=backend, precision=precision, log=lambda m: typer.echo(m, err=True))
     except (DataError, StoreError, WeightsNotFound, ValueError) as e:
         fail(str(e).strip("'\""))
-    state = "warm, not recomputed" if result.warm else f"{result.items_per_s:.1f} items/s"
+    state = "warm, not recomputed" if result.warm else f"{result.items_per_s:.1f} items/s on {result.compute}"
     typer.echo(f"{result.path}: {result.rows} rows, fingerprint {result.fingerprint} ({state}, {result.seconds:.2f} s)")
     if result.skipped:
         typer.echo(f"skipped {len(result.skipped)} items: " + ", ".join(s["image_id"] for s in result.skipped[:20]))

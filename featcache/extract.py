@@ -4,7 +4,10 @@
 
 The cache's fingerprint hashes everything that changes a feature (encoder, weight file bytes,
 preprocessing, dataset, fine-tuning, views, dtype, featcache version) and nothing that does not
-(batch size, workers, device). It is computed without building the model, so a warm cache
+(batch size, workers, device). The compute path (backend and precision, featcache.backends) is
+part of it, except for torch fp32, the reference path, so caches built before backends existed
+stay valid; with `auto` options a complete cache that differs only in its compute path is used
+as it is (it was built by one path, so nothing is mixed). It is computed without building the model, so a warm cache
 answers in well under 2 s. The work is split into chunks that are written and flushed one by
 one; a killed run resumes at the first unwritten chunk. Chunks are whole batches and batches
 are planned from the chunk start, so a resumed run computes exactly the batches an
@@ -19,6 +22,7 @@ cache lock; `merge(...)` (cli merge-shards) does it by hand.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -34,6 +38,7 @@ from stores.features import (FeatureWriter, StoreError, cache_path, merge_shards
                              shard_status)
 
 from . import __version__
+from .backends import Compute, choose, failed_before, model_key
 from .data import Dataset, DataError
 from .registry import EncoderCfg, cache_name
 from .resolve import resolve
@@ -51,19 +56,20 @@ class ExtractResult:
     warm: bool
     seconds: float
     items_per_s: float = 0.0
+    compute: str = ""
     resumed_from: int = 0
     skipped: list[dict] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
 
 def fingerprint_spec(cfg: EncoderCfg, source: WeightsSource, dataset: Dataset, views: int, dtype: str,
-                     finetune: dict | None) -> dict:
+                     finetune: dict | None, compute: Compute = Compute("torch", "fp32")) -> dict:
     """What the features depend on, and only that."""
     preprocessing = cfg.preprocessing()
     if cfg.is_text:  # a random-init text encoder may borrow another tokenizer: say which
         tok_dir, tok_from = text_tokenizer_source(cfg, source)
         preprocessing["tokenizer"] = tok_from
-    return {
+    spec = {
         "encoder": {"name": cfg.name, "family": cfg.family, "source": cfg.source, "embed_dim": cfg.embed_dim},
         "weights_sha256": source.sha256(),
         "preprocessing": preprocessing,
@@ -73,6 +79,9 @@ def fingerprint_spec(cfg: EncoderCfg, source: WeightsSource, dataset: Dataset, v
         "dtype": dtype,
         "featcache_version": __version__,
     }
+    if not compute.is_reference:
+        spec["compute"] = {"backend": compute.backend, "precision": compute.precision}
+    return spec
 
 
 def spec_hash(spec: dict) -> str:
@@ -89,9 +98,11 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
             weights: str | Path | None = None, pretrained: bool = True, image_size: int | None = None,
             views: int = 0, force: bool = False, lenient: bool = False, dtype: str = "float16",
             finetuned: dict | None = None, chunk_batches: int = 8, progress: bool = True,
-            log=None, shard: int = 0, num_shards: int = 1) -> ExtractResult:
+            log=None, shard: int = 0, num_shards: int = 1, backend: str = "auto",
+            precision: str = "auto") -> ExtractResult:
     """`finetuned`: the spec of stage-1 fine-tuned `weights` (featcache.stage1 trains them); the
-    cache is then `<name>_ft`, and the spec is part of its fingerprint."""
+    cache is then `<name>_ft`, and the spec is part of its fingerprint. `backend` (auto, torch,
+    openvino) and `precision` (auto, fp32, bf16, fp16): featcache.backends.choose."""
     t0 = time.perf_counter()
     messages: list[str] = []
 
@@ -101,11 +112,18 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
 
     if not 0 <= shard < num_shards:
         raise ValueError(f"--shard {shard} is not in 0..{num_shards - 1} (--num-shards {num_shards})")
+    compute, chosen = choose(backend, precision, device), backend == precision == "auto"
     cfg, source = resolve(encoder_name, weights, pretrained, image_size)
     if views and cfg.is_text:
         raise ValueError(f"{cfg.name}: --views applies to image encoders only")
     name = cache_name(cfg.name) + ("_ft" if finetuned else "")
     spec = fingerprint_spec(cfg, source, dataset, views, dtype, finetuned)
+    key = model_key({k: spec[k] for k in ("encoder", "weights_sha256", "preprocessing", "finetune")}) \
+        if compute.backend == "openvino" else ""
+    if key and (why := failed_before(key)):
+        say(f"{cfg.name}: did not convert to OpenVINO before ({why}); running it on torch {compute.precision}")
+        compute = Compute("torch", compute.precision)
+    spec = fingerprint_spec(cfg, source, dataset, views, dtype, finetuned, compute)
     fingerprint = spec_hash(spec)
     path = cache_path(cache_dir, name)
 
@@ -121,10 +139,14 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
                 raise
             say(f"{path}: unreadable, rebuilding (--force)")
             return None
-        if attrs.get("complete") and attrs.get("fingerprint") == fingerprint:
-            return ExtractResult(name, path, fingerprint, int(attrs["rows"]), True,
-                                 time.perf_counter() - t0, skipped=json.loads(attrs.get("skipped", "[]")), messages=messages)
         old = json.loads(attrs.get("fingerprint_spec", "{}"))
+        same_model = {k: v for k, v in old.items() if k != "compute"} == {k: v for k, v in spec.items() if k != "compute"}
+        if attrs.get("complete") and (attrs.get("fingerprint") == fingerprint or (chosen and same_model)):
+            if attrs.get("fingerprint") != fingerprint:
+                say(f"{path}: built on {_compute_of(old)}; used as it is (--backend/--precision auto)")
+            return ExtractResult(name, path, attrs["fingerprint"], int(attrs["rows"]), True, time.perf_counter() - t0,
+                                 skipped=json.loads(attrs.get("skipped", "[]")), messages=messages,
+                                 compute=_compute_of(old))
         if not force:
             raise StoreError(f"{path}: cache built from a different configuration (fingerprint {attrs.get('fingerprint')} "
                              f"!= {fingerprint}; differs in: {_differences(old, spec)}). Not mixing them: rerun with "
@@ -134,6 +156,12 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
 
     if (hit := warm()) is not None:
         return hit
+    encoder, run, used = _model(cfg, source, compute, device, key, threads, say)
+    if used != compute:  # it did not convert: the features will be torch's, and so is the fingerprint
+        compute, spec = used, fingerprint_spec(cfg, source, dataset, views, dtype, finetuned, used)
+        fingerprint = spec_hash(spec)
+        if (hit := warm()) is not None:
+            return hit
 
     from filelock import FileLock, Timeout
 
@@ -150,7 +178,8 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
             return hit
         config = {"fingerprint_spec": spec, "encoder_cfg": json.loads(json.dumps(asdict(cfg), default=str)),
                   "weights_source": {"kind": source.kind, "path": str(source.path) if source.path else None},
-                  "run": {"batch_size": batch_size, "device": device, "num_workers": num_workers, "threads": threads},
+                  "run": {"batch_size": batch_size, "device": device, "num_workers": num_workers, "threads": threads,
+                          "compute": str(compute)},
                   "dataset_root": str(dataset.root)}
         attrs = {"fingerprint": fingerprint, "fingerprint_spec": json.dumps(spec, sort_keys=True),
                  "config": json.dumps(config, sort_keys=True), "encoder": cfg.name, "modality": cfg.modality,
@@ -159,13 +188,29 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
         if num_shards > 1 and _shard_done(out, fingerprint, rows):
             result = ExtractResult(name, out, fingerprint, 0, True, time.perf_counter() - t0, messages=messages)
         else:
-            result = _run(dataset, cfg, source, out, attrs, views, dtype, batch_size, chunk_batches, device,
+            result = _run(dataset, cfg, encoder, run, compute, out, attrs, views, dtype, batch_size, chunk_batches, device,
                           num_workers, threads, lenient, progress, say, messages, t0, rows if num_shards > 1 else None)
     finally:
         lock.release()
     if num_shards > 1 and merge(path, num_shards, force=force, say=say):
         result.path = path
     return result
+
+
+def _compute_of(spec: dict) -> str:
+    c = spec.get("compute") or {"backend": "torch", "precision": "fp32"}
+    return f"{c['backend']} {c['precision']}"
+
+
+def _model(cfg: EncoderCfg, source: WeightsSource, compute: Compute, device: str, key: str, threads: int | None, say):
+    """(encoder module, batch -> features, the compute actually used): OpenVINO converts here, so a
+    model that does not convert is known before anything is written."""
+    from .backends import runner
+    from .encoders import build_encoder
+
+    encoder = build_encoder(cfg, source)
+    run, used = runner(encoder, compute, device, key, threads, say)
+    return encoder, run, used
 
 
 def shard_rows(total: int, chunk: int, shard: int, num_shards: int) -> tuple[int, int]:
@@ -263,13 +308,12 @@ def plan_batches(work: Work, start: int, chunk: int, batch_size: int, stop: int 
     return batches
 
 
-def _run(dataset, cfg, source, path, attrs, views, dtype, batch_size, chunk_batches, device, num_workers,
+def _run(dataset, cfg, encoder, run, compute, path, attrs, views, dtype, batch_size, chunk_batches, device, num_workers,
          threads, lenient, progress, say, messages, t0, rows=None) -> ExtractResult:
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from .encoders import build_encoder
     from .loader import Collate, to_device
 
     work = Work(dataset, cfg, views)
@@ -278,11 +322,9 @@ def _run(dataset, cfg, source, path, attrs, views, dtype, batch_size, chunk_batc
     say(message)
     try:
         start, stop = writer.rows_done, writer.hi
-        encoder = build_encoder(cfg, source).to(device)
-        if not cfg.is_text:
-            encoder = encoder.to_channels_last()
-        tuner = None if threads or device != "cpu" else ThreadTuner(_cpus())
-        torch.set_num_threads(threads or tuner.current)
+        # OpenVINO schedules its own threads; torch's are tuned batch by batch unless given
+        tuner = None if threads or device != "cpu" or compute.backend != "torch" else ThreadTuner(_cpus())
+        torch.set_num_threads(threads or (tuner.current if tuner else _cpus()))
         chunk = batch_size * chunk_batches
         if num_workers is None:  # images: decode in a worker while the model runs; text: tokenising is cheap
             num_workers = 0 if cfg.is_text else max(1, min(4, (os.cpu_count() or 2) - 1))
@@ -303,8 +345,8 @@ def _run(dataset, cfg, source, path, attrs, views, dtype, batch_size, chunk_batc
                 if ok:
                     x = to_device(batch[0], device)
                     t_batch = time.perf_counter()
-                    buffer[np.asarray(ok) - chunk_start] = encoder(x).float().cpu().numpy()
-                    if tuner:  # work = input elements: tokens for text (batches differ in length), pixels for images
+                    run.submit(x, functools.partial(buffer.__setitem__, np.asarray(ok) - chunk_start))
+                    if tuner:  # torch runs submitted batches at once  # work = input elements: tokens for text (batches differ in length), pixels for images
                         size = x["input_ids"].numel() if isinstance(x, dict) else x.numel()
                         torch.set_num_threads(tuner.update(size, time.perf_counter() - t_batch))
                 for w, _ in errors:
@@ -312,6 +354,7 @@ def _run(dataset, cfg, source, path, attrs, views, dtype, batch_size, chunk_batc
                 left -= len(ok) + len(errors)
                 bar.update(len(ok) + len(errors))
                 if left == 0:
+                    run.wait()  # OpenVINO may still be filling the chunk's last rows
                     n = min(chunk, stop - chunk_start)
                     writer.write(chunk_start, buffer[:n], skips)
                     if tuner:
@@ -323,14 +366,16 @@ def _run(dataset, cfg, source, path, attrs, views, dtype, batch_size, chunk_batc
         skipped = writer.skipped
         writer.finish()
     finally:
+        run.wait()  # no OpenVINO request may outlive the buffer it writes into (an error leaves some in flight)
         writer.close()
     if skipped:
         say(f"{path}: skipped {len(skipped)} unreadable items (absent from the cache): "
             + "; ".join(s["reason"] for s in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     rows = f"work rows {writer.lo}..{writer.hi} of {work.total}" if writer.is_shard else f"{work.n} rows"
-    say(f"{path}: {rows} x {cfg.embed_dim} ({views} views) in {time.perf_counter() - t0:.1f} s, {rate:.1f} {unit}/s")
+    say(f"{path}: {rows} x {cfg.embed_dim} ({views} views) in {time.perf_counter() - t0:.1f} s, {rate:.1f} {unit}/s "
+        f"on {compute}")
     return ExtractResult(path.stem, path, attrs["fingerprint"], work.n - len({s["row"] for s in skipped}), False,
-                         time.perf_counter() - t0, rate, start, skipped, messages)
+                         time.perf_counter() - t0, rate, str(compute), start, skipped, messages)
 
 
 def _cpus() -> int:

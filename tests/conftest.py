@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Converted OpenVINO models go to a directory of this test session, not the user's ~/.cache.
+os.environ["FEATCACHE_HOME"] = tempfile.mkdtemp(prefix="featcache-home-")
 
 from featcache.synth import make_dataset  # noqa: E402
 

@@ -28,7 +28,9 @@ from featcache.synth import make_dataset
 from stores.features import StoreError, cache_path, open_features, partial_path
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = dict(pretrained=False, image_size=32, batch_size=4, threads=1, num_workers=0, progress=False, log=lambda m: None)
+# torch fp32, the reference path: these tests are about the cache; backends are tests/test_backends.py
+FAST = dict(pretrained=False, image_size=32, batch_size=4, threads=1, num_workers=0, progress=False, log=lambda m: None,
+            backend="torch", precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +175,7 @@ CHILD = textwrap.dedent("""
         time.sleep(float(sys.argv[3]))
     features.FeatureWriter.write = slow_write
     extract(load_dataset(sys.argv[1]), "efficientnet_lite0", sys.argv[2], pretrained=False, image_size=32,
-            batch_size=4, threads=1, num_workers=1, chunk_batches=1, progress=False)
+            batch_size=4, threads=1, num_workers=1, chunk_batches=1, progress=False, backend="torch", precision="fp32")
     print("done", flush=True)
 """)
 

@@ -42,10 +42,11 @@ sys.path.insert(0, str(ROOT))
 from cli import app  # noqa: E402
 
 ENC = "efficientnet_lite0"
+# torch fp32, the reference path: these tests are about faults; backends are tests/test_backends.py
 FAST = dict(pretrained=False, image_size=32, batch_size=4, threads=1, num_workers=0, chunk_batches=1,
-            progress=False, log=lambda m: None)
+            progress=False, log=lambda m: None, backend="torch", precision="fp32")
 CLI_FAST = ["--encoder", ENC, "--random-init", "--image-size", "32", "--batch-size", "4", "--threads", "1",
-            "--num-workers", "0"]
+            "--num-workers", "0", "--backend", "torch", "--precision", "fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ CHILD = textwrap.dedent("""
     h5py.File.flush = flush_or_die
     print("started", flush=True)
     extract(load_dataset(sys.argv[1]), "efficientnet_lite0", sys.argv[2], pretrained=False, image_size=32,
-            batch_size=4, threads=1, num_workers=0, chunk_batches=1, progress=False)
+            batch_size=4, threads=1, num_workers=0, chunk_batches=1, progress=False, backend="torch", precision="fp32")
 """)
 
 

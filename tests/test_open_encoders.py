@@ -195,6 +195,7 @@ def test_the_lite0_alias_gives_the_features_and_fingerprint_it_gave_before_open_
     ref = json.loads((ROOT / "tests/data/lite0_features_before_open_encoders.json").read_text())
     root = make_dataset(tmp_path / "data", **ref["make_dataset"])
     result = extract(load_dataset(root), "efficientnet_lite0", tmp_path / "cache", threads=1, num_workers=0, batch_size=8,
+                     backend="torch", precision="fp32",
                      progress=False, log=lambda m: None)
     fs = open_features(tmp_path / "cache", "efficientnet_lite0")
     assert list(fs.ids) == ref["ids"] and result.fingerprint == ref["fingerprint"]  # old caches stay valid

@@ -24,10 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cli import app  # noqa: E402
 
+# torch fp32, the reference path: these tests are about shards; backends are tests/test_backends.py
 ARGS = ["--encoder", "efficientnet_lite0", "--random-init", "--image-size", "32", "--batch-size", "4",
-        "--threads", "1", "--num-workers", "0", "--views", "1"]
+        "--threads", "1", "--num-workers", "0", "--views", "1", "--backend", "torch", "--precision", "fp32"]
 FAST = dict(pretrained=False, image_size=32, batch_size=4, threads=1, num_workers=0, views=1, progress=False,
-            log=lambda m: None)
+            log=lambda m: None, backend="torch", precision="fp32")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,254 @@
+"""How a built encoder runs over batches: the backend (torch or OpenVINO) and the precision.
+
+    compute = choose("auto", "auto", "cpu")   # the fastest path this machine has
+    run, compute = runner(encoder, compute, "cpu", key)   # batch -> float32 features [B, D]
+
+torch: channels-last images; bf16 or fp16 through autocast. OpenVINO: the whole encoder module
+(normalisation and pooling included) is converted once with `openvino.convert_model` and kept as
+IR in the model cache (`$FEATCACHE_HOME/openvino`, default ~/.cache/featcache), keyed by what
+changes it; it is compiled with the precision as OpenVINO's inference precision. A module that
+does not convert falls back to torch, says why, and the failure is remembered so the next run
+names torch from the start (and its cache fingerprint says torch).
+
+`auto` picks bf16 only where it runs natively: a CPU with AMX or AVX512-BF16, or a GPU. Elsewhere
+bf16 is emulated and slower than fp32 (measured: 4 against 34 images/s for efficientnet_lite0 on
+an AVX2-only CPU), so it is refused on OpenVINO (which would silently run fp32) and warned about
+on torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+BACKENDS = ("auto", "torch", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Compute:
+    backend: str  # "torch" | "openvino"
+    precision: str  # "fp32" | "bf16" | "fp16"
+
+    @property
+    def is_reference(self) -> bool:
+        """torch fp32: the path every cache was built with before backends existed."""
+        return (self.backend, self.precision) == ("torch", "fp32")
+
+    def __str__(self) -> str:
+        return f"{self.backend} {self.precision}"
+
+
+def native_bf16_cpu() -> bool:
+    """AMX-BF16 or AVX512-BF16 in this CPU's flags (Linux); False where that cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def choose(backend: str = "auto", precision: str = "auto", device: str = "cpu") -> Compute:
+    """Validate the options in one place and resolve `auto`; ValueError says what to use instead."""
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    cuda = device.startswith("cuda")
+    if cuda:
+        if backend == "openvino":
+            raise ValueError("--backend openvino runs on the CPU: use --device cpu, or --backend torch on a GPU")
+        if precision == "auto":
+            import torch
+
+            precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp16"
+        return Compute("torch", precision)
+    if precision == "fp16":
+        raise ValueError("--precision fp16 is for GPUs; on a CPU use fp32, or bf16 where the CPU has it natively")
+    if backend == "auto":
+        backend = "openvino" if openvino_installed() else "torch"
+    elif backend == "openvino" and not openvino_installed():
+        raise ValueError("--backend openvino: openvino is not installed (pip install openvino, or "
+                         "pip install -e '.[openvino]'); --backend torch works without it")
+    if precision == "auto":
+        precision = "bf16" if native_bf16_cpu() else "fp32"
+    elif precision == "bf16" and not native_bf16_cpu() and backend == "openvino":
+        raise ValueError("--precision bf16: this CPU has no native bf16 (AMX or AVX512-BF16), and OpenVINO would "
+                         "run fp32 instead; use --precision fp32 (or auto)")
+    return Compute(backend, precision)
+
+
+def model_dir() -> Path:
+    return Path(os.environ.get("FEATCACHE_HOME") or Path.home() / ".cache" / "featcache") / "openvino"
+
+
+def model_key(what: dict) -> str:
+    """A converted model is keyed by what changes it (encoder, weights, preprocessing, fine-tuning)
+    and by the converter's version."""
+    from importlib.metadata import version
+
+    blob = json.dumps({**what, "openvino": version("openvino"), "torch": version("torch")}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def failed_before(key: str) -> str | None:
+    """Why this model did not convert last time, or None."""
+    marker = model_dir() / f"{key}.failed"
+    return marker.read_text() if marker.exists() else None
+
+
+def runner(encoder, compute: Compute, device: str, key: str, threads: int | None = None, say=print):
+    """(a runner, the compute actually used). OpenVINO falls back to torch, with a message, when the
+    module does not convert. A runner: `run(batch) -> float32 CPU tensor [B, D]`, or
+    `run.submit(batch, done)` which calls `done(features as numpy)` once they are ready (at once on
+    torch; from OpenVINO's own thread there), and `run.wait()` until every submitted batch is done."""
+    if compute.backend == "openvino":
+        try:
+            return OpenVinoRunner(encoder, compute, key, threads), compute
+        except Exception as e:  # a converter's failure can be any exception type
+            lines = [line.strip("- ") for line in str(e).splitlines() if line.strip("- ")]
+            reason = f"{type(e).__name__}: {lines[-1][:300] if lines else ''}"  # the converter's summary is last
+            (model_dir() / f"{key}.failed").write_text(reason)
+            say(f"{encoder.cfg.name}: does not convert to OpenVINO ({reason}); running it on torch {compute.precision}")
+            compute = Compute("torch", compute.precision)
+    return TorchRunner(encoder, compute, device, say), compute
+
+
+class TorchRunner:
+    def __init__(self, encoder, compute: Compute, device: str, say=print):
+        import torch
+
+        if compute.precision == "bf16" and not device.startswith("cuda") and not native_bf16_cpu():
+            say("bf16 on a CPU without native bf16 is emulated: expect it slower than fp32")
+        self.encoder = encoder.to(device)
+        if not encoder.cfg.is_text:
+            self.encoder = encoder.to_channels_last()
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(compute.precision)
+        self.device_type = "cuda" if device.startswith("cuda") else "cpu"
+
+    def __call__(self, batch):
+        import torch
+
+        with torch.autocast(self.device_type, self.dtype) if self.dtype else contextlib.nullcontext():
+            return self.encoder(batch).float().cpu()
+
+    def submit(self, batch, done) -> None:
+        done(self(batch).numpy())
+
+    def wait(self) -> None:
+        pass
+
+
+class OpenVinoRunner:
+    """The converted encoder compiled for THROUGHPUT: one stream per few cores, each with its own
+    threads. A batch is cut into small parts that go to whichever stream is free, and a
+    submitted batch runs while the next one is read: a stream whose core the decoding worker takes
+    delays only its own parts, where one stream over all cores would stall at every barrier."""
+
+    def __init__(self, encoder, compute: Compute, key: str, threads: int | None = None):
+        import openvino as ov
+
+        path = model_dir() / f"{key}.xml"
+        if not path.exists():
+            _convert(encoder, path)
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if compute.precision == "bf16" else "f32",
+                  "PERFORMANCE_HINT": "THROUGHPUT"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        compiled = _core().compile_model(str(path), "CPU", config)
+        self.queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.queue.set_callback(self._finished)
+        # Measured on 2 cores (docs/experiments.md): parts of 4 photos beat 2, 8 and 16 (135 against
+        # 128, 123 and 122 images/s); for captions 8 to 32 are alike.
+        self.part = 16 if encoder.cfg.is_text else 4
+
+    @staticmethod
+    def _finished(request, userdata) -> None:
+        parts, i, done = userdata
+        parts[i] = request.get_output_tensor(0).data.copy()
+        if all(p is not None for p in parts):
+            done(np.concatenate(parts))
+
+    def submit(self, batch, done) -> None:
+        arrays = {k: v.numpy() for k, v in batch.items()} if isinstance(batch, dict) else {0: batch.numpy()}
+        n = len(next(iter(arrays.values())))
+        starts = range(0, n, self.part)
+        parts = [None] * len(starts)
+        for i, a in enumerate(starts):
+            self.queue.start_async({k: v[a:a + self.part] for k, v in arrays.items()}, (parts, i, done))
+
+    def wait(self) -> None:
+        self.queue.wait_all()
+
+    def __call__(self, batch):
+        import torch
+
+        out = []
+        self.submit(batch, out.append)
+        self.wait()
+        return torch.from_numpy(out[0])
+
+
+@functools.cache
+def _core():
+    """One OpenVINO Core per process: several in one process have been seen to crash it."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+def _convert(encoder, path: Path) -> None:
+    """Convert once; written beside and renamed, so a concurrent or killed run never reads half a model."""
+    import openvino as ov
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module, example = _traceable(encoder)
+    with torch.no_grad(), _quiet_tracer():
+        model = ov.convert_model(module, example_input=example)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.xml")
+    ov.save_model(model, str(tmp), compress_to_fp16=False)  # the weights stay fp32; precision is a compile choice
+    os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+    os.replace(tmp, path)
+
+
+def _traceable(encoder):
+    """(module, example input) to trace. A text encoder takes one dict, while the tracer feeds
+    keyword inputs; its example pads one caption, so the attention mask is traced with zeros."""
+    import torch
+
+    if not encoder.cfg.is_text:
+        return encoder, encoder.example_batch(2)
+
+    class Keywords(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids, attention_mask):
+            return self.encoder({"input_ids": input_ids, "attention_mask": attention_mask})
+    return Keywords(), dict(encoder.collate(["a dog", "a man riding a horse on top of a green field near a red bus"]))
+
+
+@contextlib.contextmanager
+def _quiet_tracer():
+    """Tracing warns about shape-dependent Python branches inside transformers; the converted
+    graph is checked against torch in tests/test_backends.py, so the warnings only add noise."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
