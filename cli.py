@@ -7,6 +7,7 @@ Each command is a thin wrapper over one room of the package.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -27,13 +28,28 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def check_device(device: str) -> str:
+    """--device: auto, cpu, cuda or cuda:N, and only a GPU this machine has (torch is imported
+    only when a GPU is named, so a warm cache stays quick)."""
+    if device in ("auto", "cpu"):
+        return device
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise typer.BadParameter(f"{device!r}: expected auto, cpu, cuda or cuda:N")
+    import torch
+
+    index = int(device.partition(":")[2] or 0)
+    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+        raise typer.BadParameter(f"{device!r}: this machine has {torch.cuda.device_count()} CUDA GPUs; use --device cpu")
+    return device
+
+
 @app.command("make-data")
 def make_data(
     out: Path = typer.Argument(..., help="Directory to write train.csv, test.csv, labels.json and data/ into."),
-    n_train: int = typer.Option(1000, help="Labelled rows."),
-    n_test: int = typer.Option(200, help="Unlabelled rows (their labels go to test_labels.csv)."),
-    seed: int = typer.Option(0, help="Same seed, same bytes."),
-    image_size: int = typer.Option(64, help="Side of the square images in pixels."),
+    n_train: int = typer.Option(1000, min=1, help="Labelled rows."),
+    n_test: int = typer.Option(200, min=0, help="Unlabelled rows (their labels go to test_labels.csv)."),
+    seed: int = typer.Option(0, min=0, help="Same seed, same bytes."),
+    image_size: int = typer.Option(64, min=8, max=4096, help="Side of the square images in pixels."),
 ):
     """Generate a deterministic dataset in the COMP5329 layout, with learnable signal and the real files' CSV faults."""
     from featcache.synth import make_dataset
@@ -102,24 +118,24 @@ def extract_cmd(
     encoder: str = typer.Option(..., help="An alias (see `encoders`), timm:<name>[.<tag>], or hf:<repo id or directory>[#cls]."),
     data: Path = typer.Option(DEFAULT_DATA, help="Dataset root (train.csv, test.csv, data/)."),
     cache: Path = typer.Option(Path("cache"), help="Cache directory: <cache>/<encoder>.h5 (timm:/hf: names get a file-safe stem)."),
-    batch_size: int = typer.Option(32, help="Items per forward pass."),
-    device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
-    num_workers: int = typer.Option(None, help="DataLoader workers (default: 1 for images, 0 for text)."),
-    threads: int = typer.Option(None, help="Compute threads (default: all cores; torch's tuned batch by batch)."),
+    batch_size: int = typer.Option(32, min=1, max=65536, help="Items per forward pass."),
+    device: str = typer.Option("cpu", callback=check_device, help="cpu or cuda[:N]."),
+    num_workers: int = typer.Option(None, min=0, max=64, help="DataLoader workers (default: 1 for images, 0 for text)."),
+    threads: int = typer.Option(None, min=1, max=1024, help="Compute threads (default: all cores; torch's tuned batch by batch)."),
     backend: str = typer.Option("auto", help="auto (OpenVINO on a CPU when installed, else torch), torch or openvino."),
     precision: str = typer.Option("auto", help="auto (bf16 where the CPU or GPU runs it natively, else fp32), fp32, bf16 or fp16 (GPU)."),
-    finetune_epochs: int = typer.Option(0, help="Fine-tune backbone + linear head first (train split only); cache <encoder>_ft."),
-    lr: float = typer.Option(None, help="Fine-tuning peak learning rate (default: FinetuneCfg.default_lr, by modality)."),
+    finetune_epochs: int = typer.Option(0, min=0, help="Fine-tune backbone + linear head first (train split only); cache <encoder>_ft."),
+    lr: float = typer.Option(None, min=1e-9, max=10.0, help="Fine-tuning peak learning rate (default: FinetuneCfg.default_lr, by modality)."),
     finetune_freeze_bn: bool = typer.Option(None, help="Fine-tuning keeps BatchNorm statistics as loaded (default: FinetuneCfg's)."),
     finetune_augment: bool = typer.Option(None, help="Fine-tuning draws the study's image augmentations (default: FinetuneCfg's)."),
-    views: int = typer.Option(0, help="Also cache K augmented views of each train image."),
-    image_size: int = typer.Option(None, help="Override the encoder's input size (changes the fingerprint)."),
+    views: int = typer.Option(0, min=0, max=64, help="Also cache K augmented views of each train image."),
+    image_size: int = typer.Option(None, min=8, max=4096, help="Override the encoder's input size (changes the fingerprint)."),
     force: bool = typer.Option(False, help="Rebuild a cache built from a different configuration."),
     weights: Path = typer.Option(None, help="Weights file or Hugging Face directory (first in the lookup order)."),
     random_init: bool = typer.Option(False, help="Random weights: tests and speed measurements only."),
     lenient: bool = typer.Option(False, help="Skip, count and report unreadable images instead of failing."),
-    shard: int = typer.Option(None, help="Extract only shard I of --num-shards (default under torchrun: RANK)."),
-    num_shards: int = typer.Option(None, help="Contiguous blocks of rows; the last shard to finish merges them (default under torchrun: WORLD_SIZE)."),
+    shard: int = typer.Option(None, min=0, help="Extract only shard I of --num-shards (default under torchrun: RANK)."),
+    num_shards: int = typer.Option(None, min=1, help="Contiguous blocks of rows; the last shard to finish merges them (default under torchrun: WORLD_SIZE)."),
 ):
     """Run the backbone once over every train and test item; a warm cache returns in < 2 s."""
     import os
@@ -180,12 +196,12 @@ def benchmark_cmd(
     encoders: str = typer.Option("all", help="'all' (the aliases), 'none' or comma-separated encoder names (timm:/hf: too)."),
     heads: str = typer.Option("all", help="'all', 'none' or comma-separated run ids under --runs (fitted heads, end-to-end models)."),
     runs: Path = typer.Option(Path("runs"), help="Run directories (fit-head, ablate, finetune write them)."),
-    device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
+    device: str = typer.Option("cpu", callback=check_device, help="cpu or cuda[:N]."),
     batch_sizes: str = typer.Option("1,32", help="Throughput is measured at each batch size."),
-    threads: int = typer.Option(1, help="torch threads. 1 by default: while another process holds a core, two "
+    threads: int = typer.Option(1, min=1, max=1024, help="torch threads. 1 by default: while another process holds a core, two "
                                         "OpenMP threads spin-wait and batch-1 latency swings 10x; on an idle machine try all cores."),
-    min_run_time: float = typer.Option(0.5, help="Seconds of timing per cell at least (then until IQR/median < 10%)..."),
-    max_run_time: float = typer.Option(2.0, help="...or at most this many (a slower call still runs twice: warm-up + 1)."),
+    min_run_time: float = typer.Option(0.5, min=0.001, help="Seconds of timing per cell at least (then until IQR/median < 10%)..."),
+    max_run_time: float = typer.Option(2.0, min=0.001, help="...or at most this many (a slower call still runs twice: warm-up + 1)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (header + rows)."),
     csv: Path = typer.Option(None, help="Also write the table as CSV here."),
     as_markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
@@ -210,13 +226,13 @@ def benchmark_cmd(
 
 @app.command("report")
 def report_cmd(
-    budget_mb: float = typer.Option(100.0, help="Size budget: the best model at most this large is named."),
+    budget_mb: float = typer.Option(100.0, min=0.001, help="Size budget: the best model at most this large is named."),
     fp16: bool = typer.Option(False, help="Sizes of the weights saved in fp16 (default: fp32)."),
     results: Path = typer.Option(Path("runs/results.parquet"), help="Results table written by fit-head and ablate."),
     runs: Path = typer.Option(Path("runs"), help="Run directories (heads; finished end-to-end runs are added)."),
     bench: Path = typer.Option(None, help="Saved benchmark (--save JSON or --csv); missing rows are measured now."),
     out: Path = typer.Option(Path("runs/report"), help="Writes table1.md, table1.csv and pareto.png here."),
-    threads: int = typer.Option(1, help="torch threads for rows measured now (see benchmark --help)."),
+    threads: int = typer.Option(1, min=1, max=1024, help="torch threads for rows measured now (see benchmark --help)."),
 ):
     """The study's Table 1 (F1, fit time, prediction time, size) and a Pareto chart; names the best model under the budget."""
     from featcache import report as rp
@@ -249,35 +265,35 @@ def finetune_cmd(
     text_encoder: str = typer.Option(None, help=f"Text encoder: an alias or hf:<repo id or directory> {_e2e_default('text_encoder')}."),
     fusion: str = typer.Option(None, help=f"Fusion (heads/fusion.py) {_e2e_default('fusion')}; taken from --init-head when given."),
     classifier: str = typer.Option(None, help=f"linear (the seed's) or mlp {_e2e_default('classifier')}."),
-    dropout: float = typer.Option(None, help=f"Head dropout {_e2e_default('dropout')}."),
+    dropout: float = typer.Option(None, min=0.0, max=0.99, help=f"Head dropout {_e2e_default('dropout')}."),
     init_head: Path = typer.Option(None, help="Start the head from a fitted stage-2 run directory."),
-    epochs: int = typer.Option(None, help=f"Epochs {_e2e_default('epochs')}; with --resume: the run's, or raise it."),
-    batch_size: int = typer.Option(None, help=f"Rows per step per process {_e2e_default('batch_size')}."),
-    lr: float = typer.Option(None, help=f"Adam learning rate {_e2e_default('lr')}."),
-    image_lr: float = typer.Option(None, help="The image backbone's learning rate (default: --lr)."),
+    epochs: int = typer.Option(None, min=1, max=100000, help=f"Epochs {_e2e_default('epochs')}; with --resume: the run's, or raise it."),
+    batch_size: int = typer.Option(None, min=1, max=65536, help=f"Rows per step per process {_e2e_default('batch_size')}."),
+    lr: float = typer.Option(None, min=1e-9, max=10.0, help=f"Adam learning rate {_e2e_default('lr')}."),
+    image_lr: float = typer.Option(None, min=1e-9, max=10.0, help="The image backbone's learning rate (default: --lr)."),
     freeze_bn: bool = typer.Option(None, help=f"Keep the backbones' BatchNorm statistics as loaded {_e2e_default('freeze_bn')}."),
     schedule: str = typer.Option(None, help=f"constant (the seed's) or cosine (5% warm-up, cosine decay) {_e2e_default('schedule')}."),
-    ema: float = typer.Option(None, help="Validate and save the moving average of the weights with this decay (e.g. 0.999; "
+    ema: float = typer.Option(None, min=0.0, max=0.99999, help="Validate and save the moving average of the weights with this decay (e.g. 0.999; "
                                          f"0: the last step's) {_e2e_default('ema_decay')}."),
     freeze: list[str] = typer.Option(None, help=f"none | image | text | image-early (repeat or comma-separate) {_e2e_default('freeze')}."),
-    early_fraction: float = typer.Option(None, help=f"image-early: share of the image backbone frozen, from the stem {_e2e_default('early_fraction')}."),
-    image_size: int = typer.Option(None, help="Image side in pixels (default: the encoder's input size)."),
+    early_fraction: float = typer.Option(None, min=0.0, max=1.0, help=f"image-early: share of the image backbone frozen, from the stem {_e2e_default('early_fraction')}."),
+    image_size: int = typer.Option(None, min=8, max=4096, help="Image side in pixels (default: the encoder's input size)."),
     data: Path = typer.Option(DEFAULT_DATA, help="Dataset root (train.csv, test.csv, data/)."),
     runs: Path = typer.Option(Path("runs"), help="Where the run directory goes."),
     run_name: str = typer.Option(None, help="Run directory name (default e2e-<image>-<text>-<time>)."),
     resume: Path = typer.Option(None, help="Continue this run after its last checkpoint (config from the run)."),
     random_init: bool = typer.Option(False, help="Random weights: tests and speed measurements only."),
-    max_steps: int = typer.Option(None, help="At most this many steps per epoch (tests, timing)."),
-    num_workers: int = typer.Option(None, help="DataLoader workers (default: 0 on <= 2 cores per process, else 1)."),
-    threads: int = typer.Option(None, help="torch threads per process (default: cores / processes, 1 if that is <= 2)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda (under torchrun: cuda:LOCAL_RANK)."),
+    max_steps: int = typer.Option(None, min=0, help="At most this many steps per epoch (tests, timing)."),
+    num_workers: int = typer.Option(None, min=0, max=64, help="DataLoader workers (default: 0 on <= 2 cores per process, else 1)."),
+    threads: int = typer.Option(None, min=1, max=1024, help="torch threads per process (default: cores / processes, 1 if that is <= 2)."),
+    device: str = typer.Option("auto", callback=check_device, help="auto, cpu or cuda (under torchrun: cuda:LOCAL_RANK)."),
     precision: str = typer.Option(None, help=f"auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16 {_e2e_default('precision')}."),
     channels_last: bool = typer.Option(None, help=f"NHWC images (faster convolutions) {_e2e_default('channels_last')}."),
     metric: str = typer.Option(None, help=f"What the final thresholds maximise: samples, micro, macro {_e2e_default('metric')}."),
-    train_fraction: float = typer.Option(None, help="Train on this share of the train rows (as fit-head --train-fraction; "
+    train_fraction: float = typer.Option(None, min=0.001, max=1.0, help="Train on this share of the train rows (as fit-head --train-fraction; "
                                                     f"learning curves) {_e2e_default('train_fraction')}."),
-    seed: int = typer.Option(None, help=f"Split, initialisation, order, augmentation and dropout seed {_e2e_default('seed')}."),
-    log_every: int = typer.Option(20, help="Each rank logs every N steps."),
+    seed: int = typer.Option(None, min=0, help=f"Split, initialisation, order, augmentation and dropout seed {_e2e_default('seed')}."),
+    log_every: int = typer.Option(20, min=1, help="Each rank logs every N steps."),
     as_json: bool = typer.Option(False, "--json", help="Print the run's metrics as one JSON object."),
 ):
     """Train image + text backbones and the fusion head end to end (also under torchrun --nproc_per_node N)."""
@@ -336,14 +352,14 @@ def fit_head_cmd(
     fusion: str = typer.Option("concat", help="concat, late, gated, bilinear or attention."),
     classifier: str = typer.Option(None, help="linear or mlp (default mlp)."),
     loss: str = typer.Option(None, help="bce, asl or focal (default: HeadConfig's)."),
-    lr: float = typer.Option(None, help="AdamW learning rate (default: HeadConfig's)."),
-    epochs: int = typer.Option(None, help="Cosine schedule length in epochs (default 8, capped at 128 steps; given: no cap). Early stopping on validation mAP."),
-    batch_size: int = typer.Option(None, help="Rows per step."),
-    width: int = typer.Option(None, help="MLP hidden width / common width of the fusions."),
-    dropout: float = typer.Option(None, help="Dropout on the fused input and the hidden layer."),
-    weight_decay: float = typer.Option(None, help="AdamW weight decay."),
-    seed: int = typer.Option(0, help="Head seed (the train/validation split always uses seed 0)."),
-    train_fraction: float = typer.Option(1.0, help="Train on this share of the train rows (seeded by the split; learning curves)."),
+    lr: float = typer.Option(None, min=1e-9, max=10.0, help="AdamW learning rate (default: HeadConfig's)."),
+    epochs: int = typer.Option(None, min=1, max=100000, help="Cosine schedule length in epochs (default 8, capped at 128 steps; given: no cap). Early stopping on validation mAP."),
+    batch_size: int = typer.Option(None, min=1, max=65536, help="Rows per step."),
+    width: int = typer.Option(None, min=1, max=65536, help="MLP hidden width / common width of the fusions."),
+    dropout: float = typer.Option(None, min=0.0, max=0.99, help="Dropout on the fused input and the hidden layer."),
+    weight_decay: float = typer.Option(None, min=0.0, max=10.0, help="AdamW weight decay."),
+    seed: int = typer.Option(0, min=0, help="Head seed (the train/validation split always uses seed 0)."),
+    train_fraction: float = typer.Option(1.0, min=0.001, max=1.0, help="Train on this share of the train rows (seeded by the split; learning curves)."),
     metric: str = typer.Option("samples", help="Metric the thresholds maximise: samples, micro or macro."),
     threshold_mode: str = typer.Option("auto", help="auto (best out of fold on the validation rows), per-label, shrunk, global or flat (0.5)."),
     data: Path = typer.Option(DEFAULT_DATA, help="Dataset root (train.csv, test.csv, data/)."),
@@ -386,7 +402,7 @@ def fit_head_cmd(
 def ablate_cmd(
     encoders: str = typer.Option(None, help="Comma-separated cache names (default: every complete cache in --cache)."),
     fusions: str = typer.Option(None, help="Comma-separated fusions (default: all)."),
-    seeds: int = typer.Option(3, help="Head seeds per configuration (mean ± std)."),
+    seeds: int = typer.Option(3, min=1, max=1000, help="Head seeds per configuration (mean ± std)."),
     grid: str = typer.Option(None, help="'seed': add the seed report's batch/lr/epoch grids (see featcache/stage2/ablate.py)."),
     metric: str = typer.Option("samples", help="Metric the thresholds maximise."),
     threshold_mode: str = typer.Option("auto", help="auto, per-label, shrunk, global or flat."),
@@ -416,9 +432,9 @@ def learning_curve_cmd(
     fusion: str = typer.Option("concat", help="Fusion of a multi-encoder curve (as fit-head)."),
     fractions: str = typer.Option(None, help="Shares of the train rows, comma-separated, nested per seed "
                                               "(default 0.0625,0.125,0.25,0.5,1: featcache.stage2.curve.FRACTIONS)."),
-    seeds: int = typer.Option(3, help="Row orders (and head seeds) per point: mean ± std."),
+    seeds: int = typer.Option(3, min=1, max=1000, help="Row orders (and head seeds) per point: mean ± std."),
     extrapolate: str = typer.Option("24000", help="Row counts to extend the fitted power law to, comma-separated."),
-    target: float = typer.Option(None, help="Draw this sample-F1 as a line on the chart."),
+    target: float = typer.Option(None, min=0.0, max=1.0, help="Draw this sample-F1 as a line on the chart."),
     threshold_mode: str = typer.Option("auto", help="auto, per-label, shrunk, global or flat."),
     data: Path = typer.Option(DEFAULT_DATA, help="Dataset root."),
     cache: Path = typer.Option(Path("cache"), help="Cache directory."),
@@ -466,11 +482,11 @@ def predict_cmd(
 def demo_cmd(
     data: Path = typer.Option(None, help="Dataset root in the COMP5329 layout (default: generate one under --out/data)."),
     out: Path = typer.Option(Path("demo_out"), help="Everything the demo writes goes here."),
-    n_train: int = typer.Option(2000, help="Generated labelled rows (without --data)."),
-    n_test: int = typer.Option(400, help="Generated test rows (without --data)."),
+    n_train: int = typer.Option(2000, min=1, help="Generated labelled rows (without --data)."),
+    n_test: int = typer.Option(400, min=0, help="Generated test rows (without --data)."),
     image_encoder: str = typer.Option("efficientnet_lite0", help="Image encoder (offline weights by default)."),
     text_encoder: str = typer.Option("minilm_l6", help="Text encoder (offline weights by default)."),
-    seeds: int = typer.Option(3, help="Head seeds per configuration."),
+    seeds: int = typer.Option(3, min=1, max=1000, help="Head seeds per configuration."),
     random_init: bool = typer.Option(False, help="Random-init encoders (tests; the numbers mean nothing)."),
 ):
     """Data -> extract -> ablate -> chosen model -> submission -> size/latency -> Table 1 and plots."""

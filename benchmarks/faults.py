@@ -161,6 +161,46 @@ def malicious_weights(data, clean, tmp, rng):
     return ("refused, not run" if refused and not marker.exists() else "RAN OR ACCEPTED"), 0
 
 
+def flipped_bit(data, clean, tmp, rng):
+    """One bit of the features flipped on disk: the checksum names the file; deleted and extracted
+    again, as the message says, it equals the clean cache."""
+    cache = tmp / f"flip{rng.random()}"
+    extract(load_dataset(data), ENC, cache, **FAST)
+    path = cache_path(cache, ENC)
+    with h5py.File(path) as f:
+        offset = f["features"].id.get_chunk_info(0).byte_offset + rng.randrange(64, 512)
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 1 << rng.randrange(8)
+    path.write_bytes(bytes(raw))
+    try:
+        open_features(cache, ENC)
+        return "READ WITHOUT NOTICE", len(clean.ids)
+    except StoreError as e:
+        named = "corrupt or truncated" in str(e) and "delete it and extract again" in str(e) and path.name in str(e)
+    path.unlink()
+    extract(load_dataset(data), ENC, cache, **FAST)
+    return ("refused, file named; deleted and rebuilt" if named else "UNCLEAR ERROR"), lost(cache, clean)
+
+
+def copied_as_fine_tuned(data, clean, tmp, rng):
+    cache = tmp / f"copy{rng.random()}"
+    extract(load_dataset(data), ENC, cache, **FAST)
+    shutil.copy(cache_path(cache, ENC), cache_path(cache, ENC + "_ft"))
+    try:
+        open_features(cache, ENC + "_ft")
+        return "ACCEPTED AS FINE-TUNED", 0
+    except StoreError as e:
+        return ("refused: holds a plain cache" if "not 'efficientnet_lite0_ft'" in str(e) else "UNCLEAR ERROR"), lost(cache, clean)
+
+
+def bad_labels_json(data, clean, tmp, rng):
+    root = Path(shutil.copytree(data, tmp / f"labels{rng.random()}"))
+    (root / "labels.json").write_text("[1, 2, 3]")
+    out = CliRunner().invoke(app, ["extract", "--data", str(root), "--cache", str(tmp / "lj"), *CLI_FAST])
+    named = out.exit_code == 2 and "labels.json: expected a non-empty JSON object" in out.output
+    return ("refused, file named; nothing written" if named and not (tmp / "lj").exists() else "UNCLEAR ERROR"), 0
+
+
 def data_fault(name):
     damage, error = DATA_FAULTS[name]
 
@@ -196,7 +236,10 @@ def main() -> None:
                  ("disk full mid-write (ENOSPC)", disk_full, 3),
                  ("two extractors, one cache", two_extractors, 1),
                  ("cache from another dataset", other_dataset, 1),
-                 ("malicious pickle as --weights", malicious_weights, 1)]
+                 ("malicious pickle as --weights", malicious_weights, 1),
+                 ("one bit flipped in a complete cache", flipped_bit, 3),
+                 ("plain cache copied as <name>_ft", copied_as_fine_tuned, 1),
+                 ("labels.json that is a list", bad_labels_json, 1)]
     scenarios += [(f"data: {name}", data_fault(name), 1) for name in DATA_FAULTS]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

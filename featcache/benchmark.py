@@ -15,6 +15,7 @@ import copy
 import json
 import os
 import platform
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from safetensors.torch import save_model
 from torch import nn
 from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from .outputs import replacing, write_text
 
 MB = 1e6  # decimal megabytes, as a file manager and a "100 MB" limit count them
 
@@ -151,7 +154,7 @@ def find_runs(runs: Path, which: str) -> list[Path]:
         return []
     from featcache.runs import list_runs
 
-    found = list_runs(runs)
+    found = list_runs(runs, say=lambda m: print(m, file=sys.stderr))
     if which == "all":
         return found
     wanted = [Path(runs) / w for w in which.split(",")]
@@ -196,9 +199,10 @@ def run(encoders: str, heads: str, cfg: BenchConfig, runs: Path = Path("runs"), 
     doc = to_json(df, header)
     if save:
         save.parent.mkdir(parents=True, exist_ok=True)
-        save.write_text(json.dumps(doc, indent=1))
+        write_text(save, json.dumps(doc, indent=1))
     if csv:
-        df.write_csv(csv)
+        with replacing(csv) as tmp:
+            df.write_csv(tmp)
     return df, doc
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +133,8 @@ def _split_records(path: Path, start: re.Pattern, header: str) -> list[tuple[int
         text = path.read_bytes().decode("utf-8-sig")  # no newline translation: captions come back exactly
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except OSError as e:  # a directory, no permission, an I/O error
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from None
     lines = text.split("\n")
@@ -198,6 +201,9 @@ def read_records(path: Path, label_space: LabelSpace | None, lenient: bool = Fal
             if parsed is None:
                 raise DataError(f"{where}: cannot parse record {text[:80]!r} (expected ImageID,{'Labels,' if is_train else ''}\"Caption\")")
             image_id, labels_field, caption = parsed
+            if not _is_file_name(image_id):
+                raise DataError(f"{where}: ImageID {image_id!r} is not a file name inside data/ "
+                                "(no folder separators, no '..', not absolute)")
             if image_id in seen:
                 raise DataError(f"{where}: duplicate ImageID {image_id!r} (first on line {seen[image_id]})")
             labels = _parse_labels(labels_field, label_space, f"{where} ({image_id})") if is_train else None
@@ -209,6 +215,11 @@ def read_records(path: Path, label_space: LabelSpace | None, lenient: bool = Fal
         seen[image_id] = line_no
         records.append(Record(image_id, caption, labels, line_no))
     return records, skipped
+
+
+def _is_file_name(image_id: str) -> bool:
+    """A photo is read from data/<ImageID>: an ID with a separator or '..' would read elsewhere."""
+    return Path(image_id).name == image_id and "\\" not in image_id and image_id not in (".", "..")
 
 
 def _recover_stray_lines(records: list[tuple[int, list[str]]], start: re.Pattern):
@@ -234,9 +245,14 @@ def read_label_space(root: Path) -> LabelSpace:
     if not path.exists():
         return LabelSpace.coco()
     try:
-        return LabelSpace.from_mapping(json.loads(path.read_text()))
-    except (ValueError, TypeError) as e:
-        raise DataError(f"{path}: expected a JSON object {{label id: name}} ({e})") from None
+        mapping = json.loads(path.read_text())
+        if not isinstance(mapping, dict) or not mapping:
+            raise ValueError(f"found {type(mapping).__name__ if mapping else 'nothing'}")
+        if not all(isinstance(v, str) for v in mapping.values()):
+            raise ValueError("every name must be a string")
+        return LabelSpace.from_mapping(mapping)
+    except (OSError, ValueError, TypeError) as e:
+        raise DataError(f"{path}: expected a non-empty JSON object {{\"<integer label id>\": \"<name>\"}} ({e})") from None
 
 
 def load_dataset(root: str | Path, lenient: bool = False) -> Dataset:
@@ -259,23 +275,23 @@ def load_image(path: str | Path) -> Image.Image:
     """An RGB PIL image from any mode PIL reads (grayscale, palette, CMYK, 16-bit, alpha)."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16/32-bit grayscale: scale to 8 bits instead of clipping to white.
-                arr = np.asarray(im, dtype=np.float32)
-                hi = float(arr.max()) or 1.0
-                im = Image.fromarray((arr * (255.0 / hi)).astype(np.uint8), mode="L")
-            if im.mode in ("P", "PA") and "transparency" in im.info:
-                im = im.convert("RGBA")
-            return im.convert("RGB")
+        with warnings.catch_warnings():
+            # PIL warns above 89 M pixels and refuses above twice that: both are decompression bombs
+            # here (a photo is resized to a few hundred pixels), and decoding one can take gigabytes.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    # 16/32-bit grayscale: scale to 8 bits instead of clipping to white.
+                    arr = np.asarray(im, dtype=np.float32)
+                    hi = float(arr.max()) or 1.0
+                    im = Image.fromarray((arr * (255.0 / hi)).astype(np.uint8), mode="L")
+                if im.mode in ("P", "PA") and "transparency" in im.info:
+                    im = im.convert("RGBA")
+                return im.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{path}: refused as a decompression bomb ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: cannot read image ({e})") from None
-
-
-def write_submission(path: str | Path, image_ids: list[str], labels: list[tuple[int, ...]]) -> None:
-    """Kaggle format: ImageID,Labels with labels space separated."""
-    lines = ["ImageID,Labels"] + [f"{i},{' '.join(map(str, ls))}" for i, ls in zip(image_ids, labels, strict=True)]
-    Path(path).write_text("\n".join(lines) + "\n")

@@ -10,6 +10,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .data import Dataset, load_dataset
+from .outputs import replacing
 
 
 def summarize(ds: Dataset, scan_images: bool = True) -> dict:
@@ -81,7 +82,8 @@ def plot_label_distribution(summary: dict, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
 

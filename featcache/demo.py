@@ -17,6 +17,7 @@ import polars as pl
 
 from .data import Dataset, load_dataset
 from .metrics import f1
+from .outputs import write_text
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def run(cfg: DemoConfig, echo=print) -> dict:
     header = bench_cfg.header()
     bench = bm.benchmark([cfg.image_encoder, cfg.text_encoder], [chosen_dir], bench_cfg, runs)
     files["benchmark"] = out / "benchmark.json"
-    files["benchmark"].write_text(json.dumps(bm.to_json(bench, header), indent=1))
+    write_text(files["benchmark"], json.dumps(bm.to_json(bench, header), indent=1))
     echo(bm.table(bench, header, markdown=True))
 
     echo("== 6/6 Table 1 and Pareto chart")

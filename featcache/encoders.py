@@ -251,7 +251,11 @@ def _build_text(cfg: EncoderCfg, source: WeightsSource) -> TextEncoder:
         else:  # a bare model checkpoint, possibly with a task model's prefix ("bert.", "roberta.", ...)
             prefix = f"{encoder.model.base_model_prefix}."
             sd = {k.removeprefix(prefix): v for k, v in sd.items() if "pooler." not in k and not k.startswith(("cls.", "lm_head."))}
-            missing, unexpected = encoder.model.load_state_dict(sd, strict=False)
+            try:
+                missing, unexpected = encoder.model.load_state_dict(sd, strict=False)
+            except RuntimeError as e:  # tensors of other shapes: another model's file
+                raise WeightsNotFound(f"{cfg.name}: {source.path} does not fit the model ({str(e).splitlines()[-1].strip()[:300]})"
+                                      f"\n{how_to_supply(cfg)}") from None
             if missing or unexpected:
                 raise WeightsNotFound(f"{cfg.name}: {source.path} does not fit the model (missing {missing[:3]}, "
                                       f"unexpected {unexpected[:3]})\n{how_to_supply(cfg)}")

@@ -28,6 +28,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from .data import DataError, Dataset
+from .outputs import write_text
 from .registry import EncoderCfg, cache_name
 from .split import train_val_split
 from .weights import WeightsSource, sha256_path
@@ -89,7 +90,7 @@ def ensure_finetuned(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, f
             history = train(dataset, cfg, source, ft, weights, device, num_workers, threads, say, lenient, train_idx, val_idx)
         sha256 = sha256_path(weights)  # of the file as it is now, reused or just written
         if not reuse:
-            sidecar.write_text(json.dumps({"spec": spec, "sha256": sha256, "history": history}, indent=1))
+            write_text(sidecar, json.dumps({"spec": spec, "sha256": sha256, "history": history}, indent=1))
     return WeightsSource("path", weights), {**spec, "weights_sha256": sha256}
 
 

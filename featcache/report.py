@@ -15,6 +15,8 @@ from pathlib import Path
 
 import polars as pl
 
+from .outputs import replacing, write_text
+
 
 @dataclass(frozen=True)
 class ReportConfig:
@@ -140,7 +142,8 @@ def chart(table: pl.DataFrame, path: Path, cfg: ReportConfig = ReportConfig()) -
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels))
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return path
 
@@ -179,7 +182,8 @@ def build(results: Path, runs: Path, bench: Path | None, out: Path, cfg: ReportC
         rows = new if rows is None else pl.concat([rows, new], how="diagonal_relaxed")
     t1 = table1(table, rows, cfg)
     out.mkdir(parents=True, exist_ok=True)
-    t1.write_csv(out / "table1.csv")
-    (out / "table1.md").write_text(markdown(t1) + "\n")
+    with replacing(out / "table1.csv") as tmp:
+        t1.write_csv(tmp)
+    write_text(out / "table1.md", markdown(t1) + "\n")
     chart(t1, out / "pareto.png", cfg)
     return t1, best_under_budget(t1)

@@ -22,9 +22,10 @@ from torch import nn
 
 from heads.train import Head
 
-from .data import load_dataset
+from .data import LABELS_FILE, load_dataset
 from .e2e import predict as e2e_predict
 from .e2e import rundir as e2e_rundir
+from .outputs import check_target
 from .stage2.experiment import RunError
 from .stage2.experiment import predict_run as predict_stage2
 
@@ -48,15 +49,21 @@ def kind_of(run_dir: str | Path) -> str:
                    f"{E2E!r} (finetune)")
 
 
-def list_runs(root: str | Path, kind: str | None = None) -> list[Path]:
-    """Every run under root (nested ones too, as ablate writes them) whose model can be loaded:
-    fitted heads and finished end-to-end runs, sorted; only those of `kind` when given."""
+def list_runs(root: str | Path, kind: str | None = None, say=None) -> list[Path]:
+    """Every complete run under root (nested ones too, as ablate writes them), sorted; only those of
+    `kind` when given. A run is complete once its metrics.json, written last, is there: a run
+    killed while saving is never listed, and `say` (if given) is told which were left out."""
     root = Path(root)
     heads = {p.parent for p in root.rglob("head.json")}
     # checkpoints/epoch-N/ holds a model.safetensors too, but no config.json
     finished = {p.parent for p in root.rglob("model.safetensors")
                 if (p.parent / "config.json").exists() and kind_of(p.parent) == E2E}
-    return sorted({STAGE2: heads, E2E: finished, None: heads | finished}[kind])
+    runs = {STAGE2: heads, E2E: finished, None: heads | finished}[kind]
+    incomplete = sorted(r for r in runs if not (r / "metrics.json").exists())
+    if incomplete and say:
+        say(f"left out {len(incomplete)} incomplete runs (no metrics.json; killed while saving, or still running): "
+            + ", ".join(str(r) for r in incomplete[:5]) + (" ..." if len(incomplete) > 5 else ""))
+    return sorted(set(runs) - set(incomplete))
 
 
 def e2e_results(root: str | Path) -> pl.DataFrame:
@@ -89,6 +96,9 @@ def predict(run_dir: str | Path, data: str | Path, cache: str | Path, out: str |
     its backbones and reads the images and captions themselves."""
     kind = kind_of(run_dir)
     dataset = load_dataset(data)
+    # Never over an input: the dataset's files, the run's, or a cache (checked before any work).
+    inputs = [dataset.root / name for name in ("train.csv", "test.csv", LABELS_FILE)] + list(Path(run_dir).iterdir())
+    check_target(out, inputs + (list(Path(cache).glob("*.h5")) if Path(cache).is_dir() else []))
     if kind == E2E:
         return e2e_predict.predict_run(run_dir, dataset, out)
     return predict_stage2(run_dir, dataset, cache, out)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import AVERAGES, f1, scores
+from .outputs import write_text
 
 GRID = np.round(np.arange(0.02, 0.985, 0.01), 2)  # candidate thresholds
 CANDIDATES = ("flat", "global", "shrunk", "per-label")  # simplest first: auto's ties go to the earlier
@@ -47,7 +48,7 @@ class Thresholds:
         return apply_thresholds(probs, np.array(self.values), self.fallback)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=1))
+        write_text(path, json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> Thresholds:

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -210,7 +211,7 @@ class Head:
             head = cls(HeadConfig(**{k: v for k, v in meta["config"].items() if k in names}))
             head.net = HeadNet(meta["dims"], meta["num_labels"], head.cfg)
             head.net.load_state_dict(load_file(str(run_dir / "head.safetensors")))
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:  # damaged or foreign files
             raise ValueError(f"{run_dir}: cannot load the head ({type(e).__name__}: {e})") from None
         head.net.eval()
         head.best_epoch, head.history = meta.get("best_epoch", -1), meta.get("history", [])

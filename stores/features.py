@@ -114,8 +114,12 @@ def open_features(cache_dir: str | Path, name: str) -> FeatureSet:
             valid = f["valid"][()].astype(bool) if "valid" in f else None
     except (OSError, KeyError, ValueError) as e:
         raise StoreError(f"{path}: corrupt or truncated feature cache ({e}); delete it and extract again") from None
-    if cache_name(str(attrs.get("encoder"))) not in (name, name.removesuffix("_ft")):  # a renamed or copied file
-        raise StoreError(f"{path}: holds features of encoder {attrs.get('encoder')!r}, not {name!r}; extract {name} instead")
+    # A renamed or copied file: the name must be the one extract gives what it holds (`_ft`: fine-tuned)
+    finetuned = bool(json.loads(attrs.get("fingerprint_spec") or "{}").get("finetune"))
+    built_as = cache_name(str(attrs.get("encoder"))) + ("_ft" if finetuned else "")
+    if built_as != name:
+        what = f"{'fine-tuned ' if finetuned else ''}encoder {attrs.get('encoder')!r}"
+        raise StoreError(f"{path}: holds features of {what} (cache name {built_as!r}), not {name!r}; extract {name} instead")
     if features.shape != (len(ids), attrs.get("dim")):
         raise StoreError(f"{path}: features {features.shape} do not match {len(ids)} ids x dim {attrs.get('dim')}")
     if valid is not None and not valid.all():  # rows skipped by a lenient run are absent
@@ -185,11 +189,12 @@ class FeatureWriter:
         partial.parent.mkdir(parents=True, exist_ok=True)
         f = h5py.File(partial, "w", locking=False)
         chunk = max(1, min(len(ids), CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
-        f.create_dataset("features", (len(ids), dim), dtype=dtype, chunks=(chunk, dim), dcpl=_early_alloc())
+        # fletcher32: a checksum per chunk, so a flipped bit is a named error on read, never a silent feature
+        f.create_dataset("features", (len(ids), dim), dtype=dtype, chunks=(chunk, dim), dcpl=_early_alloc(), fletcher32=True)
         f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=h5py.string_dtype())
         if n_views:
             f.create_dataset("views", (n_views, n_train, dim), dtype=dtype, chunks=(1, min(chunk, n_train), dim),
-                             dcpl=_early_alloc())
+                             dcpl=_early_alloc(), fletcher32=True)
         for k, v in attrs.items():
             f.attrs[k] = v
         f.attrs.update(n_train=n_train, n_views=n_views, dim=dim, rows_done=rows[0] if rows else 0, skipped="[]",

@@ -36,4 +36,8 @@ def read_results(path: str | Path) -> pl.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no results table yet (fit-head and ablate write it)")
-    return pl.read_parquet(path)
+    try:
+        return pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError) as e:  # truncated or not Parquet
+        raise ValueError(f"{path}: cannot read the results table ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                         f"move it aside to start a new one") from None

@@ -88,15 +88,20 @@ def test_cli_json_has_every_column_per_encoder(tmp_path):
     assert (tmp_path / "bench.csv").read_text().startswith("model,kind,weights")
 
 
-def test_heads_are_found_and_measured(tmp_path):
+def test_heads_are_found_and_measured_and_an_incomplete_run_is_left_out_by_name(tmp_path, capsys):
     from heads.planted import make_planted
     from heads.train import Head, HeadConfig
 
     xs, y = make_planted(64, dims=(32, 16))
-    Head(HeadConfig(width=8, epochs=1)).fit(xs, y).save(tmp_path / "ablate" / "concat")
+    head = Head(HeadConfig(width=8, epochs=1)).fit(xs, y)
+    for name in ("concat", "killed"):
+        head.save(tmp_path / "ablate" / name)
+    (tmp_path / "ablate" / "concat" / "metrics.json").write_text("{}")  # written last by save_run: complete
     (tmp_path / "not-a-run").mkdir()
     dirs = bm.find_runs(tmp_path, "all")
     assert dirs == [tmp_path / "ablate" / "concat"]
+    err = capsys.readouterr().err
+    assert "left out 1 incomplete runs" in err and "ablate/killed" in err
     with pytest.raises(FileNotFoundError, match="not-a-run"):
         bm.find_runs(tmp_path, "not-a-run")
     df = bm.benchmark([], dirs, FAST, runs=tmp_path)

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from featcache.data import DataError, LabelSpace, load_dataset, load_image, read_records, write_submission
+from featcache.data import DataError, LabelSpace, load_dataset, load_image, read_records
+from featcache.outputs import write_submission
 from featcache.split import train_val_split
 from featcache.synth import make_dataset
 
@@ -271,3 +272,38 @@ def test_fingerprint_follows_contents_not_file_times(tmp_path):
     assert replaced != first
     image.unlink()  # a missing image is part of what the features depend on too
     assert load_dataset(copy).fingerprint() not in (first, replaced)
+
+
+@pytest.mark.parametrize("image_id", ["../../../secret/x.jpg", "/etc/x.jpg", "sub/x.jpg", "../x.jpg", "a\\b.jpg"])
+def test_an_image_id_that_is_not_a_file_name_inside_data_is_an_error_or_a_counted_skip(tmp_path, image_id):
+    csv = write(tmp_path / "train.csv", f'ImageID,Labels,Caption\n1.jpg,1,"fine"\n{image_id},1,"a path"\n')
+    with pytest.raises(DataError, match=rf"train.csv:3: ImageID .* is not a file name inside data/"):
+        read_records(csv, COCO)
+    records, skipped = read_records(csv, COCO, lenient=True)
+    assert [r.image_id for r in records] == ["1.jpg"] and [s.line for s in skipped] == [3]
+
+
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
+    """30000 x 30000 pixels in a few hundred KB of PNG: refused from its header, named."""
+    from test_faults import decompression_bomb
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(decompression_bomb())
+    with pytest.raises(DataError, match=r"bomb.png: refused as a decompression bomb"):
+        load_image(bomb)
+
+
+@pytest.mark.parametrize("content", ["[1, 2, 3]", "{}", '{"1": 5}', '{"x": "cat"}', "not json"])
+def test_a_bad_labels_json_is_rejected_naming_the_file(tmp_path, content):
+    root = make_dataset(tmp_path / "d", 8, 2, seed=0, image_size=16)
+    (root / "labels.json").write_text(content)
+    with pytest.raises(DataError, match=r"labels.json: expected a non-empty JSON object"):
+        load_dataset(root)
+
+
+def test_a_train_csv_that_is_a_directory_is_an_error_naming_it(tmp_path):
+    root = make_dataset(tmp_path / "d", 8, 2, seed=0, image_size=16)
+    (root / "train.csv").unlink()
+    (root / "train.csv").mkdir()
+    with pytest.raises(DataError, match=r"train.csv: cannot read it"):
+        load_dataset(root)

@@ -102,6 +102,14 @@ def test_interrupted_run_resumes_after_its_checkpoint_and_matches(full_run, data
     assert worst < 1e-5, worst
 
 
+def test_resume_refuses_other_data_than_the_run_trained_on(data, tmp_path, monkeypatch):
+    run = cut_after_epoch_1(CFG, data, tmp_path, "cut", monkeypatch)
+    other = make_dataset(tmp_path / "other", n_train=48, n_test=12, seed=1, image_size=32)
+    with pytest.raises(ValueError, match=r"trained on other data than .*other.*could put rows it trained on into validation"):
+        train(None, other, resume=run, threads=1, log=lambda m: None)
+    assert not (run / "model.safetensors").exists()
+
+
 def test_predict_reads_the_run_and_keeps_every_test_row(full_run, data, tmp_path):
     dataset = load_dataset(data)
     probs = predict_proba(full_run, dataset)

@@ -325,3 +325,45 @@ def test_finetune_keeps_batchnorm_statistics_unless_told_otherwise(dataset, tmp_
     weights = [k for k in before if k.endswith("conv_stem.weight")]
     assert stats and weights and not torch.equal(before[weights[0]], after[weights[0]])  # it trained
     assert all(torch.equal(before[k], after[k]) for k in stats) == freeze_bn
+
+
+def test_a_plain_cache_copied_under_the_fine_tuned_name_is_refused(data_root, tmp_path):
+    import shutil
+
+    extract(load_dataset(data_root), "efficientnet_lite0", tmp_path, **FAST)
+    shutil.copy(cache_path(tmp_path, "efficientnet_lite0"), cache_path(tmp_path, "efficientnet_lite0_ft"))
+    with pytest.raises(StoreError, match=r"efficientnet_lite0_ft.h5: holds features of encoder 'efficientnet_lite0' "
+                                         r"\(cache name 'efficientnet_lite0'\), not 'efficientnet_lite0_ft'"):
+        open_features(tmp_path, "efficientnet_lite0_ft")
+    assert open_features(tmp_path, "efficientnet_lite0").features.shape[1] == 1280
+
+
+def test_one_flipped_bit_in_the_features_is_detected_and_named(data_root, tmp_path):
+    """fletcher32 checksums per chunk: corruption is a StoreError naming the file, not a feature."""
+    extract(load_dataset(data_root), "efficientnet_lite0", tmp_path, **FAST)
+    path = cache_path(tmp_path, "efficientnet_lite0")
+    with h5py.File(path) as f:
+        offset = f["features"].id.get_chunk_info(0).byte_offset + 100
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x04
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"efficientnet_lite0.h5: corrupt or truncated feature cache"):
+        open_features(tmp_path, "efficientnet_lite0")
+
+
+def test_a_cache_built_with_lenient_is_usable_later_and_its_skipped_rows_are_reported(data_root, tmp_path, capsys):
+    import shutil
+
+    from featcache.stage2.experiment import fit_head
+    from heads.train import HeadConfig
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    (root / "data" / "5.jpg").write_bytes(b"not a jpeg")
+    dataset = load_dataset(root)
+    run(dataset, tmp_path / "c", lenient=True)
+    run(dataset, tmp_path / "c", name="minilm_l6")
+    _, result = fit_head(root, tmp_path / "c", ["efficientnet_lite0", "minilm_l6"], HeadConfig(width=8, epochs=1),
+                         runs=tmp_path / "runs")
+    assert result.metrics["n_train"] + result.metrics["n_val"] == len(dataset.train) - 1
+    assert "skipped 1 train.csv rows absent from the caches efficientnet_lite0, minilm_l6" in capsys.readouterr().err

@@ -269,6 +269,18 @@ def _csv(root: Path, name: str, edit) -> None:
     path.write_text(edit(path.read_text()))
 
 
+def decompression_bomb(side: int = 30000) -> bytes:
+    """A PNG header of side x side pixels (900 M at 30000) in a few hundred KB: PIL refuses it from
+    the header, before decoding anything."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+    header = side.to_bytes(4, "big") * 2 + b"\x08\x00\x00\x00\x00"  # 8-bit grayscale
+    rows = zlib.compress(b"".join(b"\x00" + bytes(side) for _ in range(64)))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
 # fault -> (damage the copied dataset, what a strict run must name). A lenient run skips one row.
 DATA_FAULTS = {
     "missing test image": (lambda r: (r / "data" / "26.jpg").unlink(),
@@ -284,6 +296,10 @@ DATA_FAULTS = {
                                   r"test.csv:3: ImageID '1.jpg' is also in train.csv line \d+"),
     "test.csv ID without image": (lambda r: _csv(r, "test.csv", lambda t: t + '99.jpg,"no such image"\n'),
                                   r"data/99.jpg: image file not found \(test.csv line \d+, ImageID 99.jpg\)"),
+    "ImageID with a folder path (../)": (lambda r: _csv(r, "train.csv", lambda t: t.replace("\n6.jpg,", "\n../6.jpg,", 1)),
+                                         r"train.csv:\d+: ImageID '\.\./6.jpg' is not a file name inside data/"),
+    "decompression bomb (30000 x 30000 PNG)": (lambda r: _image(r, "8.jpg", decompression_bomb()),
+                                               r"data/8.jpg: refused as a decompression bomb .*train.csv line \d+, ImageID 8.jpg"),
 }
 
 

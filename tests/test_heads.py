@@ -7,6 +7,9 @@ and caches built by stage 1's extract with random-init encoders."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +26,8 @@ from heads.fusion import FUSIONS
 from heads.losses import asl, bce, focal
 from heads.planted import make_planted
 from heads.train import Head, HeadConfig, _pick_views
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FAST = dict(width=64, epochs=40, max_steps=0, patience=6, lr=3e-3, batch_size=128)
 
@@ -204,6 +209,31 @@ def test_predict_keeps_every_row_in_order_with_a_label_each(planted_run, tmp_pat
     assert f1(y, pred) > baseline(load_dataset(root).targets(), y) + 0.2
 
 
+def test_predict_never_writes_over_an_input_a_directory_or_into_a_missing_folder(planted_run, tmp_path):
+    root, cache, runs, res = planted_run
+    run = runs / res["run"]
+    before = {p: p.read_bytes() for p in (root / "test.csv", run / "thresholds.json")}
+    for out, says in [(root / "test.csv", "is an input of this command"), (run / "thresholds.json", "is an input"),
+                      (tmp_path, "is a directory"), (tmp_path / "no" / "s.csv", "folder " + str(tmp_path / "no") + " does not exist")]:
+        code, msg = invoke("predict", "--run", run, "--data", root, "--cache", cache, "--out", out)
+        assert code == 2 and "error: " in msg and says in msg and "Traceback" not in msg, msg
+    assert all(p.read_bytes() == data for p, data in before.items())
+
+
+def test_a_full_disk_during_predict_keeps_the_previous_submission_whole(planted_run, tmp_path):
+    """`ulimit -f 1` (1 KiB): the submission (~2 KiB) cannot be written. The previous one, written
+    before, stays as it was, and no cut-off file that looks like a shorter valid one is left."""
+    root, cache, runs, res = planted_run
+    out = tmp_path / "submission.csv"
+    out.write_text("ImageID,Labels\nprevious,1\n")
+    cmd = (f"ulimit -f 1; exec {sys.executable} cli.py predict --run {runs / res['run']} --data {root} "
+           f"--cache {cache} --out {out}")
+    proc = subprocess.run(["bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "cannot write it" in proc.stderr and "previous file is unchanged" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and out.read_text() == "ImageID,Labels\nprevious,1\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]  # the temporary file is gone too
+
+
 def test_predict_refuses_a_cache_with_another_fingerprint(planted_run, tmp_path):
     import shutil
 
@@ -275,3 +305,23 @@ def test_each_fusion_on_caches_from_stage1_extract(synth_root, synth_caches, fus
     res = json.loads(out)
     split = Split.of(load_dataset(synth_root))
     assert res["sample_f1"] > baseline(split.y_train, split.y_val) and res["map"] > split.y_val.mean()
+
+
+@pytest.mark.parametrize("damage", ["head.safetensors", "head.json", "thresholds.json", "config.json"])
+def test_a_damaged_file_in_a_run_is_a_clear_error_naming_it(planted_run, tmp_path, damage):
+    import shutil
+
+    root, cache, runs, res = planted_run
+    run = tmp_path / "run"
+    shutil.copytree(runs / res["run"], run)
+    (run / damage).write_bytes((run / damage).read_bytes()[:40])  # cut off, as a full disk or a kill leaves it
+    code, msg = invoke("predict", "--run", run, "--data", root, "--cache", cache, "--out", tmp_path / "s.csv")
+    assert code == 2 and "error: " in msg and "Traceback" not in msg and damage.split(".")[0] in msg, msg
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_truncated_results_table_is_a_clear_error(planted_run, tmp_path):
+    table = tmp_path / "results.parquet"
+    table.write_bytes(b"PAR1" + b"\x00" * 40)
+    code, msg = invoke("report", "--results", table, "--runs", tmp_path, "--out", tmp_path / "report")
+    assert code == 2 and "results.parquet: cannot read the results table" in msg and "Traceback" not in msg, msg

@@ -48,6 +48,10 @@ def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path = "ru
         data = data or saved["data"]
     run_dir = Path(resume) if resume else Path(runs) / broadcast(run_name or new_run_name(cfg), proc)
     dataset = load_dataset(data)
+    if saved and saved.get("dataset_fingerprint") not in (None, dataset.fingerprint()):
+        raise ValueError(f"{run_dir}: trained on other data than {dataset.root} (dataset fingerprint "
+                         f"{saved['dataset_fingerprint']}, now {dataset.fingerprint()}): resuming could put rows it "
+                         f"trained on into validation. Resume with the run's data ({saved['data']}), or start a new run")
     num_labels = dataset.label_space.num_labels
     train_part, val_part = split(dataset, cfg)
     torch.manual_seed(cfg.seed)
@@ -62,7 +66,7 @@ def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path = "ru
     if saved:
         say(f"{run_dir}: resuming after epoch {state['epoch']} of {cfg.epochs}")
     elif proc.main:
-        write_config(run_dir, cfg, order, dataset, world_size=proc.world, train_rows=len(train_part.records),
+        write_config(run_dir, cfg, order, dataset, dataset_fingerprint=dataset.fingerprint(), world_size=proc.world, train_rows=len(train_part.records),
                      validation_rows=len(val_part.records), init_weights={k: str(v) for k, v in weights.items()},
                      trainable_params=trainer.trainable_params, total_params=sum(p.numel() for p in model.parameters()))
     workers = default_workers(proc) if num_workers is None else num_workers

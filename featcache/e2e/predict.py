@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..data import Dataset, Record, write_submission
+from ..data import Dataset, Record
+from ..outputs import write_submission
 from ..thresholds import Thresholds
 from ..weights import WeightsNotFound
 from .batches import batches, evaluate, sigmoid
@@ -34,7 +36,11 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[E2EModel, E2ECon
         model = build_model(cfg, saved["num_labels"], saved["encoders"])
     except WeightsNotFound:  # the weights file overwrites every tensor: a random skeleton is enough
         model = build_model(replace(cfg, pretrained=False), saved["num_labels"], saved["encoders"])
-    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    try:
+        model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    except (OSError, RuntimeError, SafetensorError) as e:  # a damaged file, or weights of another model
+        raise ValueError(f"{run_dir / 'model.safetensors'}: cannot load the model ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]})") from None
     return model.to(device).eval(), cfg, Thresholds.load(run_dir / "thresholds.json")
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..data import Dataset
 from ..encoders import save_weights
+from ..outputs import replacing, write_text
 from ..registry import cache_name
 from ..thresholds import fit_thresholds, threshold_report
 from .config import E2EConfig
@@ -35,14 +36,17 @@ def write_config(run_dir: Path, cfg: E2EConfig, order: list[str], dataset: Datas
     run_dir.mkdir(parents=True, exist_ok=False)
     config = {"kind": KIND, "config": asdict(cfg), "encoders": order, "num_labels": dataset.label_space.num_labels,
               "label_ids": list(dataset.label_space.ids), "data": str(dataset.root), **facts}
-    (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+    write_text(run_dir / "config.json", json.dumps(config, indent=1))
 
 
 def read_config(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{run_dir}: no config.json: not an end-to-end run directory (finetune writes one)")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable run config ({type(e).__name__}: {e})") from None
 
 
 def finish(run_dir: Path, model, cfg: E2EConfig, y_val: np.ndarray, probs: np.ndarray, state: dict, say) -> None:
@@ -52,7 +56,7 @@ def finish(run_dir: Path, model, cfg: E2EConfig, y_val: np.ndarray, probs: np.nd
     th.save(run_dir / "thresholds.json")
     metrics = {**threshold_report(y_val, probs, th, cfg.metric, cfg.threshold_mode),  # laid out as stage 2's
                "n_val": len(y_val), "epochs": state["epoch"], "history": state["history"]}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))  # the marker: written last
     say(f"{run_dir}: validation sample-F1 {metrics['at_0.5']['sample_f1']:.4f} at 0.5, "
         f"{metrics['tuned']['sample_f1']:.4f} with tuned thresholds ({metrics['tuned_out_of_fold']:.4f} out of fold)")
 
@@ -66,8 +70,10 @@ def write_tables(run_dir: Path, state: dict) -> None:
     import polars as pl
 
     hist, steps = pl.DataFrame(state["history"]), pl.DataFrame(state["steps"])
-    hist.write_csv(run_dir / "history.csv")
-    steps.write_csv(run_dir / "steps.csv")
+    with replacing(run_dir / "history.csv") as tmp:
+        hist.write_csv(tmp)
+    with replacing(run_dir / "steps.csv") as tmp:
+        steps.write_csv(tmp)
     fig, ax = plt.subplots(figsize=(6, 4))
     per_epoch = steps.group_by("epoch").agg(pl.len().alias("n")).sort("epoch")
     offset = dict(zip(per_epoch["epoch"], np.cumsum([0] + per_epoch["n"].to_list()[:-1])))
@@ -79,7 +85,8 @@ def write_tables(run_dir: Path, state: dict) -> None:
     ax.set(xlabel="step", ylabel="BCE loss", title="Training loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(run_dir / "loss.png", dpi=100)
+    with replacing(run_dir / "loss.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(hist["epoch"], hist["val_sample_f1"], "o-", label="sample-F1 (0.5)")
@@ -87,5 +94,6 @@ def write_tables(run_dir: Path, state: dict) -> None:
     ax.set(xlabel="epoch", ylabel="validation score", title="Validation F1 per epoch", xticks=hist["epoch"].to_list())
     ax.legend()
     fig.tight_layout()
-    fig.savefig(run_dir / "val_f1.png", dpi=100)
+    with replacing(run_dir / "val_f1.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)

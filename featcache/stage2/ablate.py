@@ -35,6 +35,7 @@ import numpy as np
 import polars as pl
 
 from featcache.data import LabelSpace, load_dataset
+from featcache.outputs import replacing, write_study, write_text
 from featcache.stage2.experiment import Split, fit_eval, load_features, results_row, save_run
 from heads.fusion import FUSIONS
 from heads.train import HeadConfig
@@ -85,7 +86,7 @@ def ablate(data: str | Path, cache: str | Path, encoders: list[str] | None = Non
     features = load_features(cache, names, dataset)
     runs = Path(runs)
     out = Path(out) if out else runs / f"ablate-{datetime.now():%Y%m%d-%H%M%S}"
-    table, raw = ablate_features(features, Split.of(dataset), dataset.label_space, out, fusions=fusions, seeds=seeds,
+    table, raw = ablate_features(features, Split.of(dataset).present_in(features), dataset.label_space, out, fusions=fusions, seeds=seeds,
                                  grid=grid, metric=metric, threshold_mode=threshold_mode,
                                  results=runs / "results.parquet", runs_root=runs, progress=progress)
     return table, raw, out
@@ -135,11 +136,9 @@ def ablate_features(features: list[FeatureSet], split: Split, label_space: Label
     if results is not None:
         append_results(results, rows)
     table = summarize(raw)
-    raw.write_parquet(out_dir / "raw.parquet")
-    table.write_parquet(out_dir / "table.parquet")
-    table.write_csv(out_dir / "table.csv")
+    write_study(out_dir, raw, table)
     chart(table, out_dir / "chart.png")
-    (out_dir / "plan.json").write_text(json.dumps({"base": base.__dict__, "fusions": fusions, "seeds": seeds,
+    write_text(out_dir / "plan.json", json.dumps({"base": base.__dict__, "fusions": fusions, "seeds": seeds,
                                                    "grid": grid, "metric": metric, "threshold_mode": threshold_mode,
                                                    "time": datetime.now().isoformat(timespec="seconds")}, indent=1))
     return table, raw
@@ -185,6 +184,7 @@ def chart(table: pl.DataFrame, path: Path) -> Path:
     ax.set_xlabel("validation sample-F1 (tuned thresholds), mean ± std over seeds")
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return path

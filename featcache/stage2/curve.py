@@ -32,6 +32,7 @@ import numpy as np
 import polars as pl
 
 from featcache.data import load_dataset
+from featcache.outputs import replacing, write_study, write_text
 from featcache.stage2.experiment import Split, fit_eval, load_features
 from heads.train import HeadConfig
 from stores.features import FeatureSet
@@ -50,7 +51,7 @@ def learning_curve(data: str | Path, cache: str | Path, encoder_sets: list[list[
     Returns (summary, fitted laws, raw points, out)."""
     dataset = load_dataset(data)
     sets = [load_features(cache, names, dataset) for names in encoder_sets]
-    raw = curve_points(sets, Split.of(dataset), base, fractions, seeds, metric, threshold_mode, progress)
+    raw = curve_points(sets, Split.of(dataset).present_in([fs for s in sets for fs in s]), base, fractions, seeds, metric, threshold_mode, progress)
     out = Path(out) if out else Path(runs) / f"curve-{datetime.now():%Y%m%d-%H%M%S}"
     table, fits = write(raw, out, list(extrapolate_to), target)
     return table, fits, raw, out
@@ -162,7 +163,8 @@ def chart(table: pl.DataFrame, fits: dict[str, dict], path: Path, target: float 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return path
 
@@ -172,9 +174,7 @@ def write(raw: pl.DataFrame, out_dir: Path, at: list[int], target: float | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     table = summarize(raw)
     fits = extrapolate(raw, at)
-    raw.write_parquet(out_dir / "raw.parquet")
-    table.write_parquet(out_dir / "table.parquet")
-    table.write_csv(out_dir / "table.csv")
-    (out_dir / "fits.json").write_text(json.dumps(fits, indent=1))
+    write_study(out_dir, raw, table)
+    write_text(out_dir / "fits.json", json.dumps(fits, indent=1))
     chart(table, fits, out_dir / "curve.png", target)
     return table, fits

@@ -18,6 +18,7 @@ data.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -26,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from featcache.data import Dataset, LabelSpace, load_dataset, write_submission
+from featcache.data import Dataset, LabelSpace, load_dataset
 from featcache.metrics import AVERAGES, mean_average_precision, per_label_table
+from featcache.outputs import write_submission, write_text
 from featcache.registry import cache_name
 from featcache.split import nested_share, train_val_split
 from featcache.thresholds import Thresholds, apply_thresholds, fit_thresholds, threshold_report
@@ -55,6 +57,22 @@ class Split:
         tr, va = train_val_split(y, val_fraction=val_fraction, seed=seed)
         ids = np.array([r.image_id for r in dataset.train])
         return cls(ids[tr], ids[va], y[tr], y[va], seed)
+
+    def present_in(self, features: list[FeatureSet], say=None) -> Split:
+        """Only the rows every cache holds. A cache extracted with --lenient lacks the rows it could
+        not read; the split is drawn over all rows first, so every other row keeps its part, and the
+        rows left out are reported (to `say`, default stderr)."""
+        present = set.intersection(*(set(fs.ids.tolist()) for fs in features))
+        keep_tr = np.array([i in present for i in self.ids_train], dtype=bool)
+        keep_va = np.array([i in present for i in self.ids_val], dtype=bool)
+        if keep_tr.all() and keep_va.all():
+            return self
+        absent = [str(i) for i in np.concatenate([self.ids_train[~keep_tr], self.ids_val[~keep_va]])]
+        (say or (lambda m: print(m, file=sys.stderr)))(
+            f"skipped {len(absent)} train.csv rows absent from the caches {', '.join(fs.name for fs in features)} "
+            f"(unreadable when extracted with --lenient): {', '.join(absent[:10])}{' ...' if len(absent) > 10 else ''}")
+        return Split(self.ids_train[keep_tr], self.ids_val[keep_va], self.y_train[keep_tr], self.y_val[keep_va],
+                     self.seed, self.fraction)
 
     def share(self, fraction: float, seed: int | None = None) -> Split:
         """The first `fraction` of the train rows in seed's order (default: the split's seed; nested
@@ -119,7 +137,7 @@ def fit_head(data: str | Path, cache: str | Path, encoders: list[str], cfg: Head
     RunError when the run cannot be written."""
     dataset = load_dataset(data)
     features = load_features(cache, encoders, dataset)
-    split = Split.of(dataset).share(train_fraction)
+    split = Split.of(dataset).present_in(features).share(train_fraction)
     result = fit_eval(features, split, cfg, metric, threshold_mode, list(dataset.label_space.names))
     rid = run_id(result.encoders, cfg)
     try:
@@ -136,7 +154,8 @@ def run_id(encoders: list[str], cfg: HeadConfig) -> str:
 
 
 def save_run(result: FitResult, run_dir: Path, label_space: LabelSpace, dataset_fingerprint: str | None = None) -> Path:
-    """head.safetensors + head.json, config.json, thresholds.json, metrics.json, per_label.csv."""
+    """head.safetensors + head.json, config.json, thresholds.json, per_label.csv, and metrics.json
+    last: a run is complete (listed, ranked, used) only once metrics.json is there."""
     run_dir = Path(run_dir)
     result.head.save(run_dir)
     config = {"encoders": result.encoders, "fingerprints": result.fingerprints, "caches": result.caches,
@@ -144,10 +163,10 @@ def save_run(result: FitResult, run_dir: Path, label_space: LabelSpace, dataset_
               "label_ids": list(label_space.ids), "label_names": list(label_space.names),
               "split_seed": result.metrics["split_seed"], "train_fraction": result.metrics["train_fraction"],
               "dataset_fingerprint": dataset_fingerprint}
-    (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+    write_text(run_dir / "config.json", json.dumps(config, indent=1))
     result.thresholds.save(run_dir / "thresholds.json")
-    (run_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
     pl.DataFrame(result.per_label).write_csv(run_dir / "per_label.csv")
+    write_text(run_dir / "metrics.json", json.dumps(result.metrics, indent=1))  # the marker: last
     return run_dir
 
 

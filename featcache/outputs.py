@@ -1,0 +1,72 @@
+"""Outputs that are never lost or half written, and never written over an input.
+
+    write_submission(out, ids, labels, inputs=[dataset.root / "test.csv", dataset.root / "train.csv"])
+    with replacing(path) as tmp:            # for writers that take a path (parquet, safetensors, PNG)
+        frame.write_parquet(tmp)
+
+Each output is written to a temporary file beside its target, flushed to disk and renamed into
+place: a full disk, a kill or a read-only folder leaves the previous file as it was, and a reader
+never sees half of one. What cannot be written is an `OutputError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+class OutputError(ValueError):
+    """An output cannot be written where asked; the message names it and says what was kept."""
+
+
+def check_target(path: str | Path, inputs=()) -> Path:
+    """The target as a Path, or OutputError when it is a directory, its folder is missing, or it is
+    one of the command's own inputs (a dataset file, a cache, a run's file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory; give a file name inside it, e.g. {path / 'submission.csv'}")
+    if not path.parent.is_dir():
+        raise OutputError(f"{path}: folder {path.parent} does not exist; create it first")
+    target = path.resolve()
+    for source in inputs:
+        if Path(source).resolve() == target:
+            raise OutputError(f"{path}: is an input of this command ({source}); write the output elsewhere")
+    return path
+
+
+@contextlib.contextmanager
+def replacing(path: str | Path, inputs=()):
+    """Yield a temporary path beside `path`; once the block has written it, it replaces `path`."""
+    path = check_target(path, inputs)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+        raise OutputError(f"{path}: cannot write it ({e.strerror or e}); {kept}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str, inputs=()) -> Path:
+    with replacing(path, inputs) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_submission(path: str | Path, image_ids: list[str], labels: list[tuple[int, ...]], inputs=()) -> Path:
+    """Kaggle format: ImageID,Labels with labels space separated."""
+    lines = ["ImageID,Labels"] + [f"{i},{' '.join(map(str, ls))}" for i, ls in zip(image_ids, labels, strict=True)]
+    return write_text(path, "\n".join(lines) + "\n", inputs)
+
+
+def write_study(out_dir: str | Path, raw, table) -> None:
+    """A study's rows and their summary (polars frames): raw.parquet, table.parquet, table.csv."""
+    for name, frame, write in [("raw.parquet", raw, "write_parquet"), ("table.parquet", table, "write_parquet"),
+                               ("table.csv", table, "write_csv")]:
+        with replacing(Path(out_dir) / name) as tmp:
+            getattr(frame, write)(tmp)

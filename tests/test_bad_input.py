@@ -1,0 +1,57 @@
+"""Every command, given a user's mistake, exits with code 2 and a one-line reason: never a Python
+traceback. Options are checked when parsed, before any work (a wrong --epochs never trains)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from featcache.synth import make_dataset
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bad")
+    good = make_dataset(base / "good", 16, 4, seed=0, image_size=16)
+    listed = make_dataset(base / "listed", 16, 4, seed=0, image_size=16)
+    (listed / "labels.json").write_text("[1, 2, 3]")
+    folder = make_dataset(base / "folder", 16, 4, seed=0, image_size=16)
+    (folder / "train.csv").unlink()
+    (folder / "train.csv").mkdir()
+    import torch
+
+    torch.save({"embeddings.word_embeddings.weight": torch.zeros(10, 7)}, base / "wrong.pt")  # another model's tensor
+    return {"good": good, "listed": listed, "folder": folder, "base": base}
+
+
+EXTRACT = ["extract", "--encoder", "minilm_l6", "--random-init", "--cache", "{base}/cache"]
+CASES = [
+    (["fit-head", "--encoders", "a", "--epochs", "-1"], "--epochs"),
+    (["fit-head", "--encoders", "a", "--epochs", "0"], "--epochs"),
+    (["fit-head", "--encoders", "a", "--batch-size", "0"], "--batch-size"),
+    (["fit-head", "--encoders", "a", "--dropout", "1.5"], "--dropout"),
+    (["fit-head", "--encoders", "a", "--train-fraction", "0"], "--train-fraction"),
+    (["ablate", "--encoders", "a", "--seeds", "0"], "--seeds"),
+    (["learning-curve", "--encoders", "a", "--seeds", "0"], "--seeds"),
+    (["finetune", "--epochs", "0"], "--epochs"),
+    (["finetune", "--device", "gpu"], "--device"),
+    ([*EXTRACT, "--data", "{good}", "--batch-size", "100000000"], "--batch-size"),
+    ([*EXTRACT, "--data", "{good}", "--device", "cuda:99"], "--device"),
+    ([*EXTRACT, "--data", "{good}", "--backend", "tensorrt"], "expected one of auto, torch, openvino"),
+    ([*EXTRACT, "--data", "{good}", "--precision", "fp16"], "fp16 is for GPUs"),
+    ([*EXTRACT, "--data", "{listed}"], "labels.json: expected a non-empty JSON object"),
+    ([*EXTRACT, "--data", "{folder}"], "train.csv: cannot read it"),
+    (["extract", "--encoder", "minilm_l6", "--weights", "{base}/wrong.pt", "--data", "{good}", "--cache", "{base}/cache",
+      "--backend", "torch"], "wrong.pt does not fit the model"),
+    (["fit-head", "--encoders", "nothere", "--data", "{good}", "--cache", "{base}/cache"], "nothere"),
+    (["make-data", "{base}/made", "--n-train", "0"], "--n-train"),
+]
+
+
+@pytest.mark.parametrize("args, says", CASES, ids=[" ".join(a[:1] + a[-2:]) for a, _ in CASES])
+def test_a_mistake_exits_2_with_its_reason_and_no_traceback(roots, args, says):
+    result = CliRunner().invoke(app, [a.format(**roots) for a in args])
+    text = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert result.exit_code == 2, (result.exit_code, text, result.exception)
+    assert says in text and "error" in text.lower() and "Traceback" not in text, text
