@@ -130,7 +130,7 @@ def extract_cmd(
     finetune_augment: bool = typer.Option(None, help="Fine-tuning draws the study's image augmentations (default: FinetuneCfg's)."),
     views: int = typer.Option(0, min=0, max=64, help="Also cache K augmented views of each train image."),
     image_size: int = typer.Option(None, min=8, max=4096, help="Override the encoder's input size (changes the fingerprint)."),
-    force: bool = typer.Option(False, help="Rebuild a cache built from a different configuration."),
+    force: bool = typer.Option(False, help="Rebuild the cache even if one exists (one of another configuration, or damaged, is refused without it)."),
     weights: Path = typer.Option(None, help="Weights file or Hugging Face directory (first in the lookup order)."),
     random_init: bool = typer.Option(False, help="Random weights: tests and speed measurements only."),
     lenient: bool = typer.Option(False, help="Skip, count and report unreadable images instead of failing."),

@@ -127,27 +127,31 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
     fingerprint = spec_hash(spec)
     path = cache_path(cache_dir, name)
 
-    def warm() -> ExtractResult | None:
+    def warm(rebuild: bool = force) -> ExtractResult | None:
         """The existing cache if it is complete and built from this configuration; refuse a
-        different one unless force (then it is rebuilt beside it and replaced atomically)."""
+        different one. With `rebuild` (--force) any existing cache is rebuilt beside it and
+        replaced atomically: also one of this configuration whose bytes are damaged."""
         if not path.exists():
             return None
         try:
             attrs = read_attrs(path)
         except StoreError:
-            if not force:
+            if not rebuild:
                 raise
             say(f"{path}: unreadable, rebuilding (--force)")
             return None
         old = json.loads(attrs.get("fingerprint_spec", "{}"))
         same_model = {k: v for k, v in old.items() if k != "compute"} == {k: v for k, v in spec.items() if k != "compute"}
         if attrs.get("complete") and (attrs.get("fingerprint") == fingerprint or (chosen and same_model)):
+            if rebuild:
+                say(f"{path}: rebuilding it (--force)")
+                return None
             if attrs.get("fingerprint") != fingerprint:
                 say(f"{path}: built on {_compute_of(old)}; used as it is (--backend/--precision auto)")
             return ExtractResult(name, path, attrs["fingerprint"], int(attrs["rows"]), True, time.perf_counter() - t0,
                                  skipped=json.loads(attrs.get("skipped", "[]")), messages=messages,
                                  compute=_compute_of(old))
-        if not force:
+        if not rebuild:
             raise StoreError(f"{path}: cache built from a different configuration (fingerprint {attrs.get('fingerprint')} "
                              f"!= {fingerprint}; differs in: {_differences(old, spec)}). Not mixing them: rerun with "
                              f"--force to rebuild it, or use another --cache directory.")
@@ -168,13 +172,16 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
     path.parent.mkdir(parents=True, exist_ok=True)
     out = shard_path(path, shard, num_shards) if num_shards > 1 else path
     lock = FileLock(str(out) + ".lock")
+    waited = False
     try:
         lock.acquire(timeout=0)
     except Timeout:
         say(f"{out}: another process is extracting it; waiting for it to finish")
         lock.acquire()
+        waited = True
     try:
-        if (hit := warm()) is not None:  # the other process finished it while we waited
+        # the other process finished it while we waited: use it, even under --force (it is new)
+        if (hit := warm(rebuild=force and not waited)) is not None:
             return hit
         config = {"fingerprint_spec": spec, "encoder_cfg": json.loads(json.dumps(asdict(cfg), default=str)),
                   "weights_source": {"kind": source.kind, "path": str(source.path) if source.path else None},

@@ -113,7 +113,7 @@ def open_features(cache_dir: str | Path, name: str) -> FeatureSet:
             views = _read_float32(f["views"]) if "views" in f else None
             valid = f["valid"][()].astype(bool) if "valid" in f else None
     except (OSError, KeyError, ValueError) as e:
-        raise StoreError(f"{path}: corrupt or truncated feature cache ({e}); delete it and extract again") from None
+        raise StoreError(f"{path}: corrupt or truncated feature cache ({e}); rebuild it: extract again with --force") from None
     # A renamed or copied file: the name must be the one extract gives what it holds (`_ft`: fine-tuned)
     finetuned = bool(json.loads(attrs.get("fingerprint_spec") or "{}").get("finetune"))
     built_as = cache_name(str(attrs.get("encoder"))) + ("_ft" if finetuned else "")

@@ -349,6 +349,11 @@ def test_one_flipped_bit_in_the_features_is_detected_and_named(data_root, tmp_pa
     path.write_bytes(bytes(data))
     with pytest.raises(StoreError, match=r"efficientnet_lite0.h5: corrupt or truncated feature cache"):
         open_features(tmp_path, "efficientnet_lite0")
+    extract(load_dataset(data_root), "efficientnet_lite0", tmp_path / "clean", **FAST)
+    rebuilt = extract(load_dataset(data_root), "efficientnet_lite0", tmp_path, force=True, **FAST)  # same configuration
+    assert not rebuilt.warm
+    np.testing.assert_array_equal(open_features(tmp_path, "efficientnet_lite0").features,
+                                  open_features(tmp_path / "clean", "efficientnet_lite0").features)
 
 
 def test_a_cache_built_with_lenient_is_usable_later_and_its_skipped_rows_are_reported(data_root, tmp_path, capsys):
