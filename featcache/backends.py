@@ -121,8 +121,11 @@ def runner(encoder, compute: Compute, device: str, key: str, threads: int | None
         except Exception as e:  # a converter's failure can be any exception type
             lines = [line.strip("- ") for line in str(e).splitlines() if line.strip("- ")]
             reason = f"{type(e).__name__}: {lines[-1][:300] if lines else ''}"  # the converter's summary is last
-            (model_dir() / f"{key}.failed").write_text(reason)
-            say(f"{encoder.cfg.name}: does not convert to OpenVINO ({reason}); running it on torch {compute.precision}")
+            marker = model_dir() / f"{key}.failed"
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(reason)
+            say(f"{encoder.cfg.name}: does not convert to OpenVINO ({reason}); running it on torch {compute.precision} "
+                f"(remembered in {marker}: delete it to try again)")
             compute = Compute("torch", compute.precision)
     return TorchRunner(encoder, compute, device, say), compute
 
