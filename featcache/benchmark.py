@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import platform
 import sys
@@ -24,8 +25,12 @@ import polars as pl
 import torch
 from safetensors.torch import save_model
 from torch import nn
-from torch.utils.benchmark import Timer
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+# torch.utils.benchmark imports the C++ extension builder, which warns "No CUDA runtime is found"
+# on any CPU machine with a CUDA_HOME; nothing here builds extensions, so the warning is only noise.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils.benchmark import Timer  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count  # noqa: E402
 
 from .outputs import replacing, write_text
 

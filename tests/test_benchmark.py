@@ -215,3 +215,14 @@ def test_report_cli_measures_the_models_it_lacks(tmp_path):
     e2e_row = t.filter(pl.col("model").str.starts_with("efficientnet_lite0 + minilm_l6 / e2e"))
     assert len(e2e_row) == 1 and e2e_row["size_mb"][0] * bm.MB == pytest.approx((final / "model.safetensors").stat().st_size,
                                                                               abs=1024)
+
+
+def test_importing_the_benchmark_prints_no_stray_warning():
+    """torch.utils.benchmark warns "No CUDA runtime is found" on a CPU machine with a CUDA_HOME."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-c", "import featcache.benchmark"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
