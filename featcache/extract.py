@@ -79,6 +79,12 @@ def fingerprint_spec(cfg: EncoderCfg, source: WeightsSource, dataset: Dataset, v
         "dtype": dtype,
         "featcache_version": __version__,
     }
+    return with_compute(spec, compute)
+
+
+def with_compute(spec: dict, compute: Compute) -> dict:
+    """The spec on another compute path; torch fp32, the reference, adds nothing (old fingerprints hold)."""
+    spec = {k: v for k, v in spec.items() if k != "compute"}
     if not compute.is_reference:
         spec["compute"] = {"backend": compute.backend, "precision": compute.precision}
     return spec
@@ -117,13 +123,13 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
     if views and cfg.is_text:
         raise ValueError(f"{cfg.name}: --views applies to image encoders only")
     name = cache_name(cfg.name) + ("_ft" if finetuned else "")
-    spec = fingerprint_spec(cfg, source, dataset, views, dtype, finetuned)
+    spec = fingerprint_spec(cfg, source, dataset, views, dtype, finetuned)  # hashes the weights: once
     key = model_key({k: spec[k] for k in ("encoder", "weights_sha256", "preprocessing", "finetune")}) \
         if compute.backend == "openvino" else ""
     if key and (why := failed_before(key)):
         say(f"{cfg.name}: did not convert to OpenVINO before ({why}); running it on torch {compute.precision}")
         compute = Compute("torch", compute.precision)
-    spec = fingerprint_spec(cfg, source, dataset, views, dtype, finetuned, compute)
+    spec = with_compute(spec, compute)
     fingerprint = spec_hash(spec)
     path = cache_path(cache_dir, name)
 
@@ -162,7 +168,7 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
         return hit
     encoder, run, used = _model(cfg, source, compute, device, key, threads, say)
     if used != compute:  # it did not convert: the features will be torch's, and so is the fingerprint
-        compute, spec = used, fingerprint_spec(cfg, source, dataset, views, dtype, finetuned, used)
+        compute, spec = used, with_compute(spec, used)
         fingerprint = spec_hash(spec)
         if (hit := warm()) is not None:
             return hit
@@ -205,8 +211,7 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
 
 
 def _compute_of(spec: dict) -> str:
-    c = spec.get("compute") or {"backend": "torch", "precision": "fp32"}
-    return f"{c['backend']} {c['precision']}"
+    return str(Compute(**spec.get("compute") or {"backend": "torch", "precision": "fp32"}))
 
 
 def _model(cfg: EncoderCfg, source: WeightsSource, compute: Compute, device: str, key: str, threads: int | None, say):
