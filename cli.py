@@ -390,8 +390,8 @@ def fit_head_cmd(
     for name, key in [("at 0.5", "at_0.5"), ("at 0.5 + fallback", "at_0.5_fallback"), (f"tuned ({mode}, {metric})", "tuned")]:
         s = m[key]
         typer.echo(f"{name:<28} {s['sample_f1']:>9.4f} {s['micro_f1']:>9.4f} {s['macro_f1']:>9.4f} {s['map']:>7.4f}")
-    typer.echo(f"tuned thresholds scored out of fold (tuned on one half of the validation rows, scored on the other): "
-               f"{metric} F1 {m['tuned_out_of_fold']:.4f}")
+    typer.echo(f"out of fold (thresholds tuned on one half of the validation rows, scored on the other; "
+               f"compare runs by this): {metric} F1 {m['tuned_out_of_fold']:.4f}")
     if m["thresholds"]["candidates_out_of_fold"]:
         typer.echo("auto's candidates out of fold: " + ", ".join(
             f"{k} {v:.4f}" for k, v in m["thresholds"]["candidates_out_of_fold"].items()) + f" -> {chosen}")

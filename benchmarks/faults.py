@@ -35,9 +35,10 @@ from typer.testing import CliRunner  # noqa: E402
 from cli import app  # noqa: E402
 from featcache.data import load_dataset  # noqa: E402
 from featcache.extract import extract  # noqa: E402
-from featcache.synth import make_dataset  # noqa: E402
+from featcache.synth import flip_bit, make_dataset  # noqa: E402
 from stores.features import StoreError, cache_path, open_features, partial_path  # noqa: E402
-from test_faults import CHILD, CLI_FAST, DATA_FAULTS, ENC, FAST, Evil, kill_child  # noqa: E402
+from test_faults import (CHILD, CLI_FAST, DATA_FAULTS, ENC, FAST, Evil, fit_one, kill_child, kill_in_save,  # noqa: E402
+                         read_only_cli)
 
 
 def lost(cache: Path, clean, skipped: int = 0) -> int:
@@ -167,11 +168,7 @@ def flipped_bit(data, clean, tmp, rng):
     cache = tmp / f"flip{rng.random()}"
     extract(load_dataset(data), ENC, cache, **FAST)
     path = cache_path(cache, ENC)
-    with h5py.File(path) as f:
-        offset = f["features"].id.get_chunk_info(0).byte_offset + rng.randrange(64, 512)
-    raw = bytearray(path.read_bytes())
-    raw[offset] ^= 1 << rng.randrange(8)
-    path.write_bytes(bytes(raw))
+    flip_bit(path, offset=rng.randrange(64, 512), bit=rng.randrange(8))
     try:
         open_features(cache, ENC)
         return "READ WITHOUT NOTICE", len(clean.ids)
@@ -198,6 +195,57 @@ def bad_labels_json(data, clean, tmp, rng):
     out = CliRunner().invoke(app, ["extract", "--data", str(root), "--cache", str(tmp / "lj"), *CLI_FAST])
     named = out.exit_code == 2 and "labels.json: expected a non-empty JSON object" in out.output
     return ("refused, file named; nothing written" if named and not (tmp / "lj").exists() else "UNCLEAR ERROR"), 0
+
+
+def kill_while_saving_a_run(data, clean, tmp, rng):
+    """fit-head killed while writing thresholds.json: the run must be left out everywhere."""
+    from featcache.benchmark import find_runs
+    from featcache.runs import list_runs
+    from stores.results import read_results
+
+    runs, cache = tmp / f"runs{rng.random()}", clean.path.parent
+    done = fit_one(data, cache, runs)
+    code = kill_in_save(data, cache, runs)
+    killed = [d for d in runs.iterdir() if d.is_dir() and d != done]
+    said = []
+    out = CliRunner().invoke(app, ["predict", "--run", str(killed[0]), "--data", str(data), "--cache", str(cache),
+                                   "--out", str(tmp / "killed.csv")]) if killed else None
+    left_out = (code == -signal.SIGKILL and len(killed) == 1 and list_runs(runs, say=said.append) == [done]
+                and said and str(killed[0]) in said[0] and find_runs(runs, "all") == [done]
+                and read_results(runs / "results.parquet")["run"].to_list() == [done.name]
+                and out.exit_code == 2 and "incomplete run" in out.output)
+    return ("left out (named) of list/benchmark, not in results; predict refuses" if left_out
+            else "INCOMPLETE RUN LISTED OR USED"), 0
+
+
+def out_onto_an_input(data, clean, tmp, rng):
+    """learning-curve and report told to write into the dataset, the cache, the runs they read or
+    onto a file: each is refused before any work, and nothing in the inputs changes."""
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    cache, runs = clean.path.parent, tmp / "runs"
+    curve = ["learning-curve", "--encoders", ENC, "--fractions", "1", "--seeds", "1", "--data", str(data), "--cache", str(cache)]
+    report = ["report", "--results", str(runs / "results.parquet"), "--runs", str(runs)]
+    tries = [[*curve, "--out", str(data)], [*curve, "--out", str(cache)], [*curve, "--out", str(data / "train.csv")],
+             [*report, "--out", str(runs)], [*report, "--out", str(data / "train.csv")]]
+    refused = [CliRunner().invoke(app, t) for t in tries]
+    ok = all(r.exit_code == 2 and "error: " in r.output and "fits in" not in r.output for r in refused)
+    same = before == {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    return (f"{len(tries)} refused before any work; inputs unchanged" if ok and same else "WROTE INTO AN INPUT"), 0
+
+
+def read_only_output(data, clean, tmp, rng):
+    """predict --out into a read-only folder (a read-only bind mount: root cannot write it either)."""
+    folder = tmp / f"ro{rng.random()}"
+    folder.mkdir()
+    out = folder / "sub.csv"
+    out.write_text("ImageID,Labels\nprevious,1\n")
+    run = fit_one(data, clean.path.parent, tmp / f"runs{rng.random()}")
+    proc = read_only_cli(folder, "predict", "--run", run, "--data", data, "--cache", clean.path.parent, "--out", out)
+    if proc is None:
+        return "not tried: no user and mount namespaces here", 0
+    named = proc.returncode == 2 and proc.stderr.startswith(f"error: {out}") and "Traceback" not in proc.stderr
+    kept = out.read_text() == "ImageID,Labels\nprevious,1\n"
+    return ("refused before any work, file named; previous file kept" if named and kept else "UNCLEAR ERROR OR LOST FILE"), 0
 
 
 def data_fault(name):
@@ -238,7 +286,10 @@ def main() -> None:
                  ("malicious pickle as --weights", malicious_weights, 1),
                  ("one bit flipped in a complete cache", flipped_bit, 3),
                  ("plain cache copied as <name>_ft", copied_as_fine_tuned, 1),
-                 ("labels.json that is a list", bad_labels_json, 1)]
+                 ("labels.json that is a list", bad_labels_json, 1),
+                 ("kill -9 while fit-head saves its run", kill_while_saving_a_run, 1),
+                 ("--out onto an input or a file (curve, report)", out_onto_an_input, 1),
+                 ("read-only output folder (predict --out)", read_only_output, 1)]
     scenarios += [(f"data: {name}", data_fault(name), 1) for name in DATA_FAULTS]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -1,87 +1,120 @@
-"""How fast are heads? One fit per fusion on 24,000 rows of 1280+384 features, and the whole ablate.
+"""Stage 2 against its arithmetic bound: the two-encoder study (21 head fits) on the real slice.
 
-    python benchmarks/heads.py [--rows 24000] [--cache cache] [--data ../shared/data/comp5329] [--seeds 3]
+    .venv/bin/python benchmarks/heads.py [--cache cache] [--data ../shared/data/comp5329] [--seeds 3]
 
-Part 1 times `Head.fit` (default HeadConfig, early stopping on 6,000 validation rows) on planted
-random features (heads.planted: real-like widths, signal to learn, so early stopping behaves as
-on real data). Target: <= 3 s per fit. Part 2, when caches exist, times the `ablate` study over
-every cache found (up to 4) x the 5 fusions x --seeds seeds, thresholds and run saving included.
-Target: <= 5 min. The load average is printed: another process on the 2 cores slows every row.
+Runs `cli.py ablate --encoders efficientnet_lite0,minilm_l6 --seeds 3` as a user would (a fresh
+process, caches already extracted: `cli.py extract --encoder X --cache cache`) and prints, in one run:
+- its wall time, and its head-training time (the fits' own clocks, from the study's raw.parquet);
+- the bound: every fit's matmul FLOPs (torch's FlopCounterMode over one training step and one
+  validation pass of the same head, times the steps and epochs that fit ran) divided by the
+  matmul rate measured here on the heads' thread count, at the faster of bf16 and fp32 (bf16 is
+  only fast where the CPU has AMX or AVX512-BF16; the heads use whichever that is);
+- their ratio.
+The load average is printed: another process on the cores slows every figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import polars as pl
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from featcache.metrics import mean_average_precision  # noqa: E402
-from featcache.thresholds import fit_thresholds  # noqa: E402
-from heads.fusion import FUSIONS  # noqa: E402
-from heads.planted import make_planted  # noqa: E402
-from heads.train import Head, HeadConfig  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-STUDY = [f for f in FUSIONS if f != "concat_relu"]
-
-
-def fit_table(rows: int, repeats: int = 1) -> list[dict]:
-    n_val = rows // 4
-    xs, y = make_planted(rows + n_val, dims=(1280, 384), seed=0)
-    tr, va = slice(0, rows), slice(rows, None)
-    out = []
-    for fusion in STUDY:
-        times = []
-        for _ in range(repeats):
-            head = Head(HeadConfig(fusion=fusion)).fit([x[tr] for x in xs], y[tr], val=([x[va] for x in xs], y[va]),
-                                                       scorer=mean_average_precision)  # as stage 2 fits them
-            times.append(head.fit_seconds)
-        f1 = fit_thresholds(y[va], head.predict_proba([x[va] for x in xs])).score
-        out.append({"fusion": fusion, "rows": rows, "epochs": len(head.history), "fit_s": min(times), "cpu_s": head.fit_cpu_seconds, "sample_f1": f1})
-    return out
+from heads.losses import LOSSES  # noqa: E402
+from heads.train import HeadConfig, HeadNet  # noqa: E402
 
 
-def ablate_time(cache: Path, data: Path, seeds: int) -> tuple[float, int, list[str]] | None:
-    from featcache.stage2.ablate import ablate
+def matmul_rate(dtype: torch.dtype, threads: int, seconds: float = 1.0) -> float:
+    """FLOP/s of a head's first layer: [512, 1664] @ [1664, 512], the shape that dominates a fit."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(512, 1664, dtype=dtype), torch.randn(1664, 512, dtype=dtype)
+    a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return n * 2 * 512 * 1664 * 512 / (time.perf_counter() - t0)
 
-    names = sorted(p.stem for p in cache.glob("*.h5"))[:4]
-    if not names or not data.is_dir():
-        return None
+
+def head_flops(cfg: HeadConfig, dims: list[int], num_labels: int) -> tuple[float, float]:
+    """(FLOPs of one training step of cfg.batch_size rows, FLOPs per validation row), counted by torch."""
+    net = HeadNet(dims, num_labels, cfg)
+    x = net.prepare([torch.randn(cfg.batch_size, d) for d in dims])
+    y = torch.zeros(cfg.batch_size, num_labels)
+    with FlopCounterMode(display=False) as train:
+        LOSSES[cfg.loss](net.logits(x), y).backward()
+    net.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as infer:
+        net.logits(x)
+    return train.get_total_flops(), infer.get_total_flops() / cfg.batch_size
+
+
+def study(cache: Path, data: Path, seeds: int, out: Path) -> tuple[float, pl.DataFrame]:
+    cmd = [sys.executable, str(ROOT / "cli.py"), "ablate", "--encoders", "efficientnet_lite0,minilm_l6",
+           "--seeds", str(seeds), "--data", str(data), "--cache", str(cache), "--runs", str(out), "--out", str(out / "study")]
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:  # refuses caches built from other data; runs and results go to tmp
-        _, raw, _ = ablate(data, cache, names, seeds=seeds, runs=Path(tmp), out=Path(tmp) / "ablate", progress=False)
-    return time.perf_counter() - t0, len(raw), names
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0, pl.read_parquet(out / "study" / "raw.parquet")
+
+
+def bound_seconds(raw: pl.DataFrame, dims: dict[str, int], num_labels: int, rate: float) -> float:
+    """Seconds the fits' matmuls need at `rate`: each fit's steps and validation passes as it ran them."""
+    flops, cache = 0.0, {}
+    for r in raw.iter_rows(named=True):
+        cfg = HeadConfig(**{k: v for k, v in json.loads(r["config"]).items() if k in HeadConfig.__dataclass_fields__})
+        key = (tuple(r["encoders"]), cfg.fusion, cfg.batch_size)
+        if key not in cache:
+            cache[key] = head_flops(cfg, [dims[e] for e in r["encoders"]], num_labels)
+        step, per_row = cache[key]
+        flops += r["steps_run"] * step + r["epochs_run"] * r["n_val"] * per_row
+    return flops / rate
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=24000)
-    ap.add_argument("--repeats", type=int, default=1, help="fits per fusion; the fastest is reported")
-    ap.add_argument("--cache", type=Path, default=Path("cache"))
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/comp5329"))
+    ap.add_argument("--cache", type=Path, default=ROOT / "cache")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/comp5329")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--no-ablate", action="store_true")
     args = ap.parse_args()
     cfg = HeadConfig()
-    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; HeadConfig: threads {cfg.threads}, "
-          f"bf16 {cfg.bf16}, batch {cfg.batch_size}, lr {cfg.lr}, width {cfg.width}, max epochs {cfg.epochs}, "
-          f"patience {cfg.patience}")
-    print(f"\n{'fusion':<10} {'train rows':>10} {'features':>9} {'epochs':>6} {'fit s':>6} {'cpu s':>6} {'<=3 s':>5} {'sample-F1':>9}")
-    for r in fit_table(args.rows, args.repeats):
-        print(f"{r['fusion']:<10} {r['rows']:>10} {'1280+384':>9} {r['epochs']:>6} {r['fit_s']:>6.2f} {r['cpu_s']:>6.2f} "
-              f"{'yes' if r['fit_s'] <= 3 else 'NO':>5} {r['sample_f1']:>9.4f}")
-    if not args.no_ablate:
-        res = ablate_time(args.cache, args.data, args.seeds)
-        if res is None:
-            print(f"\nablate: no caches in {args.cache} (or no dataset at {args.data}); skipped")
-        else:
-            seconds, fits, names = res
-            print(f"\nablate over {len(names)} caches ({', '.join(names)}) x {len(STUDY)} fusions x {args.seeds} seeds: "
-                  f"{fits} fits in {seconds:.1f} s ({seconds / 60:.2f} min; <= 5 min: {'yes' if seconds <= 300 else 'NO'})")
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; heads train on {cfg.threads} thread "
+          f"in {'bf16 (native on this CPU)' if cfg.bf16 else 'fp32 (no native bf16 on this CPU)'}")
+    rates = {name: matmul_rate(dtype, cfg.threads) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    best = max(rates, key=rates.get)
+    print("matmul rate, 512x1664 @ 1664x512, " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in rates.items())
+          + f" -> the bound uses {best}")
+    names = ("efficientnet_lite0", "minilm_l6")
+    if not all((args.cache / f"{n}.h5").exists() for n in names) or not (args.data / "train.csv").exists():
+        sys.exit(f"needs {args.data} and the caches {', '.join(names)} in {args.cache}: "
+                 f"python cli.py extract --encoder NAME --data {args.data} --cache {args.cache}")
+    from featcache.data import load_dataset
+    from stores.features import open_features
+
+    dims = {n: open_features(args.cache, n).dim for n in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        wall, raw = study(args.cache, args.data, args.seeds, Path(tmp))
+    train = raw["fit_seconds"].sum()
+    num_labels = load_dataset(args.data).label_space.num_labels
+    bound = bound_seconds(raw, dims, num_labels, rates[best])
+    print(f"\nstudy: ablate --encoders {','.join(names)} --seeds {args.seeds}: {len(raw)} fits on {raw['n_val'][0]} "
+          f"validation rows")
+    print(f"{'':<34} {'seconds':>8}")
+    print(f"{'wall (a fresh process, all in)':<34} {wall:>8.1f}")
+    print(f"{'head training (the fits clocks)':<34} {train:>8.1f}")
+    print(f"{'bound: matmul FLOPs / ' + best + ' rate':<34} {bound:>8.1f}")
+    print(f"\ntraining / bound: {train / bound:.2f}x (target <= 2x); wall / bound: {wall / bound:.2f}x; "
+          f"wall <= 20 s: {'yes' if wall <= 20 else 'NO'}")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def run(cfg: DemoConfig, echo=print) -> dict:
     files["ablation chart"] = runs / "ablate" / "chart.png"
     echo(format_table(table))
 
-    echo("== 4/6 the chosen model: the best configuration by mean validation sample-F1, seed 0")
+    echo("== 4/6 the chosen model: the first of the ranking (out-of-fold validation F1, mean over seeds), seed 0")
     best = table.row(0, named=True)
     chosen = raw.filter((pl.col("encoders").list.join("+") == best["encoders"]) & (pl.col("fusion") == best["fusion"])
                         & (pl.col("variant") == best["variant"])).sort("seed")["run"][0]
@@ -77,8 +77,9 @@ def run(cfg: DemoConfig, echo=print) -> dict:
     submission = predict_run(chosen_dir, ds, cache, out / "submission.csv")
     files["chosen run"], files["submission"] = chosen_dir, submission
     test_f1 = _score_submission(ds, submission)
-    echo(f"chosen: {best['encoders']} / {best['fusion']} (validation sample-F1 {best['sample_f1']:.4f} ± "
-         f"{best['sample_f1_std']:.4f}); {submission}: {len(ds.test)} rows"
+    echo(f"chosen: {best['encoders']} / {best['fusion']} (validation sample-F1 out of fold "
+         f"{best['tuned_out_of_fold']:.4f} ± {best['tuned_out_of_fold_std']:.4f}, in-sample {best['sample_f1']:.4f}); "
+         f"{submission}: {len(ds.test)} rows"
          + (f"; test sample-F1 {test_f1:.4f} (labels from test_labels.csv)" if test_f1 is not None else ""))
 
     echo("== 5/6 size and latency (1 thread)")
@@ -131,7 +132,7 @@ def _score_submission(ds: Dataset, submission: Path) -> float | None:
 
 
 def _fusion_verdict(table: pl.DataFrame, cfg: DemoConfig) -> dict:
-    by = {(r["encoders"], r["fusion"]): r["sample_f1"] for r in table.iter_rows(named=True) if r["variant"] == "default"}
+    by = {(r["encoders"], r["fusion"]): r["tuned_out_of_fold"] for r in table.iter_rows(named=True) if r["variant"] == "default"}
     image = max(v for (e, _), v in by.items() if e == cfg.image_encoder)
     text = max(v for (e, _), v in by.items() if e == cfg.text_encoder)
     fused = {f: v for (e, f), v in by.items() if "+" in e}
@@ -139,6 +140,6 @@ def _fusion_verdict(table: pl.DataFrame, cfg: DemoConfig) -> dict:
     lines = [f"image alone ({cfg.image_encoder}): {image:.4f}", f"text alone ({cfg.text_encoder}):  {text:.4f}"]
     lines += [f"fusion {f:<10}: {v:.4f}  ({v - max(image, text):+.4f} over the better modality)"
               for f, v in sorted(fused.items(), key=lambda kv: -kv[1])]
-    return {"text": "validation sample-F1, tuned thresholds, mean over seeds\n" + "\n".join(lines),
+    return {"text": "validation sample-F1, thresholds tuned out of fold, mean over seeds\n" + "\n".join(lines),
             "image_f1": image, "text_f1": text, "best_fusion": best_fusion, "fusion_f1": fused[best_fusion],
             "fusion_wins": bool(np.greater(fused[best_fusion], max(image, text)))}

@@ -36,11 +36,13 @@ def mean_average_precision(y_true: np.ndarray, probs: np.ndarray) -> float:
     return float(average_precision_score(y_true[:, has_pos], np.asarray(probs)[:, has_pos], average="macro"))
 
 
-def scores(y_true: np.ndarray, probs: np.ndarray, preds: np.ndarray | None = None) -> dict[str, float]:
-    """sample/micro/macro F1 of `preds` (default: probs >= 0.5) and mAP of `probs`."""
+def scores(y_true: np.ndarray, probs: np.ndarray, preds: np.ndarray | None = None,
+           map_value: float | None = None) -> dict[str, float]:
+    """sample/micro/macro F1 of `preds` (default: probs >= 0.5) and mAP of `probs` (map_value: the
+    caller's, when it scores several predictions of the same probabilities)."""
     preds = np.asarray(probs) >= 0.5 if preds is None else np.asarray(preds, bool)
     out = {key: f1(y_true, preds, avg) for avg, key in AVERAGES.items()}
-    out["map"] = mean_average_precision(y_true, probs)
+    out["map"] = mean_average_precision(y_true, probs) if map_value is None else map_value
     return out
 
 

@@ -3,6 +3,7 @@
     write_submission(out, ids, labels, inputs=[dataset.root / "test.csv", dataset.root / "train.csv"])
     with replacing(path) as tmp:            # for writers that take a path (parquet, safetensors, PNG)
         frame.write_parquet(tmp)
+    out_dir = check_out_dir(out, inputs=[data, cache])  # a directory of outputs, checked before any work
 
 Each output is written to a temporary file beside its target, flushed to disk and renamed into
 place: a full disk, a kill or a read-only folder leaves the previous file as it was, and a reader
@@ -28,11 +29,38 @@ def check_target(path: str | Path, inputs=()) -> Path:
         raise OutputError(f"{path}: is a directory; give a file name inside it, e.g. {path / 'submission.csv'}")
     if not path.parent.is_dir():
         raise OutputError(f"{path}: folder {path.parent} does not exist; create it first")
+    _check_writable(path, path.parent)
     target = path.resolve()
     for source in inputs:
         if Path(source).resolve() == target:
             raise OutputError(f"{path}: is an input of this command ({source}); write the output elsewhere")
     return path
+
+
+def check_out_dir(path: str | Path, inputs=()) -> Path:
+    """An output directory as a Path, or OutputError when it is (or lies under) an existing file,
+    cannot be created or written, or is one of the command's input directories (the dataset, the
+    cache, a runs directory it reads): its outputs would be mixed into what the command reads.
+    Called before any work; the directory itself is made by the writer."""
+    path = Path(path)
+    # The nearest part of the path that exists: the directory itself, or the folder it goes in.
+    there = next(p for p in (path, *path.parents) if p.exists())
+    if not there.is_dir():
+        what = "is a file" if there == path else f"{there} is a file"
+        raise OutputError(f"{path}: {what}, not a directory; give a directory for the outputs")
+    _check_writable(path, there)
+    target = path.resolve()
+    for source in inputs:
+        if Path(source).resolve() == target:
+            raise OutputError(f"{path}: is an input of this command ({source}); write the outputs elsewhere")
+    return path
+
+
+def _check_writable(path: Path, folder: Path) -> None:
+    # Before any work: a read-only file system refuses root too (os.access says so), where a
+    # chmod does not. A folder that turns read-only later is still caught by `replacing`.
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"{path}: folder {folder} is not writable (read-only or no permission); nothing was written")
 
 
 @contextlib.contextmanager
@@ -49,7 +77,10 @@ def replacing(path: str | Path, inputs=()):
         kept = "the previous file is unchanged" if path.exists() else "nothing was written"
         raise OutputError(f"{path}: cannot write it ({e.strerror or e}); {kept}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        # Nothing to remove when the write failed before creating it; on a read-only folder
+        # unlink says EROFS even then, and must not hide the OutputError above.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_text(path: str | Path, text: str, inputs=()) -> Path:

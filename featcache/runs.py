@@ -77,7 +77,7 @@ def e2e_results(root: str | Path) -> pl.DataFrame:
         c = saved["config"]
         rows.append({"run": run_dir.relative_to(root).as_posix(), "kind": "final", "encoders": saved["encoders"],
                      "head": f"e2e {c['fusion']}/{c['classifier']}", "variant": "default",
-                     "sample_f1": metrics["tuned"]["sample_f1"],
+                     "sample_f1": metrics["tuned"]["sample_f1"], "tuned_out_of_fold": metrics.get("tuned_out_of_fold"),
                      "fit_seconds": sum(h["train_seconds"] for h in metrics["history"])})
     return pl.DataFrame(rows)
 
@@ -95,6 +95,9 @@ def predict(run_dir: str | Path, data: str | Path, cache: str | Path, out: str |
     run reads its encoders' features from `cache` (fingerprints checked); an end-to-end run holds
     its backbones and reads the images and captions themselves."""
     kind = kind_of(run_dir)
+    if not (Path(run_dir) / "metrics.json").exists():  # written last: a run killed while saving is never used
+        raise RunError(f"{run_dir}: incomplete run (no metrics.json: killed while saving, or still running); "
+                       "fit or train it again")
     dataset = load_dataset(data)
     # Never over an input: the dataset's files, the run's, or a cache (checked before any work).
     inputs = [dataset.root / name for name in ("train.csv", "test.csv", LABELS_FILE)] + list(Path(run_dir).iterdir())

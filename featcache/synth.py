@@ -6,6 +6,9 @@ them, with synonyms, filler and now and then an object that is not there. So an 
 text model each miss something, and fusing them wins. Label frequencies are imbalanced like the
 real data (label 1 on most images, some labels rare), and the CSV has the real files' faults: an
 unescaped quote inside a caption and a newline inside another.
+
+`flip_bit` is a fault for the caches built from it: one bit flipped on disk, as a bad disk or copy
+leaves it, which the cache's checksums must catch.
 """
 
 from __future__ import annotations
@@ -103,3 +106,16 @@ def _caption(rng: np.random.Generator, present: list[int], labels: list[int]) ->
     filler = FILLER[rng.integers(len(FILLER))]
     text = f"{filler} {things} {PLACES[rng.integers(len(PLACES))]}".strip()
     return text[0].upper() + text[1:] + "."
+
+
+def flip_bit(path: str | Path, offset: int = 100, bit: int = 2) -> None:
+    """Flip bit `bit` (0-7) of the byte `offset` bytes into the first chunk of an HDF5 feature
+    cache's features, in place: the data, not the file's metadata, so only a checksum tells."""
+    import h5py
+
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        start = f["features"].id.get_chunk_info(0).byte_offset
+    data = bytearray(path.read_bytes())
+    data[start + offset] ^= 1 << bit
+    path.write_bytes(bytes(data))

@@ -46,6 +46,17 @@ CASES = [
       "--backend", "torch"], "wrong.pt does not fit the model"),
     (["fit-head", "--encoders", "nothere", "--data", "{good}", "--cache", "{base}/cache"], "nothere"),
     (["make-data", "{base}/made", "--n-train", "0"], "--n-train"),
+    # an output directory onto an input or a file: refused before any work, nothing written over
+    (["learning-curve", "--encoders", "a", "--data", "{good}", "--cache", "{base}/cache", "--out", "{good}"],
+     "{good}: is an input of this command"),
+    (["learning-curve", "--encoders", "a", "--data", "{good}", "--cache", "{base}/cache", "--out", "{base}/cache"],
+     "{base}/cache: is an input of this command"),
+    (["learning-curve", "--encoders", "a", "--data", "{good}", "--out", "{good}/train.csv/curve"],
+     "{good}/train.csv/curve: {good}/train.csv is a file, not a directory"),
+    (["report", "--results", "{base}/results.parquet", "--runs", "{base}", "--out", "{good}/train.csv"],
+     "{good}/train.csv: is a file, not a directory"),
+    (["report", "--results", "{base}/results.parquet", "--runs", "{base}", "--out", "{base}"],
+     "{base}: is an input of this command"),
 ]
 
 
@@ -54,4 +65,4 @@ def test_a_mistake_exits_2_with_its_reason_and_no_traceback(roots, args, says):
     result = CliRunner().invoke(app, [a.format(**roots) for a in args])
     text = result.output + (result.stderr if result.stderr_bytes is not None else "")
     assert result.exit_code == 2, (result.exit_code, text, result.exception)
-    assert says in text and "error" in text.lower() and "Traceback" not in text, text
+    assert says.format(**roots) in text and "error" in text.lower() and "Traceback" not in text, text

@@ -24,6 +24,9 @@ def test_demo_runs_every_step_and_writes_every_file(tmp_path):
         ("efficientnet_lite0", "concat"), ("minilm_l6", "concat"),
         *{("efficientnet_lite0+minilm_l6", f) for f in ("concat", "late", "gated", "bilinear", "attention")}}
     assert 0.0 <= result["test_f1"] <= 1.0
+    # The chosen model is the first by the out-of-fold score, not by the in-sample tuned one.
+    assert table["tuned_out_of_fold"].is_sorted(descending=True)
+    assert files["chosen run"].name.startswith(f"{table['encoders'][0]}-{table['fusion'][0]}-")
     assert any("fusion concat" in line for line in lines) and any("best under" in line for line in lines)
     # A second run finds the caches warm.
     again = []

@@ -24,7 +24,7 @@ from featcache.encoders import create_encoder
 from featcache.extract import extract
 from featcache.registry import get_cfg
 from featcache.split import train_val_split
-from featcache.synth import make_dataset
+from featcache.synth import flip_bit, make_dataset
 from stores.features import StoreError, cache_path, open_features, partial_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -341,12 +341,7 @@ def test_a_plain_cache_copied_under_the_fine_tuned_name_is_refused(data_root, tm
 def test_one_flipped_bit_in_the_features_is_detected_and_named(data_root, tmp_path):
     """fletcher32 checksums per chunk: corruption is a StoreError naming the file, not a feature."""
     extract(load_dataset(data_root), "efficientnet_lite0", tmp_path, **FAST)
-    path = cache_path(tmp_path, "efficientnet_lite0")
-    with h5py.File(path) as f:
-        offset = f["features"].id.get_chunk_info(0).byte_offset + 100
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x04
-    path.write_bytes(bytes(data))
+    flip_bit(cache_path(tmp_path, "efficientnet_lite0"), offset=100, bit=2)
     with pytest.raises(StoreError, match=r"efficientnet_lite0.h5: corrupt or truncated feature cache"):
         open_features(tmp_path, "efficientnet_lite0")
     extract(load_dataset(data_root), "efficientnet_lite0", tmp_path / "clean", **FAST)

@@ -6,7 +6,8 @@ resume, a truncated complete cache, two extractors at once, changed preprocessin
 (tests/test_data.py, tests/test_csv_properties.py); a predict cache with another fingerprint
 (tests/test_heads.py). This file adds kills inside a write and at random times, zeroed and
 truncated files, another dataset or encoder at extract / fit-head / predict time, a full disk,
-foreign checkpoints, and every data fault through `extract` itself.
+foreign checkpoints, a kill while fit-head saves its run, a read-only output folder, and every
+data fault through `extract` itself.
 Small generated data, random-init encoders, threads fixed (bit-for-bit reproducible)."""
 
 from __future__ import annotations
@@ -55,11 +56,17 @@ def data_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clean(data_root, tmp_path_factory):
-    """The uninterrupted run every faulty one is compared with."""
+def clean_cache(data_root, tmp_path_factory) -> Path:
+    """The cache of the uninterrupted run (read-only for tests: stage 2 fits on it)."""
     cache = tmp_path_factory.mktemp("clean")
     extract(load_dataset(data_root), ENC, cache, **FAST)
-    return open_features(cache, ENC)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def clean(clean_cache):
+    """The uninterrupted run every faulty one is compared with."""
+    return open_features(clean_cache, ENC)
 
 
 def copy_data(data_root: Path, tmp_path: Path) -> Path:
@@ -193,6 +200,106 @@ def test_a_cache_from_another_dataset_or_encoder_is_never_used(data_root, clean,
     shutil.copy(cache_path(cache, ENC), cache_path(cache, "mobilenetv3_large"))
     with pytest.raises(StoreError, match=r"mobilenetv3_large.h5: holds features of encoder 'efficientnet_lite0'"):
         open_features(cache, "mobilenetv3_large")
+
+
+# --- runs and outputs ---------------------------------------------------------------------------
+
+# fit-head killed (SIGKILL, no clean-up) while save_run writes thresholds.json: the head and
+# config.json are on disk, metrics.json (written last) is not.
+SAVE_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from featcache.stage2.experiment import fit_head
+    from featcache.thresholds import Thresholds
+    from heads.train import HeadConfig
+    Thresholds.save = lambda self, path: os.kill(os.getpid(), signal.SIGKILL)
+    fit_head(sys.argv[1], sys.argv[2], ["efficientnet_lite0"], HeadConfig(width=8, epochs=1), runs=Path(sys.argv[3]))
+""")
+
+
+def kill_in_save(data_root: Path, cache: Path, runs: Path) -> int:
+    """Run fit-head in a subprocess that kills itself in the middle of saving its run; its exit code."""
+    return subprocess.run([sys.executable, "-c", SAVE_CHILD, str(data_root), str(cache), str(runs)], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300).returncode
+
+
+def fit_one(data_root: Path, cache: Path, runs: Path) -> Path:
+    from featcache.stage2.experiment import fit_head
+    from heads.train import HeadConfig
+
+    return fit_head(data_root, cache, [ENC], HeadConfig(width=8, epochs=1), runs=runs)[0]
+
+
+def test_a_kill_while_fit_head_saves_leaves_no_usable_run(data_root, clean_cache, tmp_path):
+    from featcache.benchmark import find_runs
+    from featcache.runs import list_runs
+    from stores.results import read_results
+
+    runs = tmp_path / "runs"
+    done = fit_one(data_root, clean_cache, runs)
+    assert kill_in_save(data_root, clean_cache, runs) == -signal.SIGKILL
+    [killed] = [d for d in runs.iterdir() if d.is_dir() and d != done]
+    assert (killed / "head.json").exists() and not (killed / "metrics.json").exists()
+    said = []
+    assert list_runs(runs, say=said.append) == [done]
+    assert len(said) == 1 and str(killed) in said[0], said
+    assert find_runs(runs, "all") == [done]  # benchmark --heads all
+    with pytest.raises(FileNotFoundError, match=killed.name):  # benchmark --heads <the killed run>
+        find_runs(runs, killed.name)
+    assert read_results(runs / "results.parquet")["run"].to_list() == [done.name]  # report, ranked
+    out = CliRunner().invoke(app, ["predict", "--run", str(killed), "--data", str(data_root), "--cache", str(clean_cache),
+                                   "--out", str(tmp_path / "sub.csv")])
+    assert out.exit_code == 2 and f"{killed}: incomplete run (no metrics.json" in out.output, out.output
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_learning_curve_into_the_dataset_is_refused_before_any_fit_and_mixes_nothing_in(data_root, clean_cache, tmp_path):
+    root = copy_data(data_root, tmp_path)  # a copy has the same fingerprint: the cache fits it
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    args = ["learning-curve", "--encoders", ENC, "--fractions", "1", "--seeds", "1", "--data", str(root),
+            "--cache", str(clean_cache)]
+    for out, says in [(root, f"{root}: is an input of this command"), (root / "train.csv", "is a file, not a directory")]:
+        result = CliRunner().invoke(app, [*args, "--out", str(out)])
+        assert result.exit_code == 2 and "error: " in result.output and says in result.output, result.output
+        assert "fits in" not in result.output  # no head was fitted
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    assert CliRunner().invoke(app, [*args, "--out", str(tmp_path / "curve")]).exit_code == 0  # elsewhere it runs
+
+
+def read_only_cli(folder: Path, *args) -> subprocess.CompletedProcess | None:
+    """`cli.py args` in a private mount namespace where `folder` is bind-mounted read-only: a
+    read-only file system refuses root too, which chmod does not. None where this machine allows no
+    user and mount namespaces (or has no unshare/mount)."""
+    if not (shutil.which("unshare") and shutil.which("mount")):
+        return None
+    mounted = ["unshare", "--map-root-user", "--mount", "sh", "-c",
+               'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"', str(folder)]
+    # The mechanism first: it mounts, and the folder then refuses a write.
+    probe = subprocess.run([*mounted, "sh", "-c", '! touch "$0/.probe" 2>/dev/null', str(folder)], capture_output=True)
+    if probe.returncode != 0:
+        return None
+    return subprocess.run([*mounted, sys.executable, "cli.py", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_a_read_only_output_folder_is_a_named_error_and_keeps_the_previous_file(data_root, clean_cache, tmp_path):
+    run = fit_one(data_root, clean_cache, tmp_path / "runs")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    out, previous = folder / "sub.csv", "ImageID,Labels\nprevious,1\n"
+    out.write_text(previous)
+    proc = read_only_cli(folder, "predict", "--run", run, "--data", data_root, "--cache", clean_cache, "--out", out)
+    if proc is None:
+        pytest.skip("no read-only folder without root tricks here: needs `unshare --map-root-user --mount` and mount")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: {out}: folder {folder} is not writable") and "Traceback" not in proc.stderr
+    assert out.read_text() == previous and [p.name for p in folder.iterdir()] == ["sub.csv"]
+    # an output directory there (report, learning-curve, ablate) is refused the same way, before any work
+    proc = read_only_cli(folder, "report", "--runs", tmp_path / "runs", "--results", tmp_path / "runs" / "results.parquet",
+                         "--out", folder / "report")
+    assert proc.returncode == 2 and f"error: {folder / 'report'}: folder {folder} is not writable" in proc.stderr, proc.stderr
+    assert not (folder / "report").exists() and "Traceback" not in proc.stderr
 
 
 # --- model files --------------------------------------------------------------------------------

@@ -289,10 +289,14 @@ def test_ablate_writes_table_parquet_csv_and_chart(planted_data, tmp_path):
     assert sorted(zip(table["encoders"], table["fusion"])) == [("img", "concat"), ("img+txt", "concat"),
                                                                 ("img+txt", "late"), ("txt", "concat")]
     assert (table["seeds"] == 2).all() and (table["sample_f1_std"] >= 0).all()
+    assert table["tuned_out_of_fold"].is_sorted(descending=True)  # ranked by the honest score
+    raw = pl.read_parquet(tmp_path / "ab" / "raw.parquet")
+    assert raw["val_out_of_fold"].list.len().to_list() == raw["n_val"].to_list()  # the bootstrap's rows
+    assert "val_out_of_fold" not in pl.read_parquet(tmp_path / "results.parquet").columns
     assert pl.read_csv(tmp_path / "ab" / "table.csv").shape == table.shape
     assert (tmp_path / "ab" / "chart.png").stat().st_size > 1000
     assert len(pl.read_parquet(tmp_path / "results.parquet")) == 8
-    assert "img+txt" in out and "±" in out
+    assert "img+txt" in out and "±" in out and "ranked by F1 with thresholds tuned on other validation rows" in out
 
 
 @pytest.mark.parametrize("fusion", list(FUSIONS))

@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from featcache.data import load_dataset
-from featcache.outputs import replacing, write_study, write_text
+from featcache.outputs import check_out_dir, replacing, write_study, write_text
 from featcache.stage2.experiment import Split, fit_eval, load_features
 from heads.train import HeadConfig
 from stores.features import FeatureSet
@@ -49,10 +49,11 @@ def learning_curve(data: str | Path, cache: str | Path, encoder_sets: list[list[
     """The learning-curve command: one curve per encoder set (a set of several is fused by
     base.fusion) on the dataset's split, written under `out` (default runs/curve-<time>).
     Returns (summary, fitted laws, raw points, out)."""
+    # Before any fit: never into the dataset or the cache, a file, or a folder that cannot be written.
+    out = check_out_dir(out or Path(runs) / f"curve-{datetime.now():%Y%m%d-%H%M%S}", inputs=[data, cache])
     dataset = load_dataset(data)
     sets = [load_features(cache, names, dataset) for names in encoder_sets]
     raw = curve_points(sets, Split.of(dataset).present_in([fs for s in sets for fs in s]), base, fractions, seeds, metric, threshold_mode, progress)
-    out = Path(out) if out else Path(runs) / f"curve-{datetime.now():%Y%m%d-%H%M%S}"
     table, fits = write(raw, out, list(extrapolate_to), target)
     return table, fits, raw, out
 

@@ -32,7 +32,7 @@ from featcache.metrics import AVERAGES, mean_average_precision, per_label_table
 from featcache.outputs import write_submission, write_text
 from featcache.registry import cache_name
 from featcache.split import nested_share, train_val_split
-from featcache.thresholds import Thresholds, apply_thresholds, fit_thresholds, threshold_report
+from featcache.thresholds import Thresholds, apply_thresholds, fit_thresholds, out_of_fold, threshold_report
 from heads.train import Head, HeadConfig
 from stores.features import FeatureSet, StoreError, open_features
 from stores.results import append_results
@@ -91,6 +91,9 @@ class FitResult:
     metrics: dict  # flat: tuned metrics at top level, the others nested
     per_label: list[dict]
     encoder_names: list[str]  # the registry names the caches were extracted with (timm:..., hf:...)
+    # Each validation row's sample-F1 under thresholds tuned without it (None for micro/macro):
+    # studies bootstrap their comparisons over these rows.
+    val_out_of_fold: np.ndarray | None = None
 
 
 def load_features(cache_dir: str | Path, names: list[str], dataset: Dataset | None = None) -> list[FeatureSet]:
@@ -118,16 +121,17 @@ def fit_eval(features: list[FeatureSet], split: Split, cfg: HeadConfig, metric: 
     t0 = time.perf_counter()
     probs = head.predict_proba(xs_va)
     thresholds = fit_thresholds(split.y_val, probs, metric=metric, mode=threshold_mode)
+    oof, oof_rows = out_of_fold(split.y_val, probs, metric=metric, mode=threshold_mode)
     tune_seconds = time.perf_counter() - t0
-    metrics = {**threshold_report(split.y_val, probs, thresholds, metric, threshold_mode),
+    metrics = {**threshold_report(split.y_val, probs, thresholds, metric, threshold_mode, oof),
                "fit_seconds": round(head.fit_seconds, 3), "tune_seconds": round(tune_seconds, 3),
-               "best_epoch": head.best_epoch, "epochs_run": len(head.history),
+               "best_epoch": head.best_epoch, "epochs_run": len(head.history), "steps_run": head.steps_run,
                "n_train": len(split.ids_train), "n_val": len(split.ids_val), "split_seed": split.seed,
                "train_fraction": split.fraction}
     table = per_label_table(split.y_val, probs, thresholds.apply(probs), label_names)
     return FitResult(head, thresholds, [fs.name for fs in features], {fs.name: fs.fingerprint for fs in features},
                      {fs.name: str(Path(fs.path).resolve()) for fs in features}, metrics, table,
-                     [str(fs.encoder) for fs in features])
+                     [str(fs.encoder) for fs in features], oof_rows)
 
 
 def fit_head(data: str | Path, cache: str | Path, encoders: list[str], cfg: HeadConfig, *, train_fraction: float = 1.0,
@@ -180,7 +184,8 @@ def results_row(result: FitResult, run: str) -> dict:
            "width": cfg.width, "dropout": cfg.dropout, "weight_decay": cfg.weight_decay,
            "threshold_metric": m["thresholds"]["metric"], "threshold_mode": m["thresholds"]["mode"],
            "threshold_mode_chosen": m["thresholds"]["chosen"],
-           "fit_seconds": m["fit_seconds"], "best_epoch": m["best_epoch"], "config": json.dumps(asdict(cfg)),
+           "fit_seconds": m["fit_seconds"], "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"], "steps_run": m["steps_run"],
+           "n_val": m["n_val"], "config": json.dumps(asdict(cfg)),
            "tuned_out_of_fold": m["tuned_out_of_fold"],
            **{f"out_of_fold_{k.replace('-', '_')}": v for k, v in (m["thresholds"]["candidates_out_of_fold"] or {}).items()}}
     for key in [*AVERAGES.values(), "map"]:
