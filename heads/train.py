@@ -202,13 +202,22 @@ class Head:
         out = [torch.sigmoid(self.net.logits([x[s:s + batch_size] for x in inputs])) for s in range(0, len(inputs[0]), batch_size)]
         return torch.cat(out).numpy() if out else np.zeros((0, self.net.num_labels), np.float32)
 
-    def save(self, run_dir: str | Path) -> None:
+    def save(self, run_dir: str | Path, replacing=None) -> None:
+        """head.safetensors + head.json. `replacing(path)`: a context manager yielding a temporary
+        path that it renames into place (the caller's, e.g. featcache.outputs.replacing, so a kill
+        leaves whole files); None writes them in place."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(run_dir / "head.safetensors"))
-        (run_dir / "head.json").write_text(json.dumps({"config": asdict(self.cfg), "dims": self.net.dims,
-                                                       "num_labels": self.net.num_labels, "best_epoch": self.best_epoch,
-                                                       "history": self.history}, indent=1))
+        meta = {"config": asdict(self.cfg), "dims": self.net.dims, "num_labels": self.net.num_labels,
+                "best_epoch": self.best_epoch, "history": self.history}
+        writes = [("head.safetensors", lambda p: save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(p))),
+                  ("head.json", lambda p: p.write_text(json.dumps(meta, indent=1)))]
+        for name, write in writes:
+            if replacing is None:
+                write(run_dir / name)
+            else:
+                with replacing(run_dir / name) as tmp:
+                    write(tmp)
 
     @classmethod
     def load(cls, run_dir: str | Path) -> Head:

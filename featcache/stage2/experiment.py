@@ -29,7 +29,7 @@ import polars as pl
 
 from featcache.data import Dataset, LabelSpace, load_dataset
 from featcache.metrics import AVERAGES, mean_average_precision, per_label_table
-from featcache.outputs import write_submission, write_text
+from featcache.outputs import replacing, write_submission, write_text
 from featcache.registry import cache_name
 from featcache.split import nested_share, train_val_split
 from featcache.thresholds import Thresholds, apply_thresholds, fit_thresholds, out_of_fold, threshold_report
@@ -161,7 +161,7 @@ def save_run(result: FitResult, run_dir: Path, label_space: LabelSpace, dataset_
     """head.safetensors + head.json, config.json, thresholds.json, per_label.csv, and metrics.json
     last: a run is complete (listed, ranked, used) only once metrics.json is there."""
     run_dir = Path(run_dir)
-    result.head.save(run_dir)
+    result.head.save(run_dir, replacing)
     config = {"encoders": result.encoders, "fingerprints": result.fingerprints, "caches": result.caches,
               "head": asdict(result.head.cfg),
               "label_ids": list(label_space.ids), "label_names": list(label_space.names),
@@ -169,7 +169,8 @@ def save_run(result: FitResult, run_dir: Path, label_space: LabelSpace, dataset_
               "dataset_fingerprint": dataset_fingerprint}
     write_text(run_dir / "config.json", json.dumps(config, indent=1))
     result.thresholds.save(run_dir / "thresholds.json")
-    pl.DataFrame(result.per_label).write_csv(run_dir / "per_label.csv")
+    with replacing(run_dir / "per_label.csv") as tmp:
+        pl.DataFrame(result.per_label).write_csv(tmp)
     write_text(run_dir / "metrics.json", json.dumps(result.metrics, indent=1))  # the marker: last
     return run_dir
 
