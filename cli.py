@@ -14,13 +14,57 @@ from pathlib import Path
 import typer
 
 from featcache.data import DataError
+from featcache.tables import render
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multi-label image+caption classification: cache features once, compare heads in seconds.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect a dataset in the COMP5329 layout.")
 app.add_typer(data_app, name="data")
 
-DEFAULT_DATA = Path("../shared/data/comp5329")
+# Options that mean the same in every command, with the same default.
+def data_option(required: bool = True, help: str = "Dataset root (train.csv, test.csv, data/)."):
+    return typer.Option(... if required else None, envvar="FEATCACHE_DATA", show_envvar=True,
+                        help=help + " Default: $FEATCACHE_DATA.")
+
+
+def cache_option():
+    return typer.Option(Path("cache"), help="Feature cache directory: <cache>/<name>.h5.")
+
+
+def runs_option():
+    return typer.Option(Path("runs"), help="Runs directory: one directory per run, and results.parquet.")
+
+
+def json_option():
+    return typer.Option(False, "--json", help="Print one JSON object (and nothing else on stdout).")
+
+
+def device_option():
+    return typer.Option("auto", callback=check_device, help="auto (a GPU when this machine has one), cpu, cuda or cuda:N.")
+
+
+def seed_option():
+    return typer.Option(None, min=0, help="The model's seed: initialisation, row order, augmentation, dropout "
+                                          "(default 0; the train/validation split is always seed 0).")
+
+
+def track_option():
+    return typer.Option(None, help="tensorboard: losses and metrics under the run's tensorboard/ folder "
+                                   "(default: $FEATCACHE_TRACK; none: off).")
+
+
+def next_step(text: str) -> None:
+    typer.echo(f"next: {text}")
+
+
+def where(cache: Path | None = None, runs: Path | None = None) -> str:
+    """The --cache/--runs flags a next step needs when they are not the defaults."""
+    return "".join(f" --{name} {value}" for name, value, default in (("cache", cache, "cache"), ("runs", runs, "runs"))
+                   if value is not None and Path(value) != Path(default))
+
+
+def emit(doc: dict) -> None:
+    typer.echo(json.dumps(doc, default=str))
 
 
 def fail(message: str) -> None:
@@ -50,19 +94,23 @@ def make_data(
     n_test: int = typer.Option(200, min=0, help="Unlabelled rows (their labels go to test_labels.csv)."),
     seed: int = typer.Option(0, min=0, help="Same seed, same bytes."),
     image_size: int = typer.Option(64, min=8, max=4096, help="Side of the square images in pixels."),
+    as_json: bool = json_option(),
 ):
     """Generate a deterministic dataset in the COMP5329 layout, with learnable signal and the real files' CSV faults."""
     from featcache.synth import make_dataset
 
     root = make_dataset(out, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size)
+    if as_json:
+        return emit({"data": str(root), "train_rows": n_train, "test_rows": n_test})
     typer.echo(f"wrote {n_train} train + {n_test} test rows to {root}")
+    next_step(f"python cli.py data check --data {root}")
 
 
 @data_app.command("check")
 def data_check(
-    data: Path = typer.Option(DEFAULT_DATA, help="Dataset root (train.csv, test.csv, data/)."),
+    data: Path = data_option(),
     lenient: bool = typer.Option(False, help="Skip, count and report unparseable rows instead of failing."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: bool = json_option(),
     plot: Path = typer.Option(None, help="Write a label-distribution chart (PNG) here."),
 ):
     """Rows read and skipped, label counts, labels per image, image sizes, caption lengths."""
@@ -79,9 +127,8 @@ def data_check(
                f"{summary['skipped_rows']} skipped")
     for s in summary["skipped"]:
         typer.echo(f"  skipped {s['file']}:{s['line']}: {s['reason']}")
-    typer.echo(f"{'label':>5}  {'name':<14} {'count':>6} {'freq':>7}")
-    for lab, n in summary["label_counts"].items():
-        typer.echo(f"{lab:>5}  {summary['label_names'][lab]:<14} {n:>6} {summary['label_frequency'][lab]:>7.2%}")
+    typer.echo(render([{"label": lab, "name": summary["label_names"][lab], "count": n,
+                        "freq": f"{summary['label_frequency'][lab]:.2%}"} for lab, n in summary["label_counts"].items()]))
     typer.echo(f"labels per image: {summary['labels_per_image']} (mean {summary['mean_labels_per_image']})")
     typer.echo(f"caption words: {summary['caption_words']}, multi-line captions: {summary['multiline_captions']}")
     if "image_size" in summary:
@@ -89,6 +136,7 @@ def data_check(
                    f"{len(summary['images_unreadable'])} unreadable; sizes {summary['image_size']}; modes {summary['image_modes']}")
     if plot:
         typer.echo(f"chart: {summary['plot']}")
+    next_step(f"python cli.py extract --encoder efficientnet_lite0 --data {data}   (then a text encoder, e.g. minilm_l6)")
 
 
 # --- stage 1: encoder names and feature extraction into the HDF5 cache ------------------------
@@ -97,29 +145,34 @@ def data_check(
 def encoders_cmd(
     search: str = typer.Option(None, help="List timm's model names matching this pattern (e.g. 'convnext*'), to use as timm:<name>."),
     pretrained: bool = typer.Option(False, help="With --search: only names that have pretrained weights."),
+    as_json: bool = json_option(),
 ):
     """The aliases (modality, width, input size, parameters, weights available now), and how to name any other model."""
     from featcache.encoders import describe_aliases, search_timm
     from featcache.registry import HOW_TO_NAME
 
     if search is not None:
-        names = search_timm(search, pretrained)
-        typer.echo("\n".join(f"timm:{n}" for n in names) or f"no timm model matches {search!r}")
+        names = [f"timm:{n}" for n in search_timm(search, pretrained)]
+        if as_json:
+            return emit({"search": search, "names": names})
+        typer.echo("\n".join(names) or f"no timm model matches {search!r}")
         return
-    typer.echo(f"{'name':<18} {'family':<12} {'modality':<8} {'dim':>5} {'input':>6} {'params':>8}  weights")
-    for row in describe_aliases():
-        typer.echo(f"{row['name']:<18} {row['family']:<12} {row['modality']:<8} {row['embed_dim']:>5} {row['input']:>6} "
-                   f"{row['params'] / 1e6:>7.1f}M  {row['weights']}")
+    rows = describe_aliases()
+    if as_json:
+        return emit({"aliases": rows, "how_to_name": HOW_TO_NAME})
+    typer.echo(render([{**r, "params": f"{r['params'] / 1e6:.1f}M"} for r in rows],
+                      {"name": "name", "family": "family", "modality": "modality", "embed_dim": "dim", "input": "input",
+                       "params": "params", "weights": "weights"}))
     typer.echo(f"\nAny other model: {HOW_TO_NAME}")
 
 
 @app.command("extract")
 def extract_cmd(
     encoder: str = typer.Option(..., help="An alias (see `encoders`), timm:<name>[.<tag>], or hf:<repo id or directory>[#cls]."),
-    data: Path = typer.Option(DEFAULT_DATA, help="Dataset root (train.csv, test.csv, data/)."),
-    cache: Path = typer.Option(Path("cache"), help="Cache directory: <cache>/<encoder>.h5 (timm:/hf: names get a file-safe stem)."),
+    data: Path = data_option(),
+    cache: Path = cache_option(),
     batch_size: int = typer.Option(32, min=1, max=65536, help="Items per forward pass."),
-    device: str = typer.Option("cpu", callback=check_device, help="cpu or cuda[:N]."),
+    device: str = device_option(),
     num_workers: int = typer.Option(None, min=0, max=64, help="DataLoader workers (default: 1 for images, 0 for text)."),
     threads: int = typer.Option(None, min=1, max=1024, help="Compute threads (default: all cores; torch's tuned batch by batch)."),
     backend: str = typer.Option("auto", help="auto (OpenVINO on a CPU when installed, else torch), torch or openvino."),
@@ -136,6 +189,7 @@ def extract_cmd(
     lenient: bool = typer.Option(False, help="Skip, count and report unreadable images instead of failing."),
     shard: int = typer.Option(None, min=0, help="Extract only shard I of --num-shards (default under torchrun: RANK)."),
     num_shards: int = typer.Option(None, min=1, help="Contiguous blocks of rows; the last shard to finish merges them (default under torchrun: WORLD_SIZE)."),
+    as_json: bool = json_option(),
 ):
     """Run the backbone once over every train and test item; a warm cache returns in < 2 s."""
     import os
@@ -156,17 +210,26 @@ def extract_cmd(
                             backend=backend, precision=precision, log=lambda m: typer.echo(m, err=True))
     except (DataError, StoreError, WeightsNotFound, ValueError) as e:
         fail(str(e).strip("'\""))
+    if as_json:
+        return emit({"cache": str(result.path), "rows": result.rows, "fingerprint": result.fingerprint, "warm": result.warm,
+                     "seconds": result.seconds, "items_per_s": result.items_per_s, "compute": str(result.compute),
+                     "skipped": result.skipped})
     state = "warm, not recomputed" if result.warm else f"{result.items_per_s:.1f} items/s on {result.compute}"
     typer.echo(f"{result.path}: {result.rows} rows, fingerprint {result.fingerprint} ({state}, {result.seconds:.2f} s)")
     if result.skipped:
         typer.echo(f"skipped {len(result.skipped)} items: " + ", ".join(s["image_id"] for s in result.skipped[:20]))
+    caches = sorted(p.stem for p in Path(cache).glob("*.h5"))
+    next_step(f"python cli.py fit-head --encoders {','.join(caches)} --data {data} --cache {cache}" if len(caches) > 1
+              else f"extract a {'text' if 'minilm' in result.path.stem or 'bert' in result.path.stem else 'second'} encoder too, "
+                   f"then python cli.py fit-head --encoders {result.path.stem},<other> --data {data}")
 
 
 @app.command("merge-shards")
 def merge_shards_cmd(
     encoder: str = typer.Option(..., help="The encoder name, or a cache name (<encoder>_ft)."),
-    cache: Path = typer.Option(Path("cache"), help="Cache directory holding <name>.h5.shard-I-of-N."),
+    cache: Path = cache_option(),
     force: bool = typer.Option(False, help="Replace a complete cache built from a different configuration."),
+    as_json: bool = json_option(),
 ):
     """Merge the shards of a sharded extract into <cache>/<name>.h5 (the last shard to finish does this itself)."""
     from featcache.extract import merge
@@ -179,6 +242,8 @@ def merge_shards_cmd(
             fail(f"{path}: some shards are missing or unfinished (listed above)")
     except StoreError as e:
         fail(str(e))
+    if as_json:
+        return emit({"cache": str(path), "merged": True})
     typer.echo(f"{path}: merged")
 
 
@@ -194,9 +259,9 @@ def _csv_ints(text: str) -> tuple[int, ...]:
 @app.command("benchmark")
 def benchmark_cmd(
     encoders: str = typer.Option("all", help="'all' (the aliases), 'none' or comma-separated encoder names (timm:/hf: too)."),
-    heads: str = typer.Option("all", help="'all', 'none' or comma-separated run ids under --runs (fitted heads, end-to-end models)."),
-    runs: Path = typer.Option(Path("runs"), help="Run directories (fit-head, ablate, finetune write them)."),
-    device: str = typer.Option("cpu", callback=check_device, help="cpu or cuda[:N]."),
+    heads: str = typer.Option("all", help="'all', 'none' or comma-separated runs: directories or ids under --runs (fitted heads, end-to-end models)."),
+    runs: Path = runs_option(),
+    device: str = typer.Option("cpu", callback=check_device, help="cpu or cuda[:N] (cpu by default: the study's small devices)."),
     batch_sizes: str = typer.Option("1,32", help="Throughput is measured at each batch size."),
     threads: int = typer.Option(1, min=1, max=1024, help="torch threads. 1 by default: while another process holds a core, two "
                                         "OpenMP threads spin-wait and batch-1 latency swings 10x; on an idle machine try all cores."),
@@ -211,42 +276,58 @@ def benchmark_cmd(
     from featcache import benchmark as bm
     from featcache.weights import WeightsNotFound
 
+    from featcache.runs import find_run
+    from featcache.stage2.experiment import RunError
+
     cfg = bm.BenchConfig(device=device, threads=threads,
                          batch_sizes=_csv_ints(batch_sizes), min_run_time=min_run_time, max_run_time=max_run_time)
     try:
+        if heads not in ("all", "none"):  # ids or directories, as every command takes a run
+            heads = ",".join(find_run(h, runs).relative_to(runs).as_posix() if find_run(h, runs).is_relative_to(runs)
+                             else str(find_run(h, runs)) for h in heads.split(",") if h)
         df, doc = bm.run(encoders, heads, cfg, runs, save=save, csv=csv,
                          progress=lambda item: typer.echo(f"benchmark: {item}", err=True))
-    except (FileNotFoundError, ValueError, WeightsNotFound) as e:  # unknown names, no device, a run that cannot be loaded
+    except (FileNotFoundError, ValueError, WeightsNotFound, RunError) as e:  # unknown names, no device, a run that cannot be loaded
         fail(str(e))
     if as_json:
-        typer.echo(json.dumps(doc))
-    else:
-        typer.echo(bm.table(df, doc["header"], markdown=as_markdown))
+        return emit(doc)
+    typer.echo(bm.table(df, doc["header"], markdown=as_markdown))
+    next_step(f"python cli.py report --runs {runs} --budget-mb 100" + (f" --bench {save}" if save else ""))
 
 
 @app.command("report")
 def report_cmd(
     budget_mb: float = typer.Option(100.0, min=0.001, help="Size budget: the best model at most this large is named."),
     fp16: bool = typer.Option(False, help="Sizes of the weights saved in fp16 (default: fp32)."),
-    results: Path = typer.Option(Path("runs/results.parquet"), help="Results table written by fit-head and ablate."),
-    runs: Path = typer.Option(Path("runs"), help="Run directories (heads; finished end-to-end runs are added)."),
+    results: Path = typer.Option(None, help="Results table written by fit-head and ablate (default: <runs>/results.parquet)."),
+    runs: Path = runs_option(),
     bench: Path = typer.Option(None, help="Saved benchmark (--save JSON or --csv); missing rows are measured now."),
-    out: Path = typer.Option(Path("runs/report"), help="Writes table1.md, table1.csv and pareto.png here."),
+    out: Path = typer.Option(None, help="Writes table1.md, table1.csv and pareto.png here (default: <runs>/report)."),
     threads: int = typer.Option(1, min=1, max=1024, help="torch threads for rows measured now (see benchmark --help)."),
+    as_json: bool = json_option(),
 ):
     """The study's Table 1 (F1, fit time, prediction time, size) and a Pareto chart; names the best model under the budget."""
     from featcache import report as rp
 
     cfg = rp.ReportConfig(budget_mb=budget_mb, fp16=fp16)
+    results, out = results or runs / "results.parquet", out or runs / "report"
     try:
         t1, best = rp.build(results, runs, bench, out, cfg, threads,
                             progress=lambda item: typer.echo(f"benchmark: {item}", err=True))
     except (FileNotFoundError, ValueError) as e:  # no results; a run that is gone or unreadable; a missing row
         fail(str(e))
-    typer.echo(rp.markdown(t1))
-    typer.echo(f"\nbest under {budget_mb:g} MB: " + (f"{best['model']} (F1 {best['f1']:.4f}, {best['size_mb']:.1f} MB, "
+    if as_json:
+        return emit({"table": t1.to_dicts(), "best_under_budget": best, "budget_mb": budget_mb,
+                     "files": [str(out / f) for f in ("table1.md", "table1.csv", "pareto.png")]})
+    typer.echo(render(t1, {"model": "model", "seeds": "seeds", "f1": "F1 out of fold", "f1_std": "±", "f1_tuned": "tuned*",
+                           "fit_seconds": "fit s", "predict_ms_per_item": "ms/item", "size_mb": "MB", "params_m": "params M",
+                           "within_budget": "in budget", "pareto_size": "front (size)", "pareto_latency": "front (ms)"},
+                      formats={"fit_seconds": ".2f", "predict_ms_per_item": ".2f", "size_mb": ".1f", "params_m": ".1f"}))
+    typer.echo(f"\nbest under {budget_mb:g} MB: " + (f"{best['model']} (F1 out of fold {best['f1']:.4f}, {best['size_mb']:.1f} MB, "
                f"{best['predict_ms_per_item']:.1f} ms/item)" if best else "none fits"))
     typer.echo(f"wrote {out / 'table1.md'}, {out / 'table1.csv'}, {out / 'pareto.png'}")
+    next_step(f"python cli.py runs --runs {runs} lists the runs; python cli.py finetune --init-head ID trains a chosen "
+              f"head end to end; python cli.py predict --run ID --out submission.csv writes its submission")
 
 
 # --- end-to-end fine-tuning (issue 5): both backbones + the fusion head, on one machine or many --
@@ -264,83 +345,92 @@ def finetune_cmd(
     image_encoder: str = typer.Option(None, help=f"Image encoder: an alias (python cli.py encoders) or timm:<name> {_e2e_default('image_encoder')}."),
     text_encoder: str = typer.Option(None, help=f"Text encoder: an alias or hf:<repo id or directory> {_e2e_default('text_encoder')}."),
     fusion: str = typer.Option(None, help=f"Fusion (heads/fusion.py) {_e2e_default('fusion')}; taken from --init-head when given."),
-    classifier: str = typer.Option(None, help=f"linear (the seed's) or mlp {_e2e_default('classifier')}."),
+    classifier: str = typer.Option(None, help=f"mlp or linear (the study's) {_e2e_default('classifier')}."),
     dropout: float = typer.Option(None, min=0.0, max=0.99, help=f"Head dropout {_e2e_default('dropout')}."),
-    init_head: Path = typer.Option(None, help="Start the head from a fitted stage-2 run directory."),
+    init_head: str = typer.Option(None, help="Start from a fitted stage-2 head (run directory or id): its encoders, fusion "
+                                             "and weights; the recipe that gave the best final model."),
     epochs: int = typer.Option(None, min=1, max=100000, help=f"Epochs {_e2e_default('epochs')}; with --resume: the run's, or raise it."),
     batch_size: int = typer.Option(None, min=1, max=65536, help=f"Rows per step per process {_e2e_default('batch_size')}."),
     lr: float = typer.Option(None, min=1e-9, max=10.0, help=f"Adam learning rate {_e2e_default('lr')}."),
     image_lr: float = typer.Option(None, min=1e-9, max=10.0, help="The image backbone's learning rate (default: --lr)."),
     freeze_bn: bool = typer.Option(None, help=f"Keep the backbones' BatchNorm statistics as loaded {_e2e_default('freeze_bn')}."),
-    schedule: str = typer.Option(None, help=f"constant (the seed's) or cosine (5% warm-up, cosine decay) {_e2e_default('schedule')}."),
+    schedule: str = typer.Option(None, help=f"cosine (5% warm-up, cosine decay) or constant (the study's) {_e2e_default('schedule')}."),
     ema: float = typer.Option(None, min=0.0, max=0.99999, help="Validate and save the moving average of the weights with this decay (e.g. 0.999; "
                                          f"0: the last step's) {_e2e_default('ema_decay')}."),
     freeze: list[str] = typer.Option(None, help=f"none | image | text | image-early (repeat or comma-separate) {_e2e_default('freeze')}."),
     early_fraction: float = typer.Option(None, min=0.0, max=1.0, help=f"image-early: share of the image backbone frozen, from the stem {_e2e_default('early_fraction')}."),
     image_size: int = typer.Option(None, min=8, max=4096, help="Image side in pixels (default: the encoder's input size)."),
-    data: Path = typer.Option(DEFAULT_DATA, help="Dataset root (train.csv, test.csv, data/)."),
-    runs: Path = typer.Option(Path("runs"), help="Where the run directory goes."),
+    data: Path = data_option(required=False, help="Dataset root (train.csv, test.csv, data/); with --resume: the run's."),
+    runs: Path = runs_option(),
     run_name: str = typer.Option(None, help="Run directory name (default e2e-<image>-<text>-<time>)."),
-    resume: Path = typer.Option(None, help="Continue this run after its last checkpoint (config from the run)."),
+    resume: str = typer.Option(None, help="Continue this run (directory or id) after its last checkpoint (config from the run)."),
+    config: Path = typer.Option(None, help="Replay a run: train again with the configuration in its config.json "
+                                           "(options given here override it)."),
+    keep: str = typer.Option("best,last", help="Checkpoints kept: last (resume continues after it), best (by validation "
+                                               "mAP), all; comma-separated."),
+    track: str = track_option(),
     random_init: bool = typer.Option(False, help="Random weights: tests and speed measurements only."),
     max_steps: int = typer.Option(None, min=0, help="At most this many steps per epoch (tests, timing)."),
     num_workers: int = typer.Option(None, min=0, max=64, help="DataLoader workers (default: 0 on <= 2 cores per process, else 1)."),
     threads: int = typer.Option(None, min=1, max=1024, help="torch threads per process (default: cores / processes, 1 if that is <= 2)."),
-    device: str = typer.Option("auto", callback=check_device, help="auto, cpu or cuda (under torchrun: cuda:LOCAL_RANK)."),
+    device: str = typer.Option("auto", callback=check_device, help="auto (a GPU when this machine has one), cpu, cuda or "
+                                                                "cuda:N (under torchrun: cuda:LOCAL_RANK)."),
     precision: str = typer.Option(None, help=f"auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16 {_e2e_default('precision')}."),
     channels_last: bool = typer.Option(None, help=f"NHWC images (faster convolutions) {_e2e_default('channels_last')}."),
     metric: str = typer.Option(None, help=f"What the final thresholds maximise: samples, micro, macro {_e2e_default('metric')}."),
     train_fraction: float = typer.Option(None, min=0.001, max=1.0, help="Train on this share of the train rows (as fit-head --train-fraction; "
                                                     f"learning curves) {_e2e_default('train_fraction')}."),
-    seed: int = typer.Option(None, min=0, help=f"Split, initialisation, order, augmentation and dropout seed {_e2e_default('seed')}."),
-    log_every: int = typer.Option(20, min=1, help="Each rank logs every N steps."),
-    as_json: bool = typer.Option(False, "--json", help="Print the run's metrics as one JSON object."),
+    seed: int = seed_option(),
+    log_every: int = typer.Option(20, min=1, help="Without a progress bar (other ranks, or --no-progress), log every N steps."),
+    progress: bool = typer.Option(True, help="A progress bar of each epoch's steps (rank 0)."),
+    as_json: bool = json_option(),
 ):
     """Train image + text backbones and the fusion head end to end (also under torchrun --nproc_per_node N)."""
     import os
 
-    from featcache.e2e.config import E2EConfig
+    from featcache.e2e.config import E2EConfig, head_encoders
     from featcache.e2e.loop import train
+    from featcache.e2e.rundir import read_config
+    from featcache.runs import find_run
+    from featcache.stage2.experiment import RunError
+    from featcache.tracking import tracking_kind
     from featcache.weights import WeightsNotFound
 
     # Only the options given reach E2EConfig: its defaults are the only ones.
     given = {"image_encoder": image_encoder, "text_encoder": text_encoder, "fusion": fusion, "classifier": classifier,
-             "dropout": dropout, "init_head": str(init_head) if init_head else None, "epochs": epochs,
+             "dropout": dropout, "init_head": init_head, "epochs": epochs,
              "batch_size": batch_size, "lr": lr, "image_lr": image_lr, "freeze_bn": freeze_bn, "schedule": schedule,
              "ema_decay": ema, "freeze": tuple(f for item in freeze or () for f in item.split(",") if f) or None,
              "early_fraction": early_fraction, "image_size": image_size, "pretrained": False if random_init else None,
              "max_steps": max_steps, "precision": precision, "channels_last": channels_last, "metric": metric,
              "train_fraction": train_fraction, "seed": seed}
     try:
-        cfg = None if resume else E2EConfig(**{k: v for k, v in given.items() if v is not None})
-        run_dir = train(cfg, None if resume and data == DEFAULT_DATA else data, runs, resume=resume, epochs=epochs,
-                        run_name=run_name, device=device, num_workers=num_workers, threads=threads, log_every=log_every)
-    except (DataError, WeightsNotFound, KeyError, ValueError, FileNotFoundError) as e:
+        resume = find_run(resume, runs) if resume else None
+        if init_head:  # the head's encoders, unless named here
+            given["init_head"] = str(find_run(init_head, runs))
+            given = {**given, **{k: v for k, v in head_encoders(given["init_head"]).items() if given[k] is None}}
+        if not resume and data is None:
+            fail("no dataset: pass --data DIR or set FEATCACHE_DATA")
+        replayed = E2EConfig.from_dict(read_config(config.parent if config.name == "config.json" else config)["config"]).__dict__ \
+            if config else {}
+        cfg = None if resume else E2EConfig(**{**replayed, **{k: v for k, v in given.items() if v is not None}})
+        run_dir = train(cfg, data, runs, resume=resume, epochs=epochs, run_name=run_name, device=device,
+                        num_workers=num_workers, threads=threads, log_every=log_every, keep=tuple(_names(keep)),
+                        track=tracking_kind(track), progress=progress)
+    except (DataError, WeightsNotFound, RunError, KeyError, ValueError, FileNotFoundError) as e:
         fail(str(e).strip("'\""))
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun rank 0 reports
         return
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if as_json:
-        typer.echo(json.dumps({"run": str(run_dir), **metrics}))
-        return
+        return emit({"run": str(run_dir), **metrics})
     typer.echo(f"{run_dir}: validation sample-F1 {metrics['at_0.5']['sample_f1']:.4f} at 0.5, "
-               f"{metrics['tuned']['sample_f1']:.4f} tuned; history.csv, loss.png, val_f1.png")
+               f"{metrics['tuned']['sample_f1']:.4f} tuned, {metrics['tuned_out_of_fold']:.4f} out of fold; "
+               f"history.csv, loss.png, val_f1.png")
+    next_step(f"python cli.py predict --run {run_dir} --data {data or '<the run data>'} --out submission.csv")
 
 
 # --- stage 2 (issue 4): fusion heads on cached features, thresholds, ablation, submission -------
-
-def _head_cfg(fusion, classifier, loss, lr, epochs, batch_size, seed, width, dropout, weight_decay):
-    from heads.train import HeadConfig
-
-    given = {"fusion": fusion, "classifier": classifier, "loss": loss, "lr": lr, "epochs": epochs,
-             "batch_size": batch_size, "seed": seed, "width": width, "dropout": dropout, "weight_decay": weight_decay}
-    if epochs is not None:  # asked for epochs: run them all, without the default step cap
-        given["max_steps"] = 0
-    try:
-        return HeadConfig(**{k: v for k, v in given.items() if v is not None})
-    except ValueError as e:
-        fail(str(e))
-
 
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
@@ -348,97 +438,131 @@ def _names(text: str) -> list[str]:
 
 @app.command("fit-head")
 def fit_head_cmd(
-    encoders: str = typer.Option(..., help="Comma-separated cache names, e.g. efficientnet_lite0,minilm_l6 (one = unimodal)."),
-    fusion: str = typer.Option("concat", help="concat, late, gated, bilinear or attention."),
-    classifier: str = typer.Option(None, help="linear or mlp (default mlp)."),
-    loss: str = typer.Option(None, help="bce, asl or focal (default: HeadConfig's)."),
+    encoders: str = typer.Option(None, help="Comma-separated cache names whose features the head fuses, e.g. "
+                                            "efficientnet_lite0,minilm_l6 (one: unimodal)."),
+    fusion: str = typer.Option(None, help="late (default: the best measured), concat, gated, bilinear, attention or concat_relu."),
+    classifier: str = typer.Option(None, help="mlp (default) or linear."),
+    loss: str = typer.Option(None, help="bce (default), asl or focal."),
     lr: float = typer.Option(None, min=1e-9, max=10.0, help="AdamW learning rate (default: HeadConfig's)."),
     epochs: int = typer.Option(None, min=1, max=100000, help="Cosine schedule length in epochs (default 8, capped at 128 steps; given: no cap). Early stopping on validation mAP."),
     batch_size: int = typer.Option(None, min=1, max=65536, help="Rows per step."),
     width: int = typer.Option(None, min=1, max=65536, help="MLP hidden width / common width of the fusions."),
     dropout: float = typer.Option(None, min=0.0, max=0.99, help="Dropout on the fused input and the hidden layer."),
     weight_decay: float = typer.Option(None, min=0.0, max=10.0, help="AdamW weight decay."),
-    seed: int = typer.Option(0, min=0, help="Head seed (the train/validation split always uses seed 0)."),
-    train_fraction: float = typer.Option(1.0, min=0.001, max=1.0, help="Train on this share of the train rows (seeded by the split; learning curves)."),
-    metric: str = typer.Option("samples", help="Metric the thresholds maximise: samples, micro or macro."),
-    threshold_mode: str = typer.Option("auto", help="auto (best out of fold on the validation rows), per-label, shrunk, global or flat (0.5)."),
-    data: Path = typer.Option(DEFAULT_DATA, help="Dataset root (train.csv, test.csv, data/)."),
-    cache: Path = typer.Option(Path("cache"), help="Cache directory with <name>.h5 files."),
-    runs: Path = typer.Option(Path("runs"), help="Run directories go to runs/<id>/; results to runs/results.parquet."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (tuned metrics at top level)."),
+    seed: int = seed_option(),
+    train_fraction: float = typer.Option(None, min=0.001, max=1.0, help="Train on this share of the train rows (seeded by the split; learning curves)."),
+    metric: str = typer.Option(None, help="Metric the thresholds maximise: samples (default), micro or macro."),
+    threshold_mode: str = typer.Option(None, help="auto (default: best out of fold on the validation rows), per-label, shrunk, global or flat (0.5)."),
+    config: Path = typer.Option(None, help="Replay a run: fit again with the settings in its config.json (options given here override them)."),
+    data: Path = data_option(),
+    cache: Path = cache_option(),
+    runs: Path = runs_option(),
+    as_json: bool = json_option(),
 ):
     """Train one fusion head on cached features, tune thresholds on the validation part, save a run."""
-    from featcache.stage2.experiment import RunError, fit_head
+    from dataclasses import replace
+
+    from featcache.metrics import AVERAGES
+    from featcache.stage2.experiment import RunError, fit_head, replay_options
+    from heads.train import HeadConfig
     from stores.features import StoreError
 
-    cfg = _head_cfg(fusion, classifier, loss, lr, epochs, batch_size, seed, width, dropout, weight_decay)
     try:
-        run_dir, result = fit_head(data, cache, _names(encoders), cfg, train_fraction=train_fraction, metric=metric,
-                                   threshold_mode=threshold_mode, runs=runs)
+        saved = replay_options(config if config.name == "config.json" else config / "config.json") if config else \
+            {"encoders": None, "cfg": HeadConfig(), "train_fraction": 1.0, "metric": "samples", "threshold_mode": "auto"}
+        given = {"fusion": fusion, "classifier": classifier, "loss": loss, "lr": lr, "epochs": epochs,
+                 "batch_size": batch_size, "seed": seed, "width": width, "dropout": dropout, "weight_decay": weight_decay}
+        if epochs is not None:  # asked for epochs: run them all, without the default step cap
+            given["max_steps"] = 0
+        cfg = replace(saved["cfg"], **{k: v for k, v in given.items() if v is not None})
+        names = _names(encoders) if encoders else saved["encoders"]
+        if not names:
+            fail("no encoders: pass --encoders a,b (cache names), or --config runs/<id>/config.json")
+        run_dir, result = fit_head(data, cache, names, cfg, runs=runs,
+                                   train_fraction=train_fraction if train_fraction is not None else saved["train_fraction"],
+                                   metric=metric or saved["metric"], threshold_mode=threshold_mode or saved["threshold_mode"])
     except (DataError, StoreError, RunError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
     m = result.metrics
     if as_json:
-        typer.echo(json.dumps({"run": run_dir.name, "run_dir": str(run_dir), "encoders": result.encoders, "fusion": cfg.fusion,
-                               "classifier": cfg.classifier, "loss": cfg.loss, "seed": cfg.seed, **m}))
-        return
+        return emit({"run": run_dir.name, "run_dir": str(run_dir), "encoders": result.encoders, "fusion": cfg.fusion,
+                     "classifier": cfg.classifier, "loss": cfg.loss, "seed": cfg.seed, **m})
     typer.echo(f"{run_dir}: {' + '.join(result.encoders)} / {cfg.fusion} / {cfg.classifier} / {cfg.loss}, seed {cfg.seed}, "
                f"{m['n_train']} train / {m['n_val']} validation rows")
-    typer.echo(f"{'':<28} {'sample-F1':>9} {'micro-F1':>9} {'macro-F1':>9} {'mAP':>7}")
-    chosen = m["thresholds"]["chosen"]
-    mode = f"auto: {chosen}" if threshold_mode == "auto" else threshold_mode
-    for name, key in [("at 0.5", "at_0.5"), ("at 0.5 + fallback", "at_0.5_fallback"), (f"tuned ({mode}, {metric})", "tuned")]:
-        s = m[key]
-        typer.echo(f"{name:<28} {s['sample_f1']:>9.4f} {s['micro_f1']:>9.4f} {s['macro_f1']:>9.4f} {s['map']:>7.4f}")
-    typer.echo(f"out of fold (thresholds tuned on one half of the validation rows, scored on the other; "
-               f"compare runs by this): {metric} F1 {m['tuned_out_of_fold']:.4f}")
+    chosen, mode = m["thresholds"]["chosen"], m["thresholds"]["mode"]
+    rows = [{"thresholds": name, **{k: m[key][k] for k in ("sample_f1", "micro_f1", "macro_f1", "map")}}
+            for name, key in [("at 0.5", "at_0.5"), ("at 0.5 + fallback", "at_0.5_fallback"),
+                              (f"tuned ({f'auto: {chosen}' if mode == 'auto' else mode}, in-sample)", "tuned")]]
+    rows.append({"thresholds": "tuned, out of fold (compare runs by this)",
+                 AVERAGES[m["thresholds"]["metric"]]: m["tuned_out_of_fold"]})
+    typer.echo(render(rows, {"thresholds": "thresholds", "sample_f1": "sample-F1", "micro_f1": "micro-F1",
+                             "macro_f1": "macro-F1", "map": "mAP"}))
     if m["thresholds"]["candidates_out_of_fold"]:
         typer.echo("auto's candidates out of fold: " + ", ".join(
             f"{k} {v:.4f}" for k, v in m["thresholds"]["candidates_out_of_fold"].items()) + f" -> {chosen}")
     typer.echo(f"fit {m['fit_seconds']:.2f} s ({m['epochs_run']} epochs, best {m['best_epoch']}), thresholds {m['tune_seconds']:.2f} s")
+    rid = run_dir.relative_to(runs).as_posix() if run_dir.is_relative_to(runs) else str(run_dir)
+    next_step(f"python cli.py predict --run {rid} --data {data}{where(cache, runs)} --out submission.csv   "
+              f"(or finetune --init-head {rid} --data {data}{where(None, runs)} for the final model)")
 
 
 @app.command("ablate")
 def ablate_cmd(
-    encoders: str = typer.Option(None, help="Comma-separated cache names (default: every complete cache in --cache)."),
+    candidates: str = typer.Option(None, help="Comma-separated cache names to study: each alone, and every image+text pair "
+                                              "with each fusion (default: every complete cache in --cache)."),
     fusions: str = typer.Option(None, help="Comma-separated fusions (default: all)."),
     seeds: int = typer.Option(3, min=1, max=1000, help="Head seeds per configuration (mean ± std)."),
     grid: str = typer.Option(None, help="'seed': add the seed report's batch/lr/epoch grids (see featcache/stage2/ablate.py)."),
-    metric: str = typer.Option("samples", help="Metric the thresholds maximise."),
+    metric: str = typer.Option("samples", help="Metric the thresholds maximise: samples, micro or macro."),
     threshold_mode: str = typer.Option("auto", help="auto, per-label, shrunk, global or flat."),
-    data: Path = typer.Option(DEFAULT_DATA, help="Dataset root."),
-    cache: Path = typer.Option(Path("cache"), help="Cache directory."),
-    runs: Path = typer.Option(Path("runs"), help="Writes runs/ablate-<time>/ and appends to runs/results.parquet."),
-    out: Path = typer.Option(None, help="Output directory (default runs/ablate-<time>)."),
+    data: Path = data_option(),
+    cache: Path = cache_option(),
+    runs: Path = runs_option(),
+    out: Path = typer.Option(None, help="Output directory (default <runs>/ablate-<time>)."),
+    track: str = track_option(),
+    as_json: bool = json_option(),
 ):
-    """Every encoder alone, every image+text pair with each fusion, several seeds: table, Parquet/CSV, chart."""
+    """Every encoder alone, every image+text pair with each fusion, several seeds: ranked by out-of-fold F1; table, Parquet/CSV, chart."""
+    import polars as pl
+
     from featcache.stage2.ablate import ablate, format_table
+    from featcache.tracking import tracking_kind
     from stores.features import StoreError
 
     try:
-        table, raw, out = ablate(data, cache, _names(encoders) if encoders else None,
+        table, raw, out = ablate(data, cache, _names(candidates) if candidates else None,
                                  fusions=_names(fusions) if fusions else None, seeds=seeds, grid=grid, metric=metric,
-                                 threshold_mode=threshold_mode, runs=runs, out=out)
+                                 threshold_mode=threshold_mode, runs=runs, out=out, track=tracking_kind(track),
+                                 progress=not as_json)
     except (DataError, StoreError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
+    if as_json:
+        return emit({"out": str(out), "table": table.to_dicts(), "runs": raw["run"].to_list()})
     typer.echo(format_table(table))
     typer.echo(f"{len(raw)} fits in {raw['fit_seconds'].sum():.1f} s of head training; "
                f"{out}/table.parquet, table.csv, chart.png, raw.parquet")
+    first = table.row(0, named=True)
+    best = raw.filter((pl.col("encoders").list.join("+") == first["encoders"]) & (pl.col("fusion") == first["fusion"])
+                      & (pl.col("variant") == first["variant"])).sort("seed")["run"][0]
+    next_step(f"python cli.py predict --run {best} --data {data}{where(cache, runs)} --out submission.csv   (the first "
+              f"of the ranking, seed 0; or finetune --init-head {best} --data {data}{where(None, runs)})")
 
 
 @app.command("learning-curve")
 def learning_curve_cmd(
     encoders: list[str] = typer.Option(..., help="Cache names of one curve, comma-separated (fused); repeat for more curves."),
-    fusion: str = typer.Option("concat", help="Fusion of a multi-encoder curve (as fit-head)."),
+    fusion: str = typer.Option(None, help="Fusion of a multi-encoder curve (as fit-head; default late)."),
     fractions: str = typer.Option(None, help="Shares of the train rows, comma-separated, nested per seed "
                                               "(default 0.0625,0.125,0.25,0.5,1: featcache.stage2.curve.FRACTIONS)."),
     seeds: int = typer.Option(3, min=1, max=1000, help="Row orders (and head seeds) per point: mean ± std."),
     extrapolate: str = typer.Option("24000", help="Row counts to extend the fitted power law to, comma-separated."),
     target: float = typer.Option(None, min=0.0, max=1.0, help="Draw this sample-F1 as a line on the chart."),
     threshold_mode: str = typer.Option("auto", help="auto, per-label, shrunk, global or flat."),
-    data: Path = typer.Option(DEFAULT_DATA, help="Dataset root."),
-    cache: Path = typer.Option(Path("cache"), help="Cache directory."),
-    out: Path = typer.Option(None, help="Output directory (default runs/curve-<time>)."),
+    data: Path = data_option(),
+    cache: Path = cache_option(),
+    runs: Path = runs_option(),
+    out: Path = typer.Option(None, help="Output directory (default <runs>/curve-<time>)."),
+    as_json: bool = json_option(),
 ):
     """Validation sample-F1 against training rows, per encoder set: would more labelled rows pay?"""
     from featcache.stage2 import curve
@@ -448,32 +572,45 @@ def learning_curve_cmd(
     try:
         shares = tuple(float(f) for f in _names(fractions)) if fractions else curve.FRACTIONS
         table, fits, raw, out = curve.learning_curve(data, cache, [_names(e) for e in encoders],
-                                                     base=HeadConfig(fusion=fusion), fractions=shares, seeds=seeds,
+                                                     base=HeadConfig(**({"fusion": fusion} if fusion else {})),
+                                                     fractions=shares, seeds=seeds,
                                                      extrapolate_to=tuple(int(n) for n in _names(extrapolate)),
-                                                     target=target, threshold_mode=threshold_mode, out=out)
+                                                     target=target, threshold_mode=threshold_mode, runs=runs, out=out)
     except (DataError, StoreError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
+    if as_json:
+        return emit({"out": str(out), "table": table.to_dicts(), "fits": fits})
     typer.echo(curve.format_table(table, fits))
     typer.echo(f"{len(raw)} fits in {raw['fit_seconds'].sum():.1f} s of head training; {out}/table.csv, curve.png, fits.json")
+    next_step("more labelled rows pay where the extrapolated F1 still climbs; otherwise compare encoders with "
+              f"python cli.py ablate --data {data}")
 
 
 @app.command("predict")
 def predict_cmd(
-    run: Path = typer.Option(..., help="Run directory: a fitted head (fit-head, ablate) or an end-to-end run (finetune)."),
-    data: Path = typer.Option(DEFAULT_DATA, help="Dataset root: every row of its test.csv is predicted."),
-    cache: Path = typer.Option(Path("cache"), help="Cache directory with a fitted head's encoders (fingerprints checked)."),
+    run: str = typer.Option(..., help="A run, by directory or id (python cli.py runs lists them): a fitted head "
+                                      "(fit-head, ablate) or an end-to-end run (finetune)."),
+    data: Path = data_option(help="Dataset root: every row of its test.csv is predicted."),
+    cache: Path = cache_option(),
+    runs: Path = runs_option(),
     out: Path = typer.Option(Path("submission.csv"), help="Kaggle submission: ImageID,Labels."),
+    as_json: bool = json_option(),
 ):
     """Predict test.csv with a run and its thresholds: one row per test row, in order, >= 1 label each."""
-    from featcache.runs import predict
+    from featcache.runs import find_run, predict
     from featcache.stage2.experiment import RunError
     from stores.features import StoreError
 
     try:
-        path = predict(run, data, cache, out)
+        run_dir = find_run(run, runs)
+        path = predict(run_dir, data, cache, out)
     except (DataError, StoreError, RunError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
-    typer.echo(f"{path}: {len(path.read_text().splitlines()) - 1} rows")
+    rows = len(path.read_text().splitlines()) - 1
+    if as_json:
+        return emit({"submission": str(path), "rows": rows, "run": str(run_dir)})
+    typer.echo(f"{path}: {rows} rows (run {run_dir})")
+    next_step(f"submit {path} (ImageID,Labels)")
 
 
 # --- demo (issue 7): the whole study on one dataset -------------------------------------------
@@ -488,6 +625,7 @@ def demo_cmd(
     text_encoder: str = typer.Option("minilm_l6", help="Text encoder (offline weights by default)."),
     seeds: int = typer.Option(3, min=1, max=1000, help="Head seeds per configuration."),
     random_init: bool = typer.Option(False, help="Random-init encoders (tests; the numbers mean nothing)."),
+    as_json: bool = json_option(),
 ):
     """Data -> extract -> ablate -> chosen model -> submission -> size/latency -> Table 1 and plots."""
     from featcache.demo import DemoConfig, run
@@ -498,9 +636,77 @@ def demo_cmd(
     cfg = DemoConfig(out=out, data=data, n_train=n_train, n_test=n_test, image_encoder=image_encoder,
                      text_encoder=text_encoder, seeds=seeds, pretrained=not random_init)
     try:
-        run(cfg, echo=typer.echo)
+        result = run(cfg, echo=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo)
     except (DataError, StoreError, WeightsNotFound, RunError, ValueError) as e:
         fail(str(e))
+    if as_json:
+        return emit({"seconds": result["seconds"], "test_f1": result["test_f1"], "table": result["table"].to_dicts(),
+                     "files": {k: str(v) for k, v in result["files"].items()},
+                     **{k: result[k] for k in ("image_f1", "text_f1", "best_fusion", "fusion_f1", "fusion_wins")}})
+    next_step(f"the same on your data: python cli.py demo --data DIR, or step by step: python cli.py data check --data DIR")
+
+
+# --- runs: what has been trained, and how it scored ---------------------------------------------
+
+runs_app = typer.Typer(help="The runs under --runs with their metrics; `runs show ID` shows one.", invoke_without_command=True)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.callback()
+def runs_cmd(
+    ctx: typer.Context,
+    runs: Path = runs_option(),
+    as_json: bool = json_option(),
+):
+    """Every complete run with its metrics, newest first (tuned: in-sample; out of fold: the honest figure)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from featcache.runs import run_table
+
+    table = run_table(runs, say=lambda m: typer.echo(m, err=True))
+    if as_json:
+        return emit({"runs": table.to_dicts()})
+    if not len(table):
+        typer.echo(f"no complete runs under {runs}")
+        next_step("python cli.py fit-head --encoders a,b --data DIR   (or ablate)")
+        return
+    typer.echo(render(table, {"run": "run", "kind": "kind", "time": "time", "encoders": "encoders", "head": "head",
+                              "seed": "seed", "sample_f1": "tuned", "tuned_out_of_fold": "out of fold", "map": "mAP",
+                              "fit_seconds": "fit s"}, formats={"fit_seconds": ".2f"}))
+    next_step("python cli.py runs show ID   (any unique part of a run id works wherever a run is named)")
+
+
+@runs_app.command("show")
+def runs_show_cmd(
+    run: str = typer.Argument(..., help="A run: its directory, id, or a part of the id only it has."),
+    runs: Path = runs_option(),
+    as_json: bool = json_option(),
+):
+    """One run: its settings, command line, versions, metrics and files."""
+    from featcache.runs import describe
+    from featcache.stage2.experiment import RunError
+
+    try:
+        doc = describe(run, runs)
+    except RunError as e:
+        fail(str(e))
+    if as_json:
+        return emit(doc)
+    config, m = doc["config"], doc["metrics"]
+    typer.echo(f"{doc['run']} ({doc['kind']})")
+    settings = config.get("head") or config.get("config") or {}
+    typer.echo("encoders: " + " + ".join(config.get("encoder_names") or config.get("encoders") or []))
+    typer.echo("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    if config.get("command"):
+        typer.echo(f"command: {config['command']}  (git {config.get('git') or '-'}; "
+                   + ", ".join(f"{k} {v}" for k, v in (config.get("versions") or {}).items()) + ")")
+    rows = [{"thresholds": name, **{k: m[key][k] for k in ("sample_f1", "micro_f1", "macro_f1", "map")}}
+            for name, key in [("at 0.5", "at_0.5"), ("at 0.5 + fallback", "at_0.5_fallback"), ("tuned, in-sample", "tuned")]]
+    rows.append({"thresholds": "tuned, out of fold", "sample_f1": m.get("tuned_out_of_fold")})
+    typer.echo(render(rows, {"thresholds": "thresholds", "sample_f1": "sample-F1", "micro_f1": "micro-F1",
+                             "macro_f1": "macro-F1", "map": "mAP"}))
+    typer.echo("files: " + ", ".join(doc["files"]))
+    next_step(f"python cli.py predict --run {run} --data DIR --out submission.csv")
 
 
 if __name__ == "__main__":

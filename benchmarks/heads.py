@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/heads.py [--cache cache] [--data ../shared/data/comp5329] [--seeds 3]
 
-Runs `cli.py ablate --encoders efficientnet_lite0,minilm_l6 --seeds 3` as a user would (a fresh
+Runs `cli.py ablate --candidates efficientnet_lite0,minilm_l6 --seeds 3` as a user would (a fresh
 process, caches already extracted: `cli.py extract --encoder X --cache cache`) and prints, in one run:
 - its wall time, and its head-training time (the fits' own clocks, from the study's raw.parquet);
 - the bound: every fit's matmul FLOPs (torch's FlopCounterMode over one training step and one
@@ -61,7 +61,7 @@ def head_flops(cfg: HeadConfig, dims: list[int], num_labels: int) -> tuple[float
 
 
 def study(cache: Path, data: Path, seeds: int, out: Path) -> tuple[float, pl.DataFrame]:
-    cmd = [sys.executable, str(ROOT / "cli.py"), "ablate", "--encoders", "efficientnet_lite0,minilm_l6",
+    cmd = [sys.executable, str(ROOT / "cli.py"), "ablate", "--candidates", "efficientnet_lite0,minilm_l6",
            "--seeds", str(seeds), "--data", str(data), "--cache", str(cache), "--runs", str(out), "--out", str(out / "study")]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -107,7 +107,7 @@ def main() -> None:
     train = raw["fit_seconds"].sum()
     num_labels = load_dataset(args.data).label_space.num_labels
     bound = bound_seconds(raw, dims, num_labels, rates[best])
-    print(f"\nstudy: ablate --encoders {','.join(names)} --seeds {args.seeds}: {len(raw)} fits on {raw['n_val'][0]} "
+    print(f"\nstudy: ablate --candidates {','.join(names)} --seeds {args.seeds}: {len(raw)} fits on {raw['n_val'][0]} "
           f"validation rows")
     print(f"{'':<34} {'seconds':>8}")
     print(f"{'wall (a fresh process, all in)':<34} {wall:>8.1f}")

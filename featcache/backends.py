@@ -61,6 +61,18 @@ def openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+def resolve_device(device: str) -> str:
+    """`auto`: cuda when this machine has an NVIDIA GPU torch can use, else cpu. The device file is
+    looked at first, so a CPU machine decides without importing torch (a warm cache stays quick)."""
+    if device != "auto":
+        return device
+    if not Path("/dev/nvidiactl").exists():
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def choose(backend: str = "auto", precision: str = "auto", device: str = "cpu") -> Compute:
     """Validate the options in one place and resolve `auto`; ValueError says what to use instead."""
     if backend not in BACKENDS:

@@ -13,7 +13,6 @@ Every encoder maps a batch to float features [B, embed_dim]:
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .outputs import replacing
 from .registry import EncoderCfg
 from .resolve import config_dir, quiet_transformers, resolve, timm_model
 from .weights import WeightsNotFound, WeightsSource, how_to_supply, text_tokenizer_source
@@ -78,11 +78,9 @@ def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None 
     the old file or the new one, never half of one."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    with replacing(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp), metadata=metadata)
+    return Path(path)
 
 
 def zip_state_dict(source: dict, target: nn.Module) -> dict:

@@ -38,7 +38,7 @@ from stores.features import (FeatureWriter, StoreError, cache_path, merge_shards
                              shard_status)
 
 from . import __version__
-from .backends import Compute, choose, failed_before, model_key
+from .backends import Compute, choose, failed_before, model_key, resolve_device
 from .data import Dataset, DataError
 from .registry import EncoderCfg, cache_name
 from .resolve import resolve
@@ -82,6 +82,22 @@ def fingerprint_spec(cfg: EncoderCfg, source: WeightsSource, dataset: Dataset, v
     return with_compute(spec, compute)
 
 
+def encoder_of(path: Path, attrs: dict):
+    """The encoder a cache was extracted with, in eval mode: its configuration (name, input size)
+    and the same weights file, checked by its hash, so a new photo or caption is embedded as the
+    cache's rows were. StoreError when those weights are gone or changed."""
+    from .encoders import build_encoder
+
+    config = json.loads(attrs["config"])
+    spec, source = config["fingerprint_spec"], config["weights_source"]
+    cfg, found = resolve(attrs["encoder"], source["path"], source["kind"] != "random-init",
+                         spec["preprocessing"].get("input_size"))
+    if found.sha256() != spec["weights_sha256"]:
+        raise StoreError(f"{path}: extracted with the weights {source['path']}, which are no longer there or have "
+                         f"changed (sha256 {spec['weights_sha256'][:12]}...); restore them or extract again")
+    return build_encoder(cfg, found).eval()
+
+
 def with_compute(spec: dict, compute: Compute) -> dict:
     """The spec on another compute path; torch fp32, the reference, adds nothing (old fingerprints hold)."""
     spec = {k: v for k, v in spec.items() if k != "compute"}
@@ -100,7 +116,7 @@ def _differences(old: dict, new: dict) -> str:
 
 
 def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch_size: int = 32,
-            device: str = "cpu", num_workers: int | None = None, threads: int | None = None,
+            device: str = "auto", num_workers: int | None = None, threads: int | None = None,
             weights: str | Path | None = None, pretrained: bool = True, image_size: int | None = None,
             views: int = 0, force: bool = False, lenient: bool = False, dtype: str = "float16",
             finetuned: dict | None = None, chunk_batches: int = 8, progress: bool = True,
@@ -118,6 +134,7 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
 
     if not 0 <= shard < num_shards:
         raise ValueError(f"--shard {shard} is not in 0..{num_shards - 1} (--num-shards {num_shards})")
+    device = resolve_device(device)
     compute, chosen = choose(backend, precision, device), backend == precision == "auto"
     cfg, source = resolve(encoder_name, weights, pretrained, image_size)
     if views and cfg.is_text:

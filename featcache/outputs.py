@@ -14,7 +14,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
+import subprocess
+import sys
+from importlib import metadata
 from pathlib import Path
+
+
+def _file_mode() -> int:
+    umask = os.umask(0o022)  # the only way to read the umask is to set it, then put it back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()  # what open() gives a new file: every output gets it
 
 
 class OutputError(ValueError):
@@ -72,6 +85,7 @@ def replacing(path: str | Path, inputs=()):
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)  # one mode for every output (safetensors writes 0600, the rest 0644)
         os.replace(tmp, path)
     except OSError as e:
         kept = "the previous file is unchanged" if path.exists() else "nothing was written"
@@ -101,3 +115,23 @@ def write_study(out_dir: str | Path, raw, table) -> None:
                                ("table.csv", table, "write_csv")]:
         with replacing(Path(out_dir) / name) as tmp:
             getattr(frame, write)(tmp)
+
+
+def provenance() -> dict:
+    """What produced an output, for a run's config.json: the command line, the versions of the
+    libraries the numbers depend on, and the git commit of this checkout (None outside one)."""
+    versions = {}
+    for name in ("featcache", "torch", "timm", "transformers", "numpy", "scikit-learn", "openvino"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
+                               text=True, timeout=5)
+        git = (commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")) if commit.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        git = None
+    return {"command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else None,
+            "python": sys.version.split()[0], "versions": versions, "git": git}
+

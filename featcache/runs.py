@@ -7,6 +7,7 @@
 
     kind_of(run_dir)                     "stage2" | "e2e" (RunError naming the directory otherwise)
     list_runs(root)                      every run under root with a model to load
+    find_run(run, root)                  a run by directory, id, or a part of the id only it has
     e2e_results(root)                    finished end-to-end runs as rows of the results table
     load_model(run_dir)                  the model a run predicts with (for benchmarking)
     predict(run_dir, data, cache, out)   a submission for the dataset's test.csv
@@ -66,6 +67,26 @@ def list_runs(root: str | Path, kind: str | None = None, say=None) -> list[Path]
     return sorted(set(runs) - set(incomplete))
 
 
+def find_run(run: str | Path, root: str | Path = "runs") -> Path:
+    """A run named by its directory, its id (the path under `root`, as `runs` lists it), or any part
+    of the id that only one complete run under `root` has (e.g. a time stamp). RunError otherwise,
+    naming the candidates."""
+    if Path(run).is_dir():
+        return Path(run)
+    root = Path(root)
+    if (root / run).is_dir():
+        return root / run
+    found = [r for r in list_runs(root) if str(run) in r.relative_to(root).as_posix()] if root.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise RunError(f"{run}: no such run directory, and no run under {root} has it in its id "
+                       f"(python cli.py runs --runs {root} lists them)")
+    raise RunError(f"{run}: {len(found)} runs under {root} match: "
+                   + ", ".join(r.relative_to(root).as_posix() for r in found[:5]) + (" ..." if len(found) > 5 else "")
+                   + "; give more of the id")
+
+
 def e2e_results(root: str | Path) -> pl.DataFrame:
     """Result rows of the finished end-to-end runs under root, in the results table's layout (a
     fit-head run appends its own row to results.parquet; an end-to-end run keeps metrics.json)."""
@@ -80,6 +101,53 @@ def e2e_results(root: str | Path) -> pl.DataFrame:
                      "sample_f1": metrics["tuned"]["sample_f1"], "tuned_out_of_fold": metrics.get("tuned_out_of_fold"),
                      "fit_seconds": sum(h["train_seconds"] for h in metrics["history"])})
     return pl.DataFrame(rows)
+
+
+def run_table(root: str | Path = "runs", say=None) -> pl.DataFrame:
+    """`runs`: every complete run under root with its metrics, newest first: the rows fit-head and
+    ablate appended to root/results.parquet whose directories are still there, and the finished
+    end-to-end runs. Columns: run (the id `find_run` takes), kind, time, encoders, head, seed,
+    sample_f1 (tuned, in-sample), tuned_out_of_fold (the honest figure), map, fit_seconds."""
+    from stores.results import read_results
+
+    root = Path(root)
+    present = {r.relative_to(root).as_posix() for r in list_runs(root, say=say)} if root.is_dir() else set()
+    parts = []
+    if (root / "results.parquet").exists():
+        heads = read_results(root / "results.parquet").filter(pl.col("run").is_in(sorted(present)))
+        parts.append(heads.with_columns(kind=pl.lit("head")).unique("run", keep="last", maintain_order=True))
+    finals = e2e_results(root)
+    if len(finals):  # finished when metrics.json was written
+        when = [_iso((root / r / "metrics.json").stat().st_mtime) for r in finals["run"]]
+        parts.append(finals.with_columns(time=pl.Series(when, dtype=pl.String)))
+    columns = ["run", "kind", "time", "encoders", "head", "seed", "sample_f1", "tuned_out_of_fold", "map", "fit_seconds"]
+    if not parts:
+        return pl.DataFrame(schema={c: pl.String for c in columns})
+    table = pl.concat([p.select([c for c in columns if c in p.columns]) for p in parts], how="diagonal_relaxed")
+    return table.with_columns(pl.col("encoders").list.join("+")).sort("time", descending=True, nulls_last=True)
+
+
+def _iso(timestamp: float) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(timestamp).isoformat(timespec="seconds")
+
+
+def describe(run: str | Path, root: str | Path = "runs") -> dict:
+    """`runs show`: one run's kind, directory, config.json (its settings, command line, versions)
+    and metrics.json (history left out), and its files."""
+    run_dir = find_run(run, root)
+    kind = kind_of(run_dir)
+    if not (run_dir / "metrics.json").exists():
+        raise RunError(f"{run_dir}: incomplete run (no metrics.json: killed while saving, or still running)")
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"{run_dir}: unreadable config.json or metrics.json ({e})") from None
+    metrics.pop("history", None)
+    return {"run": run_dir.as_posix(), "kind": kind, "config": config, "metrics": metrics,
+            "files": sorted(p.relative_to(run_dir).as_posix() for p in run_dir.iterdir())}
 
 
 def load_model(run_dir: str | Path) -> nn.Module:

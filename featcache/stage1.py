@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .backends import resolve_device
 from .data import Dataset, load_dataset
 from .extract import ExtractResult, extract
 from .finetune import FinetuneCfg, ensure_finetuned
@@ -20,11 +21,12 @@ from .resolve import resolve
 
 def run(data: str | Path | Dataset, encoder: str, cache: str | Path, *, finetune: dict | None = None,
         weights: str | Path | None = None, pretrained: bool = True, image_size: int | None = None,
-        batch_size: int = 32, device: str = "cpu", num_workers: int | None = None, threads: int | None = None,
+        batch_size: int = 32, device: str = "auto", num_workers: int | None = None, threads: int | None = None,
         lenient: bool = False, log=None, **extract_options) -> ExtractResult:
     """`finetune`: FinetuneCfg's fields (epochs at least); lr defaults to the modality's recipe.
     `extract_options`: the rest of featcache.extract.extract's keywords (views, force, shard, ...)."""
     say = log or (lambda message: print(message, file=sys.stderr))
+    device = resolve_device(device)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, lenient=lenient)
     for s in dataset.skipped:
         say(f"skipped {s.file}:{s.line}: {s.reason}")

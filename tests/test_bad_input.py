@@ -32,7 +32,7 @@ CASES = [
     (["fit-head", "--encoders", "a", "--batch-size", "0"], "--batch-size"),
     (["fit-head", "--encoders", "a", "--dropout", "1.5"], "--dropout"),
     (["fit-head", "--encoders", "a", "--train-fraction", "0"], "--train-fraction"),
-    (["ablate", "--encoders", "a", "--seeds", "0"], "--seeds"),
+    (["ablate", "--candidates", "a", "--seeds", "0"], "--seeds"),
     (["learning-curve", "--encoders", "a", "--seeds", "0"], "--seeds"),
     (["finetune", "--epochs", "0"], "--epochs"),
     (["finetune", "--device", "gpu"], "--device"),

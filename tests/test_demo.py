@@ -21,7 +21,7 @@ def test_demo_runs_every_step_and_writes_every_file(tmp_path):
     assert submission["Labels"].str.len_chars().min() > 0
     table = result["table"]
     assert set(zip(table["encoders"], table["fusion"])) == {
-        ("efficientnet_lite0", "concat"), ("minilm_l6", "concat"),
+        ("efficientnet_lite0", "late"), ("minilm_l6", "late"),
         *{("efficientnet_lite0+minilm_l6", f) for f in ("concat", "late", "gated", "bilinear", "attention")}}
     assert 0.0 <= result["test_f1"] <= 1.0
     # The chosen model is the first by the out-of-fold score, not by the in-sample tuned one.

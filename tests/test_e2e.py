@@ -44,7 +44,8 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def full_run(data, tmp_path_factory):
-    return train(CFG, data, tmp_path_factory.mktemp("runs"), run_name="full", threads=1, log=lambda m: None)
+    return train(CFG, data, tmp_path_factory.mktemp("runs"), run_name="full", threads=1, log=lambda m: None,
+                 track="tensorboard")
 
 
 def test_training_lowers_the_loss_and_writes_the_run(full_run):
@@ -59,10 +60,20 @@ def test_training_lowers_the_loss_and_writes_the_run(full_run):
         assert (full_run / name).stat().st_size > 0, name
     metrics = json.loads((full_run / "metrics.json").read_text())
     assert set(metrics["tuned"]) >= {"sample_f1", "micro_f1", "macro_f1", "map"} and metrics["epochs"] == 3
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(full_run / "tensorboard"))  # --track tensorboard: every step's loss, every epoch's scores
+    events.Reload()
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(steps["loss"].to_list())
+    assert len(events.Scalars("epoch/val_map")) == 3
     # The out-of-fold score re-tunes on half the rows: it can't beat tuning on all of them by much.
     assert 0 < metrics["tuned_out_of_fold"] <= metrics["tuned"]["sample_f1"] + 0.05
     assert metrics["thresholds"]["chosen"] in ("flat", "global", "shrunk", "per-label")
-    assert [p.name for p in (full_run / "checkpoints").iterdir()] == ["epoch-3"]  # only the latest is kept
+    # --keep's default: the best epoch by validation mAP and the last; the others are removed.
+    best = max(metrics["history"], key=lambda r: r["val_map"])["epoch"]
+    from featcache.outputs import FILE_MODE  # weights (safetensors writes 0600), tables and checkpoints alike
+    assert {p.stat().st_mode & 0o777 for p in full_run.rglob("*") if p.is_file()} == {FILE_MODE}
+    assert sorted(p.name for p in (full_run / "checkpoints").iterdir()) == sorted({f"epoch-{best}", "epoch-3"})
 
 
 def cut_after_epoch_1(cfg, data, runs: Path, name: str, monkeypatch) -> Path:
@@ -127,12 +138,13 @@ def test_torchrun_two_processes_both_step_and_one_run_dir(data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2", "cli.py", "finetune",
            "--data", str(data), "--runs", str(runs), "--random-init", "--image-size", "32", "--batch-size", "4",
-           "--epochs", "1", "--max-steps", "2", "--log-every", "1", "--threads", "1"]
+           "--epochs", "1", "--max-steps", "2", "--log-every", "1", "--threads", "1", "--keep", "last"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
-        for step in (1, 2):
-            assert f"rank {rank} epoch 1 step {step}/2 " in proc.stderr, proc.stderr[-3000:]
+        for step in (1, 2):  # rank 0 draws the progress bar instead of step lines
+            assert (f"rank {rank} epoch 1 step {step}/2 " in proc.stderr) == (rank == 1), proc.stderr[-3000:]
+    assert "epoch 1/1: 100%" in proc.stderr and "step/s" in proc.stderr  # rank 0's bar
     (run,) = list(runs.iterdir())  # exactly one run directory: rank 0 names it, only rank 0 writes
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
     assert (run / "model.safetensors").exists() and len(pl.read_csv(run / "history.csv")) == 1
@@ -148,14 +160,15 @@ def test_init_head_from_a_stage2_run_and_freezing(data, tmp_path):
     rng = np.random.default_rng(0)
     xs, y = [rng.normal(size=(40, 384)).astype(np.float32), rng.normal(2, 3, size=(40, 1280)).astype(np.float32)], \
         (rng.random((40, 18)) < 0.2).astype(np.float32)
-    head = Head(HeadConfig(classifier="mlp", width=32, epochs=1, bf16=False)).fit(xs, y)
+    head = Head(HeadConfig(fusion="concat", classifier="mlp", width=32, epochs=1, bf16=False)).fit(xs, y)
     head.save(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"encoders": ["minilm_l6", "efficientnet_lite0"]}))
     cfg = replace(CFG, init_head=str(tmp_path), freeze=("text", "image-early"))
     cfg, order, net, weights = with_init_head(cfg, 18)
     assert order == ["minilm_l6", "efficientnet_lite0"] and (cfg.classifier, cfg.width) == ("mlp", 32) and not weights
     with pytest.raises(ValueError, match="split seed 0"):  # another split would validate on the head's train rows
-        with_init_head(replace(CFG, init_head=str(tmp_path), seed=1), 18)
+        with_init_head(replace(CFG, init_head=str(tmp_path), split_seed=1), 18)
+    with_init_head(replace(CFG, init_head=str(tmp_path), seed=1), 18)  # another model seed: the same split
     with pytest.raises(ValueError, match="fit-head --train-fraction 0.5"):  # the head saw all the train rows
         with_init_head(replace(CFG, init_head=str(tmp_path), train_fraction=0.5), 18)
     model = build_model(cfg, 18, order, net)
@@ -284,3 +297,18 @@ def test_train_fraction_trains_on_the_share_fit_head_uses(data, tmp_path):
     for bad in (0.0, 1.2):
         with pytest.raises(ValueError, match="share of the train rows"):
             replace(CFG, train_fraction=bad)
+
+
+@pytest.mark.parametrize("keep, kept", [(("last",), [3]), (("best",), [2]), (("best", "last"), [2, 3]),
+                                        (("all",), [1, 2, 3])])
+def test_keep_chooses_the_checkpoints_left_when_a_run_finishes(tmp_path, keep, kept):
+    from featcache.e2e.checkpoints import prune
+
+    history = [{"epoch": 1, "val_map": 0.5}, {"epoch": 2, "val_map": 0.7}, {"epoch": 3, "val_map": 0.6}]
+    for epoch in (1, 2, 3):  # each epoch writes its checkpoint, then prunes
+        (tmp_path / "checkpoints" / f"epoch-{epoch}").mkdir(parents=True)
+        prune(tmp_path, {"epoch": epoch, "history": history[:epoch]}, keep, finished=False)
+        assert (tmp_path / "checkpoints" / f"epoch-{epoch}").exists()  # the latest stays while training: resume needs it
+    prune(tmp_path, {"epoch": 3, "history": history}, keep, finished=True)
+    assert sorted(int(p.name.split("-")[1]) for p in (tmp_path / "checkpoints").iterdir()) == kept
+

@@ -286,8 +286,8 @@ def test_ablate_writes_table_parquet_csv_and_chart(planted_data, tmp_path):
     import polars as pl
     table = pl.read_parquet(tmp_path / "ab" / "table.parquet")
     # img alone, txt alone, img+txt x 2 fusions; 2 seeds each
-    assert sorted(zip(table["encoders"], table["fusion"])) == [("img", "concat"), ("img+txt", "concat"),
-                                                                ("img+txt", "late"), ("txt", "concat")]
+    assert sorted(zip(table["encoders"], table["fusion"])) == [("img", "late"), ("img+txt", "concat"),
+                                                                ("img+txt", "late"), ("txt", "late")]
     assert (table["seeds"] == 2).all() and (table["sample_f1_std"] >= 0).all()
     assert table["tuned_out_of_fold"].is_sorted(descending=True)  # ranked by the honest score
     raw = pl.read_parquet(tmp_path / "ab" / "raw.parquet")

@@ -7,7 +7,9 @@ function; relative imports are resolved). The rules:
 - a module imports only modules of lower layers, or, within its own layer, modules of its own
   package directory (never between top-level modules of featcache/ itself);
 - package __init__s are layer 0: anyone may import them, they import nothing of the project but
-  version strings;
+  version strings; the one exception is `featcache/__init__.py`'s module `__getattr__`, which
+  imports `featcache.api` when an attribute is first asked for (`import featcache as fc;
+  fc.fit_head`), so importing featcache itself loads nothing else (LAZY_API);
 - no import circles; heads.* import nothing from featcache; featcache.registry and
   featcache.weights import no torch; every module is in some layer.
 
@@ -33,6 +35,7 @@ PROJECT = ("featcache", "heads", "stores", "cli")  # top-level names of project 
 PACKAGE_DIRS = ("featcache", "heads", "stores")
 NO_TORCH = ("featcache.registry", "featcache.weights")
 FLAT = "featcache"  # the package whose top-level modules never import each other within a layer
+LAZY_API = ("featcache", "featcache.api")  # the package whose __getattr__ may import its API module
 ADD_IT = "add it to a layer in the table of docs/CONTRACTS.md"
 
 
@@ -49,6 +52,7 @@ class Edge:
     target: str  # the imported project module
     where: str  # file:line of the import
     version_only: bool = False  # `from X import __version__`: only version strings
+    lazy: bool = False  # inside a package __init__'s module-level __getattr__ (runs on attribute access)
 
     def __str__(self) -> str:
         return f"{self.where} -> {self.target}"
@@ -137,11 +141,16 @@ def build_graph(root: Path) -> Graph:
             graph.unparsable.append(f"{rel}:{e.lineno}: {e.msg}")
             continue
         seen = set()
+        lazy_lines = set()
+        if is_package:
+            for node in tree.body:
+                if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
+                    lazy_lines |= set(range(node.lineno, node.end_lineno + 1))
         for target, line, version_only in imports_of(tree, module, is_package, known):
             if target.split(".")[0] not in PROJECT or target == module or (target, line) in seen:
                 continue
             seen.add((target, line))
-            graph.edges.append(Edge(module, target, f"{rel}:{line}", version_only))
+            graph.edges.append(Edge(module, target, f"{rel}:{line}", version_only, line in lazy_lines))
     graph.edges.sort(key=lambda e: (e.where.split(":")[0], int(e.where.split(":")[1]), e.target))
     return graph
 
@@ -198,7 +207,8 @@ def layering(graph: Graph, layers: list[Layer]) -> list[str]:
 
 def package_inits(graph: Graph) -> list[str]:
     return [f"{edge}  ({edge.source} is a package __init__ (layer 0): it imports nothing of the project but version strings)"
-            for edge in graph.edges if edge.source in graph.packages and not edge.version_only]
+            for edge in graph.edges if edge.source in graph.packages and not edge.version_only
+            and not (edge.lazy and (edge.source, edge.target) == LAZY_API)]
 
 
 def heads_from_featcache(graph: Graph) -> list[str]:
@@ -253,7 +263,8 @@ def _shortest_cycle(start: str, nodes: dict[str, set[str]], members: set[str]) -
 def circles(graph: Graph) -> list[str]:
     nodes: dict[str, set[str]] = {}
     for edge in graph.edges:
-        nodes.setdefault(edge.source, set()).add(edge.target)
+        if not edge.lazy:  # runs on attribute access, after every import has finished
+            nodes.setdefault(edge.source, set()).add(edge.target)
     bad = []
     for component in strongly_connected(nodes):
         members = set(component)
@@ -388,6 +399,13 @@ def test_the_checker_catches_planted_faults():
     side = Graph(fc, {"featcache"}, [Edge("featcache.a", "featcache.b", "featcache/a.py:3")], [])
     assert layering(side, flat) == ["featcache/a.py:3 -> featcache.b  (sideways in layer 1 core: "
                                     "top-level modules of featcache/ never import each other)"]
+    api = Graph(fc | {"featcache.api": "featcache/api.py"}, {"featcache"},
+                [Edge("featcache", "featcache.api", "featcache/__init__.py:8", lazy=True),  # the lazy API: allowed
+                 Edge("featcache", "featcache.a", "featcache/__init__.py:9", lazy=True),  # anything else lazily: not
+                 Edge("featcache.api", "featcache.a", "featcache/api.py:2"), Edge("featcache.a", "featcache", "featcache/a.py:1", True)], [])
+    assert package_inits(api) == ["featcache/__init__.py:9 -> featcache.a  (featcache is a package __init__ (layer 0): "
+                                  "it imports nothing of the project but version strings)"]
+    assert circles(api) == []  # the lazy edge runs after every import: no circle through it
     h = Graph({"heads.x": "heads/x.py"}, set(), [Edge("heads.x", "featcache.data", "heads/x.py:9")], [])
     assert heads_from_featcache(h) == ["heads/x.py:9 -> featcache.data  (heads import nothing from featcache)"]
 

@@ -153,7 +153,7 @@ def test_fit_head_ablate_and_finetune_run_on_open_encoder_caches(tiny_models, da
                  "--runs", tmp_path / "runs", *common)
     run = json.loads(fitted.output)
     assert run["encoders"] == [cache_name(image), cache_name(text)] and 0 <= run["sample_f1"] <= 1
-    ablated = cli("ablate", "--encoders", f"{image},{text}", "--fusions", "concat", "--seeds", "1",
+    ablated = cli("ablate", "--candidates", f"{image},{text}", "--fusions", "concat", "--seeds", "1",
                   "--runs", tmp_path / "runs", *common)
     assert cache_name(text) in ablated.output
     cli("finetune", "--image-encoder", image, "--text-encoder", text, "--random-init", "--image-size", "32",

@@ -1,7 +1,9 @@
 """checkpoints/epoch-N/ of an end-to-end run: model.safetensors (and ema.safetensors when the run
 keeps a moving average), optimizer.pt (optimizer + grad scaler, loaded with weights_only=True: a
 foreign pickle is refused without running it) and state.json (epoch, history, per-step losses).
-Only the latest is kept; `resume` continues after it."""
+Which are kept is the run's choice (`keep`, KEEP): the latest (`resume` continues after it; kept
+while the run trains), the best by validation mAP (threshold-free, as stage 2 early-stops on it),
+or all of them."""
 
 from __future__ import annotations
 
@@ -16,11 +18,14 @@ from safetensors.torch import load_file
 from ..encoders import save_weights
 
 CHECKPOINTS = "checkpoints"
+KEEP = ("last", "best", "all")
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scaler, state: dict, ema=None) -> Path:
+def save_checkpoint(run_dir: Path, model, optimizer, scaler, state: dict, ema=None,
+                    keep: tuple[str, ...] = ("best", "last")) -> Path:
     """checkpoints/epoch-N/ is written beside the old one and renamed into place: a kill at any
-    moment leaves the previous checkpoint intact. Older checkpoints are then removed."""
+    moment leaves the previous checkpoint intact. Then the ones `keep` does not want are removed
+    (the latest always stays until the run finishes: see prune)."""
     root = Path(run_dir) / CHECKPOINTS
     final, tmp = root / f"epoch-{state['epoch']}", root / f".epoch-{state['epoch']}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -32,10 +37,27 @@ def save_checkpoint(run_dir: Path, model, optimizer, scaler, state: dict, ema=No
     (tmp / "state.json").write_text(json.dumps(state))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for old in root.glob("epoch-*"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+    prune(run_dir, state, keep, finished=False)
     return final
+
+
+def prune(run_dir: Path, state: dict, keep: tuple[str, ...], finished: bool) -> list[Path]:
+    """Remove the checkpoints `keep` does not want; the latest stays while the run is unfinished.
+    Returns those kept."""
+    if "all" in keep:
+        return sorted(Path(run_dir, CHECKPOINTS).glob("epoch-*"))
+    wanted = set()
+    if "last" in keep or not finished:
+        wanted.add(state["epoch"])
+    if "best" in keep and state["history"]:
+        wanted.add(max(state["history"], key=lambda r: r["val_map"])["epoch"])
+    kept = []
+    for ckpt in Path(run_dir, CHECKPOINTS).glob("epoch-*"):
+        if int(ckpt.name.split("-")[1]) in wanted:
+            kept.append(ckpt)
+        else:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return sorted(kept)
 
 
 def latest_checkpoint(run_dir: Path) -> Path:

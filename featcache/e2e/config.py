@@ -1,11 +1,16 @@
 """What an end-to-end run trains: E2EConfig, validated when it is made (also when read back
-from a run's config.json). The defaults are the seed's final model: EfficientNet + a BERT,
-concat fusion, BCE, Adam, batch 16, lr 1e-4, 3 epochs, horizontal flip / rotation <= 10 deg /
-resize."""
+from a run's config.json). The defaults are the best recipe measured on the shared slice
+(docs/results.md, "End-to-end fine-tuning"): lite0 + MiniLM, late fusion with MLP classifiers,
+BCE, Adam at 1e-4 with a cosine schedule, the image backbone at 5e-5 with its BatchNorm statistics
+kept, the moving average of the weights (0.998), batch 16, 3 epochs, the study's augmentations.
+Start it from a fitted stage-2 head (`init_head`); the study's own model was concat + linear with
+a constant rate (`--fusion concat --classifier linear --schedule constant --no-freeze-bn --ema 0`)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from ..registry import get_cfg
 
@@ -18,8 +23,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 class E2EConfig:
     image_encoder: str = "efficientnet_lite0"  # any registry name: an alias, timm:... or hf:...
     text_encoder: str = "minilm_l6"
-    fusion: str = "concat"
-    classifier: str = "linear"  # the seed's: concat, ReLU, dropout, linear
+    fusion: str = "late"
+    classifier: str = "mlp"
     width: int = 512
     dropout: float = 0.5
     loss: str = "bce"
@@ -28,12 +33,12 @@ class E2EConfig:
     lr: float = 1e-4
     # Options gentler on the image backbone (stage 1 measured lite0 at 1e-4 with moving BatchNorm
     # statistics losing 0.02 F1): its own lr, and BatchNorm statistics kept as loaded.
-    image_lr: float | None = None  # None: lr
-    freeze_bn: bool = False
-    schedule: str = "constant"  # the seed's; cosine: 5% linear warm-up, then cosine decay to 0
+    image_lr: float | None = 5e-5  # None: lr
+    freeze_bn: bool = True
+    schedule: str = "cosine"  # 5% linear warm-up, then cosine decay to 0; or constant (the study's)
     # > 0: validate, tune thresholds on and save the exponential moving average of the weights
     # (timm's ModelEmaV3, updated every step, starting from the loaded model) instead of the last step's.
-    ema_decay: float = 0.0
+    ema_decay: float = 0.998
     freeze: tuple[str, ...] = ()  # any of FREEZE
     early_fraction: float = 0.5  # image-early: this share of the image backbone's tensors, in forward order
     image_size: int | None = None  # None: the encoder's input size
@@ -49,7 +54,8 @@ class E2EConfig:
     # < 1: train on this share of the train rows, the first in a seed-ordered draw (fit-head
     # --train-fraction with the same seed keeps the same rows): a point of a learning curve.
     train_fraction: float = 1.0
-    seed: int = 0
+    seed: int = 0  # the model's: initialisation, row order, augmentation, dropout
+    split_seed: int = 0  # the train/validation split's, as fit-head's (always 0 there)
 
     def __post_init__(self):
         # Imported here, not at the top: the CLI reads this class's defaults for its help texts
@@ -81,4 +87,18 @@ class E2EConfig:
     def from_dict(cls, d: dict) -> E2EConfig:
         """A config saved as JSON (a run's config.json): lists back to tuples, unknown keys dropped."""
         names = {f.name for f in fields(cls)}
+        d = {"split_seed": d.get("seed", 0), **d}  # runs saved before split_seed split with their seed
         return cls(**{k: tuple(v) if k == "freeze" else v for k, v in d.items() if k in names})
+
+
+def head_encoders(run_dir: str | Path) -> dict[str, str]:
+    """image_encoder / text_encoder of a fitted stage-2 head (fit-head, ablate): the names its caches
+    were extracted with, so `finetune --init-head RUN` needs no more. A one-encoder head names one."""
+    path = Path(run_dir) / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+        names = saved.get("encoder_names") or [n.removesuffix("_ft") for n in saved["encoders"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a fit-head run's config.json ({type(e).__name__}: {e})") from None
+    return {("text_encoder" if get_cfg(n).modality == "text" else "image_encoder"): n for n in names}
+

@@ -14,21 +14,23 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from timm.utils import ModelEmaV3
+from tqdm import tqdm
 from torch import nn
 
 from heads.losses import LOSSES
 
+from .. import tracking
 from ..data import Dataset, Record, load_dataset
 from ..metrics import scores
 from ..split import nested_share, train_val_split
 from .batches import batches, evaluate, readable, sigmoid
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import KEEP, load_checkpoint, prune, save_checkpoint
 from .config import E2EConfig
 from .distributed import Proc, barrier, broadcast, default_workers, parallel, start_processes, stop_processes, sum_over_ranks
 from .model import E2EModel, autocast_dtype, build_model, standardise, with_init_head
@@ -37,9 +39,14 @@ from .rundir import finish, new_run_name, read_config, write_config, write_table
 
 def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path = "runs", resume: str | Path | None = None,
           epochs: int | None = None, run_name: str | None = None, device: str = "auto", num_workers: int | None = None,
-          threads: int | None = None, log_every: int = 20, log=None) -> Path:
+          threads: int | None = None, log_every: int = 20, log=None, keep: tuple[str, ...] = ("best", "last"),
+          track: str | None = None, progress: bool = True) -> Path:
     """Train an end-to-end run, or resume one (cfg and data then come from the run; `epochs` may
-    raise its epoch count). Returns the run directory."""
+    raise its epoch count). Returns the run directory. `keep`: the checkpoints kept (checkpoints.KEEP);
+    `track`: "tensorboard" writes the losses and validation scores under run_dir/tensorboard."""
+    bad = [k for k in keep if k not in KEEP]
+    if bad or not keep:
+        raise ValueError(f"--keep {','.join(keep)}: choose from {', '.join(KEEP)}")
     proc = start_processes(device, threads)
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     saved = read_config(resume) if resume else None
@@ -77,10 +84,29 @@ def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path = "ru
         f"{len(val_part.records)} validation rows, {trainer.trainable_params / 1e6:.1f}M trainable parameters, "
         f"{proc.device}, {torch.get_num_threads()} threads, amp {trainer.amp}, {workers} workers")
     probs = None
+    with tracking.track(track if proc.main else None, run_dir / "tensorboard") as tb:
+        probs, state = _epochs(trainer, state, cfg, proc, run_dir, train_loader, val_loader, train_part, val_part, say,
+                               log_every, keep, tb, progress)
+        if probs is None:  # resumed after the last epoch: only the final step was left
+            probs = sigmoid(evaluate(trainer.scored, val_loader, proc, trainer.amp))
+        if proc.main:
+            metrics = finish(run_dir, trainer.scored, cfg, val_part.y, probs, state, say)
+            prune(run_dir, state, keep, finished=True)
+            if tb is not None:
+                tb.hparams(asdict(cfg), {k: metrics[k] for k in ("sample_f1", "map", "tuned_out_of_fold")})
+    stop_processes(proc)
+    return run_dir
+
+
+def _epochs(trainer, state, cfg, proc, run_dir, train_loader, val_loader, train_part, val_part, say, log_every, keep,
+            tb, progress):
+    """The epochs left: train, validate, checkpoint; (the last validation probabilities or None, state)."""
+    probs = None
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
+        first_step = len(state["steps"])
         loss_sum, rows, steps = trainer.epoch(epoch, train_loader, torch.from_numpy(train_part.y), state["steps"],
-                                              say, log_every)
+                                              say, log_every, progress and proc.main)
         train_seconds = time.perf_counter() - t0
         loss_sum, rows = sum_over_ranks([loss_sum, rows], proc)
         t1 = time.perf_counter()
@@ -96,15 +122,14 @@ def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path = "ru
             say(f"epoch {epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f}, val loss {val_loss:.4f}, "
                 f"val sample-F1 {record['val_sample_f1']:.4f} (0.5), mAP {record['val_map']:.4f}, "
                 f"{train_seconds:.0f} s ({record['seconds_per_step']:.2f} s/step)")
-            save_checkpoint(run_dir, model, trainer.optimizer, trainer.scaler, state, trainer.ema)
+            save_checkpoint(run_dir, trainer.model, trainer.optimizer, trainer.scaler, state, trainer.ema, keep)
             write_tables(run_dir, state)
+            if tb is not None:
+                for k, s in enumerate(state["steps"][first_step:], first_step + 1):
+                    tb.scalars({"train/loss": s["loss"]}, k)
+                tb.scalars({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, epoch)
         barrier(proc)
-    if probs is None:  # resumed after the last epoch: only the final step was left
-        probs = sigmoid(evaluate(trainer.scored, val_loader, proc, trainer.amp))
-    if proc.main:
-        finish(run_dir, trainer.scored, cfg, val_part.y, probs, state, say)
-    stop_processes(proc)
-    return run_dir
+    return probs, state
 
 
 @dataclass(frozen=True)
@@ -116,10 +141,10 @@ class Part:
 
 
 def split(dataset: Dataset, cfg: E2EConfig) -> tuple[Part, Part]:
-    """fit-head's split (Split.of) with the config's seed, and the nested train share it keeps."""
+    """fit-head's split (Split.of) with the config's split seed, and the nested train share it keeps."""
     y = dataset.targets()
-    train_idx, val_idx = train_val_split(y, cfg.val_fraction, cfg.seed)
-    train_idx = train_idx[nested_share(len(train_idx), cfg.train_fraction, cfg.seed)]
+    train_idx, val_idx = train_val_split(y, cfg.val_fraction, cfg.split_seed)
+    train_idx = train_idx[nested_share(len(train_idx), cfg.train_fraction, cfg.split_seed)]
     return (Part([dataset.train[i] for i in train_idx], y[train_idx]),
             Part([dataset.train[i] for i in val_idx], y[val_idx]))
 
@@ -162,9 +187,10 @@ class Trainer:
     def trainable_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
-    def epoch(self, epoch: int, loader, y: torch.Tensor, step_log: list[dict], say, log_every: int) -> tuple[float, int, int]:
+    def epoch(self, epoch: int, loader, y: torch.Tensor, step_log: list[dict], say, log_every: int,
+              progress: bool = False) -> tuple[float, int, int]:
         """One epoch (at most cfg.max_steps): (this rank's loss sum, rows, steps). Rank 0 appends
-        each step's loss and seconds to step_log."""
+        each step's loss and seconds to step_log; `progress` draws a bar of the steps."""
         cfg, proc = self.cfg, self.proc
         # Seeded per epoch: a resumed run draws the same order, views and dropout as an uninterrupted one.
         torch.manual_seed(cfg.seed * 1009 + epoch)
@@ -172,6 +198,7 @@ class Trainer:
         loader.dataset.epoch = epoch
         self.net.train()
         total, seen, steps = 0.0, 0, min(len(loader), cfg.max_steps or len(loader))
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="step", disable=not progress, leave=False)
         t0 = t_step = time.perf_counter()
         for step, (keys, inputs) in enumerate(readable(loader, proc.device), 1):
             # A function of the global step, so a resumed run continues the same curve.
@@ -183,11 +210,14 @@ class Trainer:
             now = time.perf_counter()
             if proc.main:  # rank 0's own loss per step (the epoch mean covers every rank)
                 step_log.append({"epoch": epoch, "step": step, "loss": loss, "seconds": now - t_step})
-            if step % log_every == 0 or step == steps:
+            bar.update()
+            bar.set_postfix_str(f"loss {loss:.4f}")
+            if not progress and (step % log_every == 0 or step == steps):  # the bar says the same
                 say(f"rank {proc.rank} epoch {epoch} step {step}/{steps} loss {loss:.4f} {(now - t0) / step:.2f} s/step")
             t_step = now
             if step == steps:
                 break
+        bar.close()
         return total, seen, steps
 
     def step(self, inputs: list, y: torch.Tensor) -> float:

@@ -99,9 +99,9 @@ def with_init_head(cfg: E2EConfig, num_labels: int) -> tuple[E2EConfig, list[str
                          f"fit {cfg.image_encoder} + {cfg.text_encoder} with {num_labels} labels")
     # The head trained on the train rows of fit-head's split (Split.of: seed split_seed, 20% held
     # out). Another split would put rows the head trained on into this run's validation rows.
-    if (cfg.seed, cfg.val_fraction) != (saved.get("split_seed", 0), 0.2):
+    if (cfg.split_seed, cfg.val_fraction) != (saved.get("split_seed", 0), 0.2):
         raise ValueError(f"--init-head {cfg.init_head}: its head was fitted on split seed {saved.get('split_seed', 0)} "
-                         f"(20% validation); --seed {cfg.seed} / val_fraction {cfg.val_fraction} would validate on rows "
+                         f"(20% validation); split seed {cfg.split_seed} / val_fraction {cfg.val_fraction} would validate on rows "
                          f"it trained on")
     # A learning-curve point trained from a head that saw more rows would not measure its share.
     if saved.get("train_fraction", 1.0) != cfg.train_fraction:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..data import Dataset
 from ..encoders import save_weights
-from ..outputs import replacing, write_text
+from ..outputs import provenance, replacing, write_text
 from ..registry import cache_name
 from ..thresholds import fit_thresholds, threshold_report
 from .config import E2EConfig
@@ -35,7 +35,7 @@ def write_config(run_dir: Path, cfg: E2EConfig, order: list[str], dataset: Datas
     parameters, world size, weights started from) are recorded as given."""
     run_dir.mkdir(parents=True, exist_ok=False)
     config = {"kind": KIND, "config": asdict(cfg), "encoders": order, "num_labels": dataset.label_space.num_labels,
-              "label_ids": list(dataset.label_space.ids), "data": str(dataset.root), **facts}
+              "label_ids": list(dataset.label_space.ids), "data": str(dataset.root), **facts, **provenance()}
     write_text(run_dir / "config.json", json.dumps(config, indent=1))
 
 
@@ -49,8 +49,8 @@ def read_config(run_dir: str | Path) -> dict:
         raise ValueError(f"{path}: not a readable run config ({type(e).__name__}: {e})") from None
 
 
-def finish(run_dir: Path, model, cfg: E2EConfig, y_val: np.ndarray, probs: np.ndarray, state: dict, say) -> None:
-    """Final weights, thresholds re-tuned on the validation rows (stage 2's code), metrics."""
+def finish(run_dir: Path, model, cfg: E2EConfig, y_val: np.ndarray, probs: np.ndarray, state: dict, say) -> dict:
+    """Final weights, thresholds re-tuned on the validation rows (stage 2's code), metrics (returned)."""
     save_weights(model, run_dir / "model.safetensors")
     th = fit_thresholds(y_val, probs, cfg.metric, cfg.threshold_mode)
     th.save(run_dir / "thresholds.json")
@@ -59,6 +59,7 @@ def finish(run_dir: Path, model, cfg: E2EConfig, y_val: np.ndarray, probs: np.nd
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))  # the marker: written last
     say(f"{run_dir}: validation sample-F1 {metrics['at_0.5']['sample_f1']:.4f} at 0.5, "
         f"{metrics['tuned']['sample_f1']:.4f} with tuned thresholds ({metrics['tuned_out_of_fold']:.4f} out of fold)")
+    return metrics
 
 
 def write_tables(run_dir: Path, state: dict) -> None:

@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from featcache import tracking
 from featcache.data import LabelSpace, load_dataset
 from featcache.outputs import check_out_dir, replacing, write_study, write_text
+from featcache.tables import render
 from featcache.stage2.experiment import Split, fit_eval, load_features, results_row, save_run
 from heads.fusion import FUSIONS
 from heads.train import HeadConfig
@@ -74,8 +76,8 @@ def grid_plan(pair: list[FeatureSet], seeds: int, base: HeadConfig) -> list[tupl
 
 def ablate(data: str | Path, cache: str | Path, encoders: list[str] | None = None, *, fusions: list[str] | None = None,
            seeds: int = 3, grid: str | None = None, metric: str = "samples", threshold_mode: str = "auto",
-           runs: Path = Path("runs"), out: Path | None = None,
-           progress: bool = True) -> tuple[pl.DataFrame, pl.DataFrame, Path]:
+           runs: Path = Path("runs"), out: Path | None = None, progress: bool = True,
+           track: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame, Path]:
     """The ablate command: the plan over the named caches (None: every *.h5 in `cache`) on the
     dataset's split; runs under `out` (default runs/ablate-<time>), their rows appended to
     runs/results.parquet. Returns (summary, raw rows, out)."""
@@ -89,7 +91,7 @@ def ablate(data: str | Path, cache: str | Path, encoders: list[str] | None = Non
     out = Path(out) if out else runs / f"ablate-{datetime.now():%Y%m%d-%H%M%S}"
     table, raw = ablate_features(features, Split.of(dataset).present_in(features), dataset.label_space, out, fusions=fusions, seeds=seeds,
                                  grid=grid, metric=metric, threshold_mode=threshold_mode,
-                                 results=runs / "results.parquet", runs_root=runs, progress=progress)
+                                 results=runs / "results.parquet", runs_root=runs, progress=progress, track=track)
     return table, raw, out
 
 
@@ -97,8 +99,9 @@ def ablate_features(features: list[FeatureSet], split: Split, label_space: Label
                     base: HeadConfig = HeadConfig(), fusions: list[str] | None = None, seeds: int = 3,
                     grid: str | None = None, metric: str = "samples", threshold_mode: str = "auto",
                     results: Path | None = None, progress: bool = True,
-                    runs_root: Path | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+                    runs_root: Path | None = None, track: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Run the plan; write runs under out_dir/<id>/, table.{parquet,csv}, raw.parquet and chart.png.
+    `track` "tensorboard": each fit's epochs and final metrics under out_dir/tensorboard/<id>/.
     Returns (summary, raw rows)."""
     from tqdm import tqdm
 
@@ -120,6 +123,12 @@ def ablate_features(features: list[FeatureSet], split: Split, label_space: Label
             res = fit_eval(fsets, split, cfg, metric, threshold_mode, list(label_space.names))
             name = f"{'+'.join(res.encoders)}-{cfg.fusion}-{variant}-s{cfg.seed}".replace("=", "")
             run_dir = save_run(res, out_dir / name, label_space)
+            with tracking.track(track, out_dir / "tensorboard" / name) as tb:
+                if tb is not None:
+                    for record in res.head.history:
+                        tb.scalars({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, record["epoch"])
+                    tb.hparams({"encoders": "+".join(res.encoders), "variant": variant, **asdict(cfg)},
+                               {k: res.metrics[k] for k in ("sample_f1", "tuned_out_of_fold", "map")})
             run_name = run_dir.relative_to(runs_root).as_posix() if runs_root and run_dir.is_relative_to(runs_root) else str(run_dir)
             oof_rows = None if res.val_out_of_fold is None else res.val_out_of_fold.astype(np.float32).tolist()
             rows.append({**results_row(res, run_name), "variant": variant, "val_out_of_fold": oof_rows})
@@ -199,16 +208,15 @@ SMALL_VALIDATION = 500  # rows; below this, tuned thresholds overfit and a ranki
 
 def format_table(table: pl.DataFrame) -> str:
     """The ranking, best first, and what it can and cannot tell apart."""
-    lines = [f"{'':1}{'encoders':<34} {'fusion':<9} {'variant':<15} {'n':>2}  {'F1 out of fold':>15}  {'95% interval':>13}  "
-             f"{'tuned*':>6}  {'@0.5+fb':>7}  {'@0.5':>6}  {'micro':>6}  {'macro':>6}  {'mAP':>6}  {'fit s':>5}  thresholds"]
-    for r in table.iter_rows(named=True):
-        interval = f"{r['oof_low']:.4f}-{r['oof_high']:.4f}" if r["oof_low"] == r["oof_low"] else ""
-        lines.append(f"{'≈' if r['within_noise'] else ' '}{r['encoders']:<34} {r['fusion']:<9} {r['variant']:<15} {r['seeds']:>2}  "
-                     f"{r['tuned_out_of_fold']:.4f} ± {r['tuned_out_of_fold_std']:.4f}  {interval:>13}  "
-                     f"{r['sample_f1']:>6.4f}  {r['sample_f1_05_fallback']:>7.4f}  "
-                     f"{r['sample_f1_05']:>6.4f}  {r['micro_f1']:>6.4f}  {r['macro_f1']:>6.4f}  {r['map']:>6.4f}  "
-                     f"{r['fit_seconds']:>5.2f}  {r.get('thresholds_chosen') or ''}")
-    return "\n".join(lines + ranking_notes(table))
+    rows = [{**r, "tie": "≈" if r["within_noise"] else "",
+             "oof": f"{r['tuned_out_of_fold']:.4f} ± {r['tuned_out_of_fold_std']:.4f}",
+             "interval": f"{r['oof_low']:.4f}-{r['oof_high']:.4f}" if r["oof_low"] == r["oof_low"] else None}
+            for r in table.iter_rows(named=True)]
+    columns = {"tie": "", "encoders": "encoders", "fusion": "fusion", "variant": "variant", "seeds": "n",
+               "oof": "F1 out of fold", "interval": "95% interval", "sample_f1": "tuned*", "sample_f1_05_fallback": "@0.5+fb",
+               "sample_f1_05": "@0.5", "micro_f1": "micro", "macro_f1": "macro", "map": "mAP", "fit_seconds": "fit s",
+               "thresholds_chosen": "thresholds"}
+    return "\n".join([render(rows, columns, formats={"fit_seconds": ".2f"}), *ranking_notes(table)])
 
 
 def ranking_notes(table: pl.DataFrame) -> list[str]:

@@ -32,6 +32,7 @@ import numpy as np
 import polars as pl
 
 from featcache.data import load_dataset
+from featcache.tables import render
 from featcache.outputs import check_out_dir, replacing, write_study, write_text
 from featcache.stage2.experiment import Split, fit_eval, load_features
 from heads.train import HeadConfig
@@ -125,10 +126,9 @@ def extrapolate(raw: pl.DataFrame, at: list[int]) -> dict[str, dict]:
 
 
 def format_table(table: pl.DataFrame, fits: dict[str, dict]) -> str:
-    lines = [f"{'encoders':<34} {'rows':>6} {'n':>2}  {'sample-F1 tuned':>16}  {'tuned oof':>9}  {'@0.5+fb':>7}  {'mAP':>6}"]
-    for r in table.iter_rows(named=True):
-        lines.append(f"{r['encoders']:<34} {r['rows']:>6} {r['seeds']:>2}  {r['sample_f1']:.4f} ± {r['sample_f1_std']:.4f}  "
-                     f"{r['tuned_out_of_fold']:>9.4f}  {r['sample_f1_05_fallback']:>7.4f}  {r['map']:>6.4f}")
+    rows = [{**r, "tuned": f"{r['sample_f1']:.4f} ± {r['sample_f1_std']:.4f}"} for r in table.iter_rows(named=True)]
+    lines = [render(rows, {"encoders": "encoders", "rows": "rows", "seeds": "n", "tuned": "sample-F1 tuned",
+                           "tuned_out_of_fold": "out of fold", "sample_f1_05_fallback": "@0.5+fb", "map": "mAP"})]
     for name, fit in fits.items():
         law = fit["law"]
         if law is None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import polars as pl
 
 from featcache.data import Dataset, LabelSpace, load_dataset
 from featcache.metrics import AVERAGES, mean_average_precision, per_label_table
-from featcache.outputs import replacing, write_submission, write_text
+from featcache.outputs import provenance, replacing, write_submission, write_text
 from featcache.registry import cache_name
 from featcache.split import nested_share, train_val_split
 from featcache.thresholds import Thresholds, apply_thresholds, fit_thresholds, out_of_fold, threshold_report
@@ -152,6 +152,21 @@ def fit_head(data: str | Path, cache: str | Path, encoders: list[str], cfg: Head
     return run_dir, result
 
 
+def replay_options(config_file: str | Path) -> dict:
+    """fit_head's arguments that made a run, from its config.json (`fit-head --config`): encoders,
+    the head's whole config, train_fraction, metric, threshold_mode. The same data and caches then
+    give the same metrics: a head's fit is deterministic for its seed and thread count."""
+    path = Path(config_file)
+    try:
+        saved = json.loads(path.read_text())
+        names = {f.name for f in fields(HeadConfig)}
+        cfg = HeadConfig(**{k: v for k, v in saved["head"].items() if k in names})
+        return {"encoders": list(saved["encoders"]), "cfg": cfg, "train_fraction": saved.get("train_fraction", 1.0),
+                "metric": saved.get("metric", "samples"), "threshold_mode": saved.get("threshold_mode", "auto")}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunError(f"{path}: not a fit-head run's config.json ({type(e).__name__}: {e})") from None
+
+
 def run_id(encoders: list[str], cfg: HeadConfig) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]
     return f"{stamp}-{'+'.join(encoders)}-{cfg.fusion}-s{cfg.seed}"
@@ -162,11 +177,13 @@ def save_run(result: FitResult, run_dir: Path, label_space: LabelSpace, dataset_
     last: a run is complete (listed, ranked, used) only once metrics.json is there."""
     run_dir = Path(run_dir)
     result.head.save(run_dir, replacing)
-    config = {"encoders": result.encoders, "fingerprints": result.fingerprints, "caches": result.caches,
+    config = {"encoders": result.encoders, "encoder_names": result.encoder_names, "fingerprints": result.fingerprints,
+              "caches": result.caches,
               "head": asdict(result.head.cfg),
               "label_ids": list(label_space.ids), "label_names": list(label_space.names),
               "split_seed": result.metrics["split_seed"], "train_fraction": result.metrics["train_fraction"],
-              "dataset_fingerprint": dataset_fingerprint}
+              "metric": result.metrics["thresholds"]["metric"], "threshold_mode": result.metrics["thresholds"]["mode"],
+              "dataset_fingerprint": dataset_fingerprint, **provenance()}
     write_text(run_dir / "config.json", json.dumps(config, indent=1))
     result.thresholds.save(run_dir / "thresholds.json")
     with replacing(run_dir / "per_label.csv") as tmp:
