@@ -7,6 +7,7 @@ Each command is a thin wrapper over one room of the package.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -503,7 +504,7 @@ def fit_head_cmd(
     typer.echo(f"fit {m['fit_seconds']:.2f} s ({m['epochs_run']} epochs, best {m['best_epoch']}), thresholds {m['tune_seconds']:.2f} s")
     rid = run_dir.relative_to(runs).as_posix() if run_dir.is_relative_to(runs) else str(run_dir)
     next_step(f"python cli.py predict --run {rid} --data {data}{where(cache, runs)} --out submission.csv   "
-              f"(or finetune --init-head {rid} --data {data}{where(None, runs)} for the final model)")
+              f"(or python cli.py finetune --init-head {rid} --data {data}{where(None, runs)} for the final model)")
 
 
 @app.command("ablate")
@@ -545,7 +546,7 @@ def ablate_cmd(
     best = raw.filter((pl.col("encoders").list.join("+") == first["encoders"]) & (pl.col("fusion") == first["fusion"])
                       & (pl.col("variant") == first["variant"])).sort("seed")["run"][0]
     next_step(f"python cli.py predict --run {best} --data {data}{where(cache, runs)} --out submission.csv   (the first "
-              f"of the ranking, seed 0; or finetune --init-head {best} --data {data}{where(None, runs)})")
+              f"of the ranking, seed 0; or python cli.py finetune --init-head {best} --data {data}{where(None, runs)})")
 
 
 @app.command("learning-curve")
@@ -706,7 +707,9 @@ def runs_show_cmd(
     typer.echo(render(rows, {"thresholds": "thresholds", "sample_f1": "sample-F1", "micro_f1": "micro-F1",
                              "macro_f1": "macro-F1", "map": "mAP"}))
     typer.echo("files: " + ", ".join(doc["files"]))
-    next_step(f"python cli.py predict --run {run} --data DIR --out submission.csv")
+    data = os.environ.get("FEATCACHE_DATA")
+    next_step(f"python cli.py predict --run {run}{where(None, runs)} --out submission.csv"
+              + ("" if data else "   (add --data DIR, or set FEATCACHE_DATA)"))
 
 
 if __name__ == "__main__":

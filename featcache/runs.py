@@ -134,7 +134,7 @@ def _iso(timestamp: float) -> str:
 
 
 def describe(run: str | Path, root: str | Path = "runs") -> dict:
-    """`runs show`: one run's kind, directory, config.json (its settings, command line, versions)
+    """`runs show`: one run's kind ("head" or "final", as `runs` and `report` say), directory, config.json (its settings, command line, versions)
     and metrics.json (history left out), and its files."""
     run_dir = find_run(run, root)
     kind = kind_of(run_dir)
@@ -146,7 +146,7 @@ def describe(run: str | Path, root: str | Path = "runs") -> dict:
     except (OSError, ValueError) as e:
         raise RunError(f"{run_dir}: unreadable config.json or metrics.json ({e})") from None
     metrics.pop("history", None)
-    return {"run": run_dir.as_posix(), "kind": kind, "config": config, "metrics": metrics,
+    return {"run": run_dir.as_posix(), "kind": {STAGE2: "head", E2E: "final"}[kind], "config": config, "metrics": metrics,
             "files": sorted(p.relative_to(run_dir).as_posix() for p in run_dir.iterdir())}
 
 

@@ -96,7 +96,7 @@ def test_runs_lists_the_runs_a_study_made_and_shows_one(synth_root, caches, tmp_
                             "--data", synth_root, "--cache", caches, "--runs", runs, "--json")
     assert code == 0, err
     made = json.loads(out)["runs"]
-    code, out, err = invoke("runs", "--runs", runs, "--json")
+    code, out, err = invoke("runs", "--runs", runs, "--json")  # as `runs show` and `report` name kinds
     assert code == 0, err
     listed = json.loads(out)["runs"]
     assert sorted(r["run"] for r in listed) == sorted(made) and len(made) == 3  # lite0, MiniLM, the pair
@@ -104,7 +104,7 @@ def test_runs_lists_the_runs_a_study_made_and_shows_one(synth_root, caches, tmp_
     pair = next(r for r in made if "+" in r)
     code, out, err = invoke("runs", "show", pair.split("/")[-1], "--runs", runs, "--json")  # a part of the id
     shown = json.loads(out)
-    assert code == 0 and shown["kind"] == "stage2" and shown["config"]["command"] and shown["config"]["versions"]["torch"]
+    assert code == 0 and shown["kind"] == "head" and shown["config"]["command"] and shown["config"]["versions"]["torch"]
     assert "metrics.json" in shown["files"]
     code, out, err = invoke("runs", "show", "efficientnet_lite0", "--runs", runs)  # two runs have it
     assert code == 2 and "2 runs under" in err and "Traceback" not in err

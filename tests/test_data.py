@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 import shutil
 from pathlib import Path
@@ -16,7 +18,8 @@ from featcache.outputs import write_submission
 from featcache.split import train_val_split
 from featcache.synth import make_dataset
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "comp5329"
+# The real slice: beside the checkout on developer machines and in CI, or wherever FEATCACHE_DATA says.
+SHARED = Path(os.environ.get("FEATCACHE_DATA") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "comp5329")
 COCO = LabelSpace.coco()
 
 

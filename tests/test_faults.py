@@ -325,6 +325,7 @@ def test_every_torch_load_is_weights_only():
 
 
 @pytest.mark.parametrize("kind", ["pickle", "torch-save", "bad-safetensors"])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the planted pickle: expected here
 def test_a_malicious_or_tampered_weights_file_is_refused_and_never_run(data_root, tmp_path, kind):
     marker = tmp_path / "pwned"
     if kind == "pickle":
