@@ -268,6 +268,7 @@ def benchmark_cmd(
                                         "OpenMP threads spin-wait and batch-1 latency swings 10x; on an idle machine try all cores."),
     min_run_time: float = typer.Option(0.5, min=0.001, help="Seconds of timing per cell at least (then until IQR/median < 10%)..."),
     max_run_time: float = typer.Option(2.0, min=0.001, help="...or at most this many (a slower call still runs twice: warm-up + 1)."),
+    data: Path = data_option(required=False, help="Dataset root: re-measures exported models' validation F1 (without it: as export recorded it)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (header + rows)."),
     csv: Path = typer.Option(None, help="Also write the table as CSV here."),
     as_markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
@@ -286,7 +287,7 @@ def benchmark_cmd(
         if heads not in ("all", "none"):  # ids or directories, as every command takes a run
             heads = ",".join(find_run(h, runs).relative_to(runs).as_posix() if find_run(h, runs).is_relative_to(runs)
                              else str(find_run(h, runs)) for h in heads.split(",") if h)
-        df, doc = bm.run(encoders, heads, cfg, runs, save=save, csv=csv,
+        df, doc = bm.run(encoders, heads, cfg, runs, save=save, csv=csv, data=data,
                          progress=lambda item: typer.echo(f"benchmark: {item}", err=True))
     except (FileNotFoundError, ValueError, WeightsNotFound, RunError) as e:  # unknown names, no device, a run that cannot be loaded
         fail(str(e))
@@ -589,8 +590,10 @@ def learning_curve_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    run: str = typer.Option(..., help="A run, by directory or id (python cli.py runs lists them): a fitted head "
-                                      "(fit-head, ablate) or an end-to-end run (finetune)."),
+    run: str = typer.Option(None, help="A run, by directory or id (python cli.py runs lists them): a fitted head "
+                                       "(fit-head, ablate) or an end-to-end run (finetune)."),
+    model: Path = typer.Option(None, help="Or an exported model directory (python cli.py export): predicts with it alone, "
+                                          "on the OpenVINO runtime, without the run or the caches."),
     data: Path = data_option(help="Dataset root: every row of its test.csv is predicted."),
     cache: Path = cache_option(),
     runs: Path = runs_option(),
@@ -598,20 +601,55 @@ def predict_cmd(
     as_json: bool = json_option(),
 ):
     """Predict test.csv with a run and its thresholds: one row per test row, in order, >= 1 label each."""
+    from featcache.exported import predict_submission
     from featcache.runs import find_run, predict
     from featcache.stage2.experiment import RunError
     from stores.features import StoreError
 
+    if (run is None) == (model is None):
+        fail("give --run RUN or --model DIR (an exported model), one of them")
     try:
-        run_dir = find_run(run, runs)
-        path = predict(run_dir, data, cache, out)
+        source = model if model else find_run(run, runs)
+        path = predict_submission(model, data, out) if model else predict(source, data, cache, out)
     except (DataError, StoreError, RunError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
     rows = len(path.read_text().splitlines()) - 1
     if as_json:
-        return emit({"submission": str(path), "rows": rows, "run": str(run_dir)})
-    typer.echo(f"{path}: {rows} rows (run {run_dir})")
+        return emit({"submission": str(path), "rows": rows, "model" if model else "run": str(source)})
+    typer.echo(f"{path}: {rows} rows ({'exported model' if model else 'run'} {source})")
     next_step(f"submit {path} (ImageID,Labels)")
+
+
+@app.command("export")
+def export_cmd(
+    run: str = typer.Option(..., help="A run, by directory or id (python cli.py runs lists them): a fitted head or a finished end-to-end run."),
+    out: Path = typer.Option(..., help="Directory for the exported model: new, empty, or a previous export (replaced). Under --runs, report's Table 1 includes it."),
+    format: str = typer.Option("openvino", help="openvino (fp32, fp16, int8) or onnx (fp32)."),
+    precision: str = typer.Option("auto", help="auto (fp32; with --budget-mb the most precise that fits), fp32, fp16 or int8."),
+    budget_mb: float = typer.Option(None, min=0.001, help="Size budget in MB (10^6 bytes): the most precise of fp32 > fp16 > int8 whose files fit."),
+    data: Path = data_option(required=False, help="Dataset root: int8 calibrates on train rows of the run's split; the export is scored on its validation rows."),
+    calibration_rows: int = typer.Option(300, min=1, max=100000, help="int8: train rows to calibrate on."),
+    runs: Path = runs_option(),
+    as_json: bool = json_option(),
+):
+    """One model for a small device: photo + caption in, probabilities out; thresholds and preprocessing beside it."""
+    from featcache.export import export
+    from featcache.stage2.experiment import RunError
+    from featcache.weights import WeightsNotFound
+    from stores.features import StoreError
+
+    try:
+        path, meta = export(run, out, format, precision, budget_mb, data, runs=runs, calibration_rows=calibration_rows,
+                            say=lambda m: typer.echo(m, err=True))
+    except (DataError, RunError, StoreError, WeightsNotFound, ValueError) as e:
+        fail(str(e))
+    if as_json:
+        return emit(meta | {"dir": str(path)})
+    v = meta.get("validation")
+    typer.echo(f"{path}: {meta['format']} {meta['precision']}, {meta['size_mb']:.1f} MB"
+               + (f", validation sample-F1 {v['sample_f1']:.4f} ({v['tuned_out_of_fold']:.4f} out of fold)" if v else ""))
+    next_step(f"python cli.py predict --model {path}" + (f" --data {data}" if data else "") + " --out submission.csv   "
+              f"(runs with the OpenVINO runtime alone; python cli.py report{where(None, runs)} ranks it)")
 
 
 # --- demo (issue 7): the whole study on one dataset -------------------------------------------

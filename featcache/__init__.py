@@ -8,8 +8,8 @@ so `import featcache.registry` (no torch) stays light.
 """
 
 __version__ = "0.1.0"
-__all__ = ["DataError", "Dataset", "Predictor", "RunError", "extract_features", "fine_tune", "fit_head", "load",
-           "load_dataset", "predict", "study"]
+__all__ = ["DataError", "Dataset", "Predictor", "RunError", "export_model", "extract_features", "fine_tune", "fit_head",
+           "load", "load_dataset", "predict", "study"]
 
 
 def __getattr__(name: str):

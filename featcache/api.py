@@ -9,10 +9,11 @@
     table = fc.study(data, ["efficientnet_lite0", "minilm_l6"])    # every encoder and fusion, ranked
     final = fc.fine_tune(data, init_head=model.run_dir)            # end to end from the chosen head
     fc.predict(final.run_dir, data, "submission.csv")               # the Kaggle submission
+    fc.export_model(final.run_dir, "model-int8", precision="int8", data=data)  # one model for a small device
     model = fc.load("runs/<id>")                                   # any saved run, by path or id
 
-(`extract_features` and `fine_tune`, not `extract` and `finetune`: those names are featcache's
-modules.) `data` is a dataset root in the COMP5329 layout (train.csv, test.csv, data/). Errors name the
+(`extract_features`, `fine_tune` and `export_model`, not `extract`, `finetune` and `export`:
+those names are featcache's modules.) `data` is a dataset root in the COMP5329 layout (train.csv, test.csv, data/). Errors name the
 file and row (DataError), the cache (StoreError) or the run (RunError).
 """
 
@@ -28,6 +29,7 @@ from heads.train import HeadConfig
 from .data import Dataset, DataError, load_dataset
 from .e2e.config import E2EConfig, head_encoders
 from .e2e.loop import train
+from .export import export as export_run
 from .extract import ExtractResult
 from .predictor import Predictor
 from .runs import find_run
@@ -92,3 +94,12 @@ def predict(run: str | Path, data: str | Path, out: str | Path = "submission.csv
             runs: str | Path = "runs") -> Path:
     """The Kaggle submission for the dataset's test.csv: ImageID,Labels, every row in order."""
     return predict_submission(find_run(run, runs), data, cache, out)
+
+
+def export_model(run: str | Path, out: str | Path, format: str = "openvino", precision: str = "auto",
+                 budget_mb: float | None = None, data: str | Path | None = None, runs: str | Path = "runs") -> Path:
+    """One self-contained model (photo + caption in, probabilities out) with its thresholds and
+    preprocessing in export.json; int8 calibrates on train rows of `data`. featcache.exported's
+    ExportedModel.load(out) predicts with it on the OpenVINO runtime alone."""
+    return export_run(run, out, format, precision, budget_mb, data, runs=runs)[0]
+

@@ -1,4 +1,5 @@
-"""Size, speed and compute of every encoder and fitted head: the numbers behind a size-budget choice.
+"""Size, speed and compute of every encoder, fitted head and exported model: the numbers behind a
+size-budget choice.
 
 One row per model: parameters, size of the saved weights (safetensors, fp32 and fp16), input size,
 batch-1 latency (median and IQR), throughput at each batch size and FLOPs per item. Timing is
@@ -6,7 +7,9 @@ torch.utils.benchmark's adaptive_autorange (its block-size estimate doubles as w
 torch.utils.flop_counter (matmuls and convolutions, 2 FLOPs per multiply-add), tables are polars.
 Size and speed do not depend on the weights' values, so an encoder whose weights are not on this
 machine is measured with random init and marked so. Weights are fp32; a head runs as it predicts
-(with bf16 autocast when its config says so).
+(with bf16 autocast when its config says so). An exported model (featcache export) runs as it
+will on the device: OpenVINO on the CPU, with as many threads as torch gets here, fed what its own
+predictor prepares; its size is its directory on disk, and its validation F1 is measured from it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from torch.utils.benchmark import Timer  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count  # noqa: E402
 
 from .outputs import replacing, write_text
+from .tables import render
 
 MB = 1e6  # decimal megabytes, as a file manager and a "100 MB" limit count them
 
@@ -54,8 +58,11 @@ class BenchConfig:
                 "threads": self.threads, "batch_sizes": list(self.batch_sizes),
                 "run_time_s": [self.min_run_time, self.max_run_time],
                 "load_avg_1m": os.getloadavg()[0],  # other processes inflate latency and IQR: take the header first
-                "units": {"size": "MB (10^6 bytes) of safetensors weights", "latency": "ms per batch of 1",
-                          "throughput": "items/s at batch N", "compute": "GFLOPs/item (FlopCounterMode, batch 1)"}}
+                "units": {"size": "MB (10^6 bytes) of safetensors weights; exports: their files on disk",
+                          "latency": "ms per batch of 1", "throughput": "items/s at batch N",
+                          "compute": "GFLOPs/item (FlopCounterMode, batch 1; not counted for exports)",
+                          "f1": "exports: validation sample-F1 of the exported model (its tuned thresholds; "
+                                "tuned_out_of_fold: thresholds re-tuned on held-out halves)"}}
 
 
 # --- measurements ---------------------------------------------------------------------------------
@@ -151,26 +158,56 @@ def run_row(run_dir: Path, cfg: BenchConfig, runs: Path = Path("runs")) -> dict:
             **measure(model, lambda n: [torch.randn(n, d) for d in model.dims], cfg)}
 
 
+def export_row(export_dir: Path, cfg: BenchConfig, runs: Path = Path("runs"), data: Path | None = None) -> dict:
+    """An exported model: size of its files, OpenVINO latency and throughput with cfg.threads
+    threads, and its validation F1: measured now from the exported model on its run's validation
+    rows with `data`, else as export measured it the same way when it wrote the model. Its size is
+    what it is whatever the precision, so size_mb_fp16 repeats it."""
+    from featcache.data import load_dataset
+    from featcache.exported import ExportedModel, model_mb, validate
+
+    if cfg.device != "cpu":
+        raise ValueError(f"{export_dir}: an exported model runs on the CPU (OpenVINO); benchmark it with --device cpu")
+    name = export_dir.relative_to(runs).as_posix() if export_dir.is_relative_to(runs) else export_dir.name
+    model = ExportedModel.load(export_dir, threads=cfg.threads)
+    meta, one = model.meta, model.prep.example(1)
+    sizes = [f"3x{v.shape[2]}x{v.shape[3]}" if v.ndim == 4 else f"{v.shape[1]} tokens"
+             for k, v in one.items() if not k.startswith("attention_mask")]
+    m1, mb = time_call(lambda: model.infer(one), cfg), model_mb(export_dir)
+    row = {"model": name, "kind": "export", "weights": f"{meta['format']} {meta['precision']}", "input_size": " + ".join(sizes),
+           "params": meta["params"], "size_mb": mb, "size_mb_fp16": mb, "gflops": None,
+           "latency_ms": m1.median * 1e3, "latency_iqr_ms": m1.iqr * 1e3, "latency_samples": len(m1.times)}
+    for n in cfg.batch_sizes:
+        batch = model.prep.example(n)
+        row[f"throughput_b{n}"] = 1 / m1.median if n == 1 else n / time_call(lambda: model.infer(batch), cfg).median
+    scores = validate(model, load_dataset(data))[0] if data is not None else meta.get("validation") or {}
+    return row | {"sample_f1": scores.get("sample_f1"), "tuned_out_of_fold": scores.get("tuned_out_of_fold")}
+
+
 def find_runs(runs: Path, which: str) -> list[Path]:
     """The runs `--heads` selects: 'all', 'none' or comma-separated run ids (paths under runs/,
     nested ones too) of runs with a model (featcache.runs.list_runs: fitted heads, finished
-    end-to-end runs)."""
+    end-to-end runs) and of exported models under runs/ (featcache export)."""
     if which == "none":
         return []
+    from featcache.exported import list_exports
     from featcache.runs import list_runs
 
-    found = list_runs(runs, say=lambda m: print(m, file=sys.stderr))
+    found = list_runs(runs, say=lambda m: print(m, file=sys.stderr)) + list_exports(runs)
     if which == "all":
         return found
     wanted = [Path(runs) / w for w in which.split(",")]
     missing = [str(w) for w in wanted if w not in found]
     if missing:
-        raise FileNotFoundError(f"no fitted head or end-to-end model in {', '.join(missing)}")
+        raise FileNotFoundError(f"no fitted head, end-to-end model or export in {', '.join(missing)}")
     return wanted
 
 
 def benchmark(encoders: list[str], run_dirs: list[Path], cfg: BenchConfig, runs: Path = Path("runs"),
-              progress=None) -> pl.DataFrame:
+              progress=None, data: Path | None = None) -> pl.DataFrame:
+    """One row per encoder name and run directory (an export directory too: `data` re-measures its F1)."""
+    from featcache.exported import EXPORT_FILE
+
     if not encoders and not run_dirs:
         raise ValueError("nothing to benchmark: no encoders and no fitted heads")
     before, rows = torch.get_num_threads(), []
@@ -179,16 +216,21 @@ def benchmark(encoders: list[str], run_dirs: list[Path], cfg: BenchConfig, runs:
         for item in [*encoders, *run_dirs]:
             if progress:
                 progress(str(item))
-            rows.append(encoder_row(item, cfg) if isinstance(item, str) else run_row(item, cfg, runs))
+            if isinstance(item, str):
+                rows.append(encoder_row(item, cfg))
+            else:
+                exported = (item / EXPORT_FILE).is_file()
+                rows.append(export_row(item, cfg, runs, data) if exported else run_row(item, cfg, runs))
     finally:
         torch.set_num_threads(before)
     return pl.DataFrame(rows).with_columns(params_m=pl.col("params") / 1e6)
 
 
 def run(encoders: str, heads: str, cfg: BenchConfig, runs: Path = Path("runs"), save: Path | None = None,
-        csv: Path | None = None, progress=None) -> tuple[pl.DataFrame, dict]:
+        csv: Path | None = None, progress=None, data: Path | None = None) -> tuple[pl.DataFrame, dict]:
     """`benchmark`: encoders 'all' (the aliases), 'none' or comma-separated names (any registry name:
-    timm:/hf: too); heads as `find_runs`. Writes the JSON to `save` and the table to `csv` when given."""
+    timm:/hf: too); heads as `find_runs`. Writes the JSON to `save` and the table to `csv` when given;
+    `data` re-measures the exports' validation F1 on it."""
     from featcache.registry import get_cfg, list_aliases
 
     names = list_aliases() if encoders == "all" else [] if encoders == "none" else [n for n in encoders.split(",") if n]
@@ -200,7 +242,7 @@ def run(encoders: str, heads: str, cfg: BenchConfig, runs: Path = Path("runs"), 
     if not names and not run_dirs:
         raise ValueError(f"nothing to benchmark: no encoders selected and no fitted heads under {runs}")
     header = cfg.header()  # before measuring: the machine's load as the run starts
-    df = benchmark(names, run_dirs, cfg, runs, progress=progress)
+    df = benchmark(names, run_dirs, cfg, runs, progress=progress, data=data)
     doc = to_json(df, header)
     if save:
         save.parent.mkdir(parents=True, exist_ok=True)
@@ -214,7 +256,7 @@ def run(encoders: str, heads: str, cfg: BenchConfig, runs: Path = Path("runs"), 
 # --- output ---------------------------------------------------------------------------------------
 
 COLUMNS = ["model", "kind", "weights", "params_m", "size_mb", "size_mb_fp16", "input_size", "gflops", "latency_ms",
-           "latency_iqr_ms", "latency_samples"]
+           "latency_iqr_ms", "latency_samples", "sample_f1", "tuned_out_of_fold"]
 
 
 def to_json(df: pl.DataFrame, header: dict) -> dict:
@@ -234,13 +276,15 @@ def load_json(path: Path) -> pl.DataFrame:
 
 
 def table(df: pl.DataFrame, header: dict | None = None, markdown: bool = True) -> str:
-    """The table as text (polars' MARKDOWN or console formatting), preceded by the header."""
+    """The table as text (Markdown for docs, else the commands' one table style), preceded by the header."""
     cols = [c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c.startswith("throughput_b")]
     shown = df.select(cols).with_columns(pl.selectors.float().round_sig_figs(3))
-    with pl.Config(tbl_formatting="MARKDOWN" if markdown else "UTF8_FULL_CONDENSED", tbl_hide_column_data_types=True,
-                   tbl_hide_dataframe_shape=True, tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=1000,
-                   fmt_float="full"):
-        text = str(shown)
+    if markdown:
+        with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
+                       tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=1000, fmt_float="full"):
+            text = str(shown)
+    else:
+        text = render(shown, formats={c: "g" for c in shown.columns if shown[c].dtype.is_float()})
     if header is None:
         return text
     units = "; ".join(f"{k}: {v}" for k, v in header["units"].items())

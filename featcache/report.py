@@ -2,14 +2,19 @@
 
 A stage-2 model is encoders + a fitted head: its size is the sum of its encoders' saved weights
 plus the head's, its prediction time per item the sum of their batch-1 latencies (an image and its
-caption through every encoder, then the head). An end-to-end ("final") model is measured whole.
-F1 and fit time come from the results table (fit-head/ablate) and e2e runs' metrics.json; size and
-latency from `benchmark` rows. A fine-tuned cache (`<encoder>_ft`) has its base encoder's
-architecture, so it takes that encoder's size and speed. Seeds of one configuration are averaged.
+caption through every encoder, then the head). An end-to-end ("final") model is measured whole,
+and so is an exported model under runs/ (featcache export: its files on disk, its OpenVINO
+latency; F1 measured from the exported model on its run's validation rows when it was exported).
+F1 and fit time come from the results table (fit-head/ablate), e2e runs' metrics.json and exports'
+export.json (fit time: the run's); size and latency from `benchmark` rows. A fine-tuned cache
+(`<encoder>_ft`) has its base encoder's architecture, so it takes that encoder's size and speed.
+Seeds of one configuration are averaged.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +98,31 @@ def needed(results: pl.DataFrame) -> tuple[list[str], list[str]]:
     return sorted(set(encs)), m["runs"].list.first().to_list()
 
 
+def export_results(root: Path, say=None) -> pl.DataFrame:
+    """Exports under root as rows of the results table: the source run's encoders and head, the
+    format and precision as the variant (a model of its own in Table 1), the validation F1 export
+    measured from the exported model. An export written without data has none: left out, and
+    `say` (default stderr) names it."""
+    from .exported import list_exports, read_meta
+
+    rows, unscored = [], []
+    for d in list_exports(root):
+        meta = read_meta(d)
+        scores, source = meta.get("validation"), meta["source"]
+        if not scores:
+            unscored.append(d.relative_to(root).as_posix())
+            continue
+        rows.append({"run": d.relative_to(root).as_posix(), "kind": "export", "encoders": source["encoders"],
+                     "head": source["head"], "variant": f"{meta['format']} {meta['precision']}",
+                     "sample_f1": scores["sample_f1"], "tuned_out_of_fold": scores["tuned_out_of_fold"],
+                     "fit_seconds": source["fit_seconds"],
+                     "config": json.dumps({"source": source["run"], "format": meta["format"], "precision": meta["precision"]})})
+    if unscored:
+        (say or (lambda m: print(m, file=sys.stderr)))(
+            f"left out {len(unscored)} exports without validation figures (exported without --data): {', '.join(unscored[:5])}")
+    return pl.DataFrame(rows)
+
+
 def pareto(df: pl.DataFrame, cost: str) -> pl.Series:
     """True where no other model is at least as cheap and better: sorted by cost (F1 best first on
     ties), a model is on the front when its F1 beats every cheaper model's."""
@@ -164,8 +194,9 @@ def markdown(table: pl.DataFrame) -> str:
 
 def build(results: Path, runs: Path, bench: Path | None, out: Path, cfg: ReportConfig = ReportConfig(),
           threads: int = 1, progress=None) -> tuple[pl.DataFrame, dict | None]:
-    """Table 1 from the results table and finished e2e runs, joined with benchmark rows (loaded from
-    `bench`, the missing ones measured now at batch 1); writes table1.md/.csv and pareto.png to out."""
+    """Table 1 from the results table, finished e2e runs and exports under runs, joined with
+    benchmark rows (loaded from `bench`, the missing ones measured now at batch 1); writes
+    table1.md/.csv and pareto.png to out."""
     from stores.results import read_results
 
     from . import benchmark as bm
@@ -173,7 +204,8 @@ def build(results: Path, runs: Path, bench: Path | None, out: Path, cfg: ReportC
 
     # Before anything is read or measured: never into the runs it reads, onto a file, or where it cannot write.
     out = check_out_dir(out, inputs=[results, runs, *([bench] if bench else [])])
-    parts = ([read_results(results)] if results.exists() else []) + ([e2e_results(runs)] if runs.exists() else [])
+    parts = ([read_results(results)] if results.exists() else []) + \
+        ([e2e_results(runs), export_results(runs)] if runs.exists() else [])
     parts = [p for p in parts if len(p)]
     if not parts:
         raise FileNotFoundError(f"no results: {results} does not exist and no finished end-to-end run is under {runs} "

@@ -149,7 +149,7 @@ def test_data_comes_from_the_option_or_the_environment(synth_root, monkeypatch):
 
 
 COMMANDS = ["make-data", "data check", "encoders", "extract", "merge-shards", "benchmark", "report", "finetune",
-            "fit-head", "ablate", "learning-curve", "predict", "demo", "runs", "runs show"]
+            "fit-head", "ablate", "learning-curve", "predict", "export", "demo", "runs", "runs show"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -181,6 +181,7 @@ def test_result_commands_print_json_that_parses(synth_root, caches, fitted, tmp_
 
 
 def test_every_api_name_is_the_api_function_even_beside_featcache_modules():
+    import featcache.export  # noqa: F401
     import featcache.extract  # noqa: F401  a module of the same package, imported first
     import featcache.finetune  # noqa: F401
     from featcache import api
@@ -193,3 +194,25 @@ def test_the_example_runs_as_the_readme_says():
     done = subprocess.run([sys.executable, "examples/quickstart.py"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "labels (" in done.stdout and "ready to submit" in done.stdout
+
+
+def test_export_then_predict_with_the_model_alone(synth_root, caches, fitted, tmp_path):
+    """The CLI's export writes one model whose submission equals the run's; a budget no precision
+    fits is one error line with the sizes."""
+    model, runs = fitted
+    code, out, err = invoke("export", "--run", model.run_dir.name, "--runs", runs, "--out", tmp_path / "exp",
+                            "--precision", "fp32", "--json")
+    assert code == 0, err
+    meta = json.loads(out)
+    assert meta["precision"] == "fp32" and meta["size_mb"] > 0
+    code, out, err = invoke("predict", "--model", meta["dir"], "--data", synth_root, "--out", tmp_path / "m.csv", "--json")
+    assert code == 0 and json.loads(out)["rows"] == 80, err
+    code, out, err = invoke("predict", "--run", model.run_dir.name, "--runs", runs, "--data", synth_root,
+                            "--cache", caches, "--out", tmp_path / "r.csv")
+    assert (tmp_path / "m.csv").read_text() == (tmp_path / "r.csv").read_text()
+    code, _, err = invoke("export", "--run", model.run_dir.name, "--runs", runs, "--out", tmp_path / "tiny",
+                          "--budget-mb", 0.01, "--data", synth_root)
+    assert code == 2 and "no precision fits the 0.01 MB budget" in err and "Traceback" not in err
+    code, _, err = invoke("predict", "--data", synth_root)
+    assert code == 2 and "--run RUN or --model DIR" in err
+
