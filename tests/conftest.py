@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# Converted OpenVINO models go to a directory of this test session, not the user's ~/.cache.
+# Converted OpenVINO models go to a directory of this test session, not the user's ~/.cache; it
+# is removed when the session ends (a few hundred MB each: left behind, they fill the disk).
 os.environ["FEATCACHE_HOME"] = tempfile.mkdtemp(prefix="featcache-home-")
+atexit.register(shutil.rmtree, os.environ["FEATCACHE_HOME"], ignore_errors=True)
 
 from featcache.synth import make_dataset  # noqa: E402
 

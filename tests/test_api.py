@@ -5,6 +5,7 @@ every command has --help and (where it produces a result) a --json that parses."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -190,10 +191,14 @@ def test_every_api_name_is_the_api_function_even_beside_featcache_modules():
         assert getattr(fc, name) is getattr(api, name), name
 
 
-def test_the_example_runs_as_the_readme_says():
-    done = subprocess.run([sys.executable, "examples/quickstart.py"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def test_the_example_runs_as_the_readme_says(tmp_path, monkeypatch):
+    monkeypatch.delenv("FEATCACHE_DATA", raising=False)  # generated data, in a folder of this test
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "examples/quickstart.py"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "labels (" in done.stdout and "ready to submit" in done.stdout
+    assert any(tmp_path.glob("featcache-quickstart-*/submission.csv"))
 
 
 def test_export_then_predict_with_the_model_alone(synth_root, caches, fitted, tmp_path):
