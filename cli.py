@@ -220,9 +220,9 @@ def extract_cmd(
     if result.skipped:
         typer.echo(f"skipped {len(result.skipped)} items: " + ", ".join(s["image_id"] for s in result.skipped[:20]))
     caches = sorted(p.stem for p in Path(cache).glob("*.h5"))
-    next_step(f"python cli.py fit-head --encoders {','.join(caches)} --data {data} --cache {cache}" if len(caches) > 1
-              else f"extract a {'text' if 'minilm' in result.path.stem or 'bert' in result.path.stem else 'second'} encoder too, "
-                   f"then python cli.py fit-head --encoders {result.path.stem},<other> --data {data}")
+    next_step(f"python cli.py fit-head --encoders {','.join(caches)} --data {data}{where(cache)}" if len(caches) > 1
+              else f"extract an encoder of the other modality too (python cli.py encoders lists them), then "
+                   f"python cli.py fit-head --encoders {result.path.stem},<other> --data {data}{where(cache)}")
 
 
 @app.command("merge-shards")
