@@ -64,6 +64,22 @@ def where(cache: Path | None = None, runs: Path | None = None) -> str:
                    if value is not None and Path(value) != Path(default))
 
 
+def metrics_table(m: dict) -> str:
+    """A run's metrics.json (fit-head, runs show): F1s and mAP at 0.5, with the fallback, tuned in-sample,
+    and the out-of-fold figure of the metric the thresholds were tuned for."""
+    from featcache.metrics import AVERAGES
+
+    th = m.get("thresholds") or {}
+    mode, chosen = th.get("mode"), th.get("chosen")
+    tuned = f"tuned ({'auto: ' + chosen if mode == 'auto' and chosen else mode}, in-sample)"
+    rows = [{"thresholds": name, **{k: m[key][k] for k in ("sample_f1", "micro_f1", "macro_f1", "map")}}
+            for name, key in [("at 0.5", "at_0.5"), ("at 0.5 + fallback", "at_0.5_fallback"), (tuned, "tuned")]]
+    rows.append({"thresholds": "tuned, out of fold (compare runs by this)",
+                 AVERAGES[th.get("metric", "samples")]: m.get("tuned_out_of_fold")})
+    return render(rows, {"thresholds": "thresholds", "sample_f1": "sample-F1", "micro_f1": "micro-F1",
+                         "macro_f1": "macro-F1", "map": "mAP"})
+
+
 def emit(doc: dict) -> None:
     typer.echo(json.dumps(doc, default=str))
 
@@ -285,8 +301,8 @@ def benchmark_cmd(
                          batch_sizes=_csv_ints(batch_sizes), min_run_time=min_run_time, max_run_time=max_run_time)
     try:
         if heads not in ("all", "none"):  # ids or directories, as every command takes a run
-            heads = ",".join(find_run(h, runs).relative_to(runs).as_posix() if find_run(h, runs).is_relative_to(runs)
-                             else str(find_run(h, runs)) for h in heads.split(",") if h)
+            found = [find_run(h, runs) for h in heads.split(",") if h]
+            heads = ",".join(d.relative_to(runs).as_posix() if d.is_relative_to(runs) else str(d) for d in found)
         df, doc = bm.run(encoders, heads, cfg, runs, save=save, csv=csv, data=data,
                          progress=lambda item: typer.echo(f"benchmark: {item}", err=True))
     except (FileNotFoundError, ValueError, WeightsNotFound, RunError) as e:  # unknown names, no device, a run that cannot be loaded
@@ -464,7 +480,6 @@ def fit_head_cmd(
     """Train one fusion head on cached features, tune thresholds on the validation part, save a run."""
     from dataclasses import replace
 
-    from featcache.metrics import AVERAGES
     from featcache.stage2.experiment import RunError, fit_head, replay_options
     from heads.train import HeadConfig
     from stores.features import StoreError
@@ -491,14 +506,8 @@ def fit_head_cmd(
                      "classifier": cfg.classifier, "loss": cfg.loss, "seed": cfg.seed, **m})
     typer.echo(f"{run_dir}: {' + '.join(result.encoders)} / {cfg.fusion} / {cfg.classifier} / {cfg.loss}, seed {cfg.seed}, "
                f"{m['n_train']} train / {m['n_val']} validation rows")
-    chosen, mode = m["thresholds"]["chosen"], m["thresholds"]["mode"]
-    rows = [{"thresholds": name, **{k: m[key][k] for k in ("sample_f1", "micro_f1", "macro_f1", "map")}}
-            for name, key in [("at 0.5", "at_0.5"), ("at 0.5 + fallback", "at_0.5_fallback"),
-                              (f"tuned ({f'auto: {chosen}' if mode == 'auto' else mode}, in-sample)", "tuned")]]
-    rows.append({"thresholds": "tuned, out of fold (compare runs by this)",
-                 AVERAGES[m["thresholds"]["metric"]]: m["tuned_out_of_fold"]})
-    typer.echo(render(rows, {"thresholds": "thresholds", "sample_f1": "sample-F1", "micro_f1": "micro-F1",
-                             "macro_f1": "macro-F1", "map": "mAP"}))
+    chosen = m["thresholds"]["chosen"]
+    typer.echo(metrics_table(m))
     if m["thresholds"]["candidates_out_of_fold"]:
         typer.echo("auto's candidates out of fold: " + ", ".join(
             f"{k} {v:.4f}" for k, v in m["thresholds"]["candidates_out_of_fold"].items()) + f" -> {chosen}")
@@ -682,7 +691,7 @@ def demo_cmd(
         return emit({"seconds": result["seconds"], "test_f1": result["test_f1"], "table": result["table"].to_dicts(),
                      "files": {k: str(v) for k, v in result["files"].items()},
                      **{k: result[k] for k in ("image_f1", "text_f1", "best_fusion", "fusion_f1", "fusion_wins")}})
-    next_step(f"the same on your data: python cli.py demo --data DIR, or step by step: python cli.py data check --data DIR")
+    next_step("the same on your data: python cli.py demo --data DIR, or step by step: python cli.py data check --data DIR")
 
 
 # --- runs: what has been trained, and how it scored ---------------------------------------------
@@ -739,11 +748,7 @@ def runs_show_cmd(
     if config.get("command"):
         typer.echo(f"command: {config['command']}  (git {config.get('git') or '-'}; "
                    + ", ".join(f"{k} {v}" for k, v in (config.get("versions") or {}).items()) + ")")
-    rows = [{"thresholds": name, **{k: m[key][k] for k in ("sample_f1", "micro_f1", "macro_f1", "map")}}
-            for name, key in [("at 0.5", "at_0.5"), ("at 0.5 + fallback", "at_0.5_fallback"), ("tuned, in-sample", "tuned")]]
-    rows.append({"thresholds": "tuned, out of fold", "sample_f1": m.get("tuned_out_of_fold")})
-    typer.echo(render(rows, {"thresholds": "thresholds", "sample_f1": "sample-F1", "micro_f1": "micro-F1",
-                             "macro_f1": "macro-F1", "map": "mAP"}))
+    typer.echo(metrics_table(m))
     typer.echo("files: " + ", ".join(doc["files"]))
     data = os.environ.get("FEATCACHE_DATA")
     next_step(f"python cli.py predict --run {run}{where(None, runs)} --out submission.csv"

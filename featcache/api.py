@@ -26,7 +26,7 @@ import polars as pl
 
 from heads.train import HeadConfig
 
-from .data import Dataset, DataError, load_dataset
+from .data import Dataset, DataError, load_dataset  # noqa: F401  offered as fc.DataError, fc.load_dataset
 from .e2e.config import E2EConfig, head_encoders
 from .e2e.loop import train
 from .export import export as export_run
@@ -36,7 +36,7 @@ from .runs import find_run
 from .runs import predict as predict_submission
 from .stage1 import run as run_stage1
 from .stage2.ablate import ablate
-from .stage2.experiment import RunError
+from .stage2.experiment import RunError  # noqa: F401  offered as fc.RunError
 from .stage2.experiment import fit_head as fit_stage2
 
 # featcache/__init__.py's __all__ names what `import featcache as fc` offers from here.

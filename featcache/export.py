@@ -36,7 +36,7 @@ from .data import Dataset, load_dataset
 from .exported import EXAMPLE_CAPTION, EXPORT_FILE, ExportedModel, Preprocessor, model_mb
 from .exported import validate as validate_export
 from .outputs import OutputError, check_out_dir, write_text
-from .runs import E2E, find_run, kind_of, load_model
+from .runs import E2E, cached_encoders, find_run, finished, kind_of, load_model
 from .split import train_val_split
 from .stage2.experiment import RunError
 from .thresholds import Thresholds
@@ -137,14 +137,7 @@ def load_source(run: str | Path) -> Source:
     """The model of a finished run of either kind; RunError names a run that is not one or is incomplete."""
     run = Path(run)
     kind = kind_of(run)
-    if not (run / "metrics.json").exists():  # written last: a run killed while saving is never exported
-        raise RunError(f"{run}: incomplete run (no metrics.json: killed while saving, or still running); "
-                       "fit or train it again")
-    try:
-        config = json.loads((run / "config.json").read_text())
-        metrics = json.loads((run / "metrics.json").read_text())
-    except (OSError, ValueError) as e:
-        raise RunError(f"{run}: unreadable config.json or metrics.json ({type(e).__name__}: {e})") from None
+    config, metrics = finished(run)  # a run killed while saving is never exported
     model = load_model(run)
     if kind == E2E:
         encoders, head, dtypes = list(model.encoders), model.head, None
@@ -153,7 +146,7 @@ def load_source(run: str | Path) -> Source:
         fit_seconds = sum(h["train_seconds"] for h in metrics.get("history", []))
         split = {"seed": c["seed"], "val_fraction": c["val_fraction"], "train_fraction": c["train_fraction"]}
     else:
-        (encoders, dtypes), head, h = _stage2_encoders(run, config), model, config["head"]
+        (encoders, dtypes), head, h = cached_encoders(run, config), model, config["head"]
         if [e.embed_dim for e in encoders] != list(head.dims):
             raise RunError(f"{run}: the head takes features of widths {head.dims}, its caches' encoders give "
                            f"{[e.embed_dim for e in encoders]}")
@@ -169,32 +162,6 @@ def load_source(run: str | Path) -> Source:
                        "fit_seconds": fit_seconds, "metrics": scores},
             "split": {**split, "dataset_fingerprint": config.get("dataset_fingerprint")}}
     return Source(run, Composed(encoders, head, dtypes).eval(), meta)
-
-
-def _stage2_encoders(run: Path, config: dict) -> tuple[list[nn.Module], list[torch.dtype | None]]:
-    """Each cache's encoder as it was extracted (featcache.extract.encoder_of: its configuration and
-    weights, checked by their hash), and the dtype the cache stores its features in."""
-    from stores.features import StoreError, read_attrs
-
-    from .extract import encoder_of
-
-    if not config.get("caches"):
-        raise RunError(f"{run / 'config.json'}: does not say which caches its head was fitted on (written before "
-                       "featcache recorded them); fit the head again to export it")
-    encoders, dtypes = [], []
-    for name in config["encoders"]:
-        path = Path(config["caches"][name])
-        try:
-            attrs = read_attrs(path)
-            if attrs.get("fingerprint") != config["fingerprints"][name]:  # rebuilt since: the head does not fit it
-                raise RunError(f"{path}: fingerprint {attrs.get('fingerprint')} differs from "
-                               f"{config['fingerprints'][name]}, the cache {run} was fitted on; refit the head or "
-                               "restore the cache")
-            encoders.append(encoder_of(path, attrs))
-        except StoreError as e:
-            raise RunError(f"{e} (the export of {run} rebuilds its encoder from that cache's record)") from None
-        dtypes.append(getattr(torch, json.loads(attrs["fingerprint_spec"]).get("dtype", "float32")))
-    return encoders, dtypes
 
 
 # --- the export -----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ never sees half of one. What cannot be written is an `OutputError` naming the fi
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shlex
 import subprocess
@@ -117,9 +118,11 @@ def write_study(out_dir: str | Path, raw, table) -> None:
             getattr(frame, write)(tmp)
 
 
+@functools.lru_cache(maxsize=1)
 def provenance() -> dict:
     """What produced an output, for a run's config.json: the command line, the versions of the
-    libraries the numbers depend on, and the git commit of this checkout (None outside one)."""
+    libraries the numbers depend on, and the git commit of this checkout (None outside one).
+    Once per process: a study saves dozens of runs, and none of this changes between them."""
     versions = {}
     for name in ("featcache", "torch", "timm", "transformers", "numpy", "scikit-learn", "openvino"):
         with contextlib.suppress(metadata.PackageNotFoundError):

@@ -12,7 +12,6 @@ own backbones. Thresholds and the top-label fallback are the run's: at least one
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +20,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from stores.features import read_attrs
-
 from .data import load_image
 from .e2e import predict as e2e_predict
 from .e2e.model import E2EModel
-from .extract import encoder_of
-from .runs import E2E, find_run, kind_of
-from .stage2.experiment import RunError, load_run
+from .runs import E2E, cached_encoders, find_run, finished, kind_of
+from .stage2.experiment import load_run
 from .thresholds import Thresholds
 
 
@@ -45,23 +41,12 @@ class Predictor:
     def load(cls, run: str | Path, runs: str | Path = "runs") -> Predictor:
         """A run by directory or by id under `runs` (RunError naming it when it cannot be used)."""
         run_dir = find_run(run, runs)
-        if not (run_dir / "metrics.json").exists():
-            raise RunError(f"{run_dir}: incomplete run (no metrics.json: killed while saving, or still running)")
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        saved, metrics = finished(run_dir)
         if kind_of(run_dir) == E2E:
             model, _, thresholds = e2e_predict.load_run(run_dir)
-            label_ids = json.loads((run_dir / "config.json").read_text())["label_ids"]
-            return cls(run_dir, model, thresholds, label_ids, metrics, [None] * len(model.encoders))
+            return cls(run_dir, model, thresholds, saved["label_ids"], metrics, [None] * len(model.encoders))
         head, thresholds, config = load_run(run_dir)
-        encoders, dtypes = [], []
-        for name in config["encoders"]:
-            path = Path(config["caches"][name])
-            attrs = read_attrs(path)
-            if attrs.get("fingerprint") != config["fingerprints"][name]:  # rebuilt since: the head does not fit it
-                raise RunError(f"{path}: fingerprint {attrs.get('fingerprint')} differs from {config['fingerprints'][name]}, "
-                               f"the cache run {run_dir} was trained on; refit the head or restore the cache")
-            encoders.append(encoder_of(path, attrs))
-            dtypes.append(getattr(torch, json.loads(attrs["fingerprint_spec"]).get("dtype", "float32")))
+        encoders, dtypes = cached_encoders(run_dir, config)
         return cls(run_dir, E2EModel(encoders, head.net).eval(), thresholds, config["label_ids"], metrics, dtypes)
 
     def predict_proba(self, images: list, captions: list[str], batch_size: int = 32) -> np.ndarray:

@@ -67,6 +67,50 @@ def list_runs(root: str | Path, kind: str | None = None, say=None) -> list[Path]
     return sorted(set(runs) - set(incomplete))
 
 
+def finished(run_dir: str | Path) -> tuple[dict, dict]:
+    """(config.json, metrics.json) of a complete run; RunError for one killed while saving (metrics.json
+    is written last) or with unreadable files. Every command that uses a run goes through here."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").exists():
+        raise RunError(f"{run_dir}: incomplete run (no metrics.json: killed while saving, or still running); "
+                       "fit or train it again")
+    try:
+        return json.loads((run_dir / "config.json").read_text()), json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"{run_dir}: unreadable config.json or metrics.json ({type(e).__name__}: {e})") from None
+
+
+def cached_encoders(run_dir: str | Path, config: dict) -> tuple[list[nn.Module], list]:
+    """A stage-2 run's encoders as its caches were extracted (featcache.extract.encoder_of: their
+    configuration and weights, checked by hash), and the torch dtype each cache stores its
+    features in: what turns new photos and captions into the features its head was fitted on.
+    RunError when a cache is gone, rebuilt since (another fingerprint) or not recorded."""
+    import torch
+
+    from stores.features import StoreError, read_attrs
+
+    from .extract import encoder_of
+
+    run_dir = Path(run_dir)
+    if not config.get("caches"):
+        raise RunError(f"{run_dir / 'config.json'}: does not say which caches its head was fitted on (written before "
+                       "featcache recorded them); fit the head again")
+    encoders, dtypes = [], []
+    for name in config["encoders"]:
+        path = Path(config["caches"][name])
+        try:
+            attrs = read_attrs(path)
+            if attrs.get("fingerprint") != config["fingerprints"][name]:  # rebuilt since: the head does not fit it
+                raise RunError(f"{path}: fingerprint {attrs.get('fingerprint')} differs from "
+                               f"{config['fingerprints'][name]}, the cache {run_dir} was fitted on; refit the head or "
+                               "restore the cache")
+            encoders.append(encoder_of(path, attrs))
+        except StoreError as e:
+            raise RunError(f"{e} ({run_dir}'s encoder is rebuilt from that cache's record)") from None
+        dtypes.append(getattr(torch, json.loads(attrs["fingerprint_spec"]).get("dtype", "float32")))
+    return encoders, dtypes
+
+
 def find_run(run: str | Path, root: str | Path = "runs") -> Path:
     """A run named by its directory, its id (the path under `root`, as `runs` lists it), or any part
     of the id that only one complete run under `root` has (e.g. a time stamp). RunError otherwise,
@@ -91,9 +135,7 @@ def e2e_results(root: str | Path) -> pl.DataFrame:
     """Result rows of the finished end-to-end runs under root, in the results table's layout (a
     fit-head run appends its own row to results.parquet; an end-to-end run keeps metrics.json)."""
     rows = []
-    for run_dir in list_runs(root, E2E):
-        if not (run_dir / "metrics.json").exists():  # written last: the run is still finishing
-            continue
+    for run_dir in list_runs(root, E2E):  # complete runs only
         saved, metrics = e2e_rundir.read_config(run_dir), json.loads((run_dir / "metrics.json").read_text())
         c = saved["config"]
         rows.append({"run": run_dir.relative_to(root).as_posix(), "kind": "final", "encoders": saved["encoders"],
@@ -138,13 +180,7 @@ def describe(run: str | Path, root: str | Path = "runs") -> dict:
     and metrics.json (history left out), and its files."""
     run_dir = find_run(run, root)
     kind = kind_of(run_dir)
-    if not (run_dir / "metrics.json").exists():
-        raise RunError(f"{run_dir}: incomplete run (no metrics.json: killed while saving, or still running)")
-    try:
-        config = json.loads((run_dir / "config.json").read_text())
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError) as e:
-        raise RunError(f"{run_dir}: unreadable config.json or metrics.json ({e})") from None
+    config, metrics = finished(run_dir)
     metrics.pop("history", None)
     return {"run": run_dir.as_posix(), "kind": {STAGE2: "head", E2E: "final"}[kind], "config": config, "metrics": metrics,
             "files": sorted(p.relative_to(run_dir).as_posix() for p in run_dir.iterdir())}
@@ -163,9 +199,7 @@ def predict(run_dir: str | Path, data: str | Path, cache: str | Path, out: str |
     run reads its encoders' features from `cache` (fingerprints checked); an end-to-end run holds
     its backbones and reads the images and captions themselves."""
     kind = kind_of(run_dir)
-    if not (Path(run_dir) / "metrics.json").exists():  # written last: a run killed while saving is never used
-        raise RunError(f"{run_dir}: incomplete run (no metrics.json: killed while saving, or still running); "
-                       "fit or train it again")
+    finished(run_dir)  # a run killed while saving is never used
     dataset = load_dataset(data)
     # Never over an input: the dataset's files, the run's, or a cache (checked before any work).
     inputs = [dataset.root / name for name in ("train.csv", "test.csv", LABELS_FILE)] + list(Path(run_dir).iterdir())
