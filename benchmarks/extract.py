@@ -44,7 +44,7 @@ def batches(dataset: Dataset, encoder, n: int, batch_size: int) -> list:
         if encoder.cfg.is_text:
             out.append(encoder.collate([r.caption for r in chunk]))
         else:
-            out.append(torch.stack([preprocess_image(encoder.cfg, load_image(dataset.image_path(r.image_id))) for r in chunk]))
+            out.append(torch.stack([preprocess_image(encoder.cfg, load_image(dataset.image_path(r))) for r in chunk]))
     return out
 
 

@@ -41,9 +41,8 @@ def _scan_images(ds: Dataset) -> dict:
     """Image sizes from headers only (fast); missing and unreadable files are listed, not fatal."""
     sizes, modes, missing, unreadable = [], Counter(), [], []
     for rec in tqdm(ds.train + ds.test, desc="scanning images", unit="img", leave=False):
-        path = ds.image_path(rec.image_id)
         try:
-            with Image.open(path) as im:
+            with Image.open(ds.image_path(rec)) as im:
                 sizes.append(im.size)
                 modes[im.mode] += 1
         except FileNotFoundError:

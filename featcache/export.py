@@ -37,7 +37,7 @@ from .exported import EXAMPLE_CAPTION, EXPORT_FILE, ExportedModel, Preprocessor,
 from .exported import validate as validate_export
 from .outputs import OutputError, check_out_dir, write_text
 from .runs import E2E, cached_encoders, find_run, finished, kind_of, load_model
-from .split import train_val_split
+from .data.split import split_rows
 from .stage2.experiment import RunError
 from .thresholds import Thresholds
 
@@ -335,7 +335,7 @@ def _save_onnx(module: Composed, specs: list[dict], path: Path) -> None:
 def _calibration_rows(split: dict, dataset: Dataset, cfg: ExportConfig) -> dict:
     """`calibration_rows` train rows of the run's split drawn with a seed: never a validation row
     (the export is scored on those) nor a test row."""
-    train_idx, _ = train_val_split(dataset.targets(), split["val_fraction"], split["seed"])
+    train_idx, _ = split_rows(dataset, split["val_fraction"], split["seed"])
     pick = np.sort(np.random.default_rng(cfg.calibration_seed).permutation(len(train_idx))[:cfg.calibration_rows])
     return {"part": "train", "split_seed": split["seed"], "seed": cfg.calibration_seed, "rows": len(pick),
             "image_ids": [dataset.train[i].image_id for i in train_idx[pick]]}
@@ -345,7 +345,8 @@ def _calibration_inputs(meta: dict, stage: Path, dataset: Dataset, ids: list[str
     """Each calibration row as the exported predictor prepares it (batch 1), so int8 ranges are
     measured on exactly what the model will see."""
     prep, records = Preprocessor(meta, stage), {r.image_id: r for r in dataset.train}
-    return [prep.inputs([dataset.image_path(i)], [records[i].caption]) for i in ids]
+    return [prep.inputs(dataset.photos([records[i]]) if dataset.has("image") else None,
+                        [records[i].caption] if dataset.has("text") else None) for i in ids]
 
 
 def _quantize(model, items: list[dict], has_text: bool):

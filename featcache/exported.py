@@ -208,7 +208,8 @@ def check_labels(model: ExportedModel, dataset: Dataset) -> None:
 def rows(model: ExportedModel, dataset: Dataset, records: list[Record], batch_size: int = 32) -> np.ndarray:
     """Probabilities [len(records), labels] of dataset rows, in order."""
     check_labels(model, dataset)
-    return model.predict_proba([dataset.image_path(r.image_id) for r in records], [r.caption for r in records],
+    return model.predict_proba(dataset.photos(records) if dataset.has("image") else None,
+                               [r.caption for r in records] if dataset.has("text") else None,
                                batch_size)
 
 
@@ -226,16 +227,16 @@ def predict_submission(model_dir: str | Path, data: str | Path, out: str | Path,
 
 
 def validation_records(meta: dict, dataset: Dataset) -> list[Record]:
-    """The validation rows of the source run's split (featcache.split, its seed and share), on the
+    """The validation rows of the source run's split (featcache.data.split, its seed and share), on the
     dataset it was trained on (refused otherwise: the same ImageIDs would be other rows)."""
-    from .split import train_val_split
+    from .data.split import split_rows
 
     split = meta["split"]
     want = split.get("dataset_fingerprint")
     if want and dataset.fingerprint() != want:
         raise ValueError(f"{dataset.root}: not the dataset {meta['source']['run']} was trained on (fingerprint "
                          f"{dataset.fingerprint()}, the run's {want}); its validation rows would be other rows")
-    _, val_idx = train_val_split(dataset.targets(), split["val_fraction"], split["seed"])
+    _, val_idx = split_rows(dataset, split["val_fraction"], split["seed"])
     return [dataset.train[i] for i in val_idx]
 
 

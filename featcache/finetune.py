@@ -30,7 +30,7 @@ from filelock import FileLock
 from .data import DataError, Dataset
 from .outputs import write_text
 from .registry import EncoderCfg, cache_name
-from .split import train_val_split
+from .data.split import split_rows
 from .weights import WeightsSource, sha256_path
 
 
@@ -76,7 +76,7 @@ def ensure_finetuned(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, f
                      say=print, lenient: bool = False) -> tuple[WeightsSource, dict]:
     """The fine-tuned weights (trained now unless a file with the same spec exists) and the spec
     with the weights' sha256, for the fingerprint."""
-    train_idx, val_idx = train_val_split(dataset.targets(), ft.val_fraction, ft.seed)
+    train_idx, val_idx = split_rows(dataset, ft.val_fraction, ft.seed)
     spec = finetune_spec(dataset, cfg, source, ft, train_idx)
     stem = cache_name(cfg.name)
     weights, sidecar = weights_file(out_dir, cfg.name), out_dir / f"{stem}_ft.json"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .data import DataError, Dataset, Record, load_image
+from .data import DataError, Dataset, Record
 from .encoders import preprocess_image
 from .registry import EncoderCfg
 
@@ -29,10 +29,9 @@ def encoder_input(dataset: Dataset, cfg: EncoderCfg, rec: Record, seed: int | No
     if cfg.is_text:
         return rec.caption, None
     try:
-        return preprocess_image(cfg, load_image(dataset.image_path(rec.image_id)), seed), None
-    except DataError as e:
-        where = "train.csv" if rec.labels is not None else "test.csv"
-        return None, f"{e} ({where} line {rec.line}, ImageID {rec.image_id})"
+        return preprocess_image(cfg, dataset.open_image(rec), seed), None
+    except DataError as e:  # it names the file and the row
+        return None, str(e)
 
 
 class Inputs(torch.utils.data.Dataset):

@@ -1,4 +1,6 @@
-"""Generated data in the COMP5329 layout, for tests and the demo: deterministic for a seed.
+"""Generated data, for tests and the demo: deterministic for a seed, in the COMP5329 layout
+(`make_dataset`) or as a table users keep (`make_table`: CSV, TSV, Parquet, JSONL or a saved
+Hugging Face dataset, labels by name, nested image paths).
 
 Each label is an object with a look (a colour and a shape) and a vocabulary (synonyms). An image
 draws most, not all, of its objects on a noisy background; its caption names some, not all, of
@@ -78,6 +80,82 @@ def make_dataset(root: str | Path, n_train: int = 1000, n_test: int = 200, seed:
         f.write("ImageID,Labels\n" + "".join(f"{i},{' '.join(map(str, p))}\n" for i, p, _ in test))
     (root / LABELS_FILE).write_text(json.dumps({str(lab): COCO_NAMES[lab] for lab in labels}, indent=1))
     return root
+
+
+TABLE_FORMATS = ("csv", "tsv", "parquet", "jsonl", "hf")
+
+
+def make_table(out: str | Path, format: str = "csv", n_train: int = 1000, n_test: int = 200, seed: int = 0,
+               image_size: int = 64, modalities: tuple[str, ...] = ("image", "text"), labels_file: bool = True) -> Path:
+    """The rows of `make_dataset` (same seed: the same photos, captions and labels, in the same
+    order) as one table under `out`: columns `path` (photos/<n>/IMG_<id>.jpg, the same bytes),
+    `description` and `tags` (names joined by '|'; empty on the rows to predict), and
+    `labels.txt` (the names in COCO id order, so the label order is COMP5329's). `format` "hf":
+    a Hugging Face dataset saved with save_to_disk (Image column, Sequence(ClassLabel) tags).
+    Returns the table's path (the folder for "hf")."""
+    import shutil
+    import tempfile
+
+    import polars as pl
+
+    if format not in TABLE_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(TABLE_FORMATS)}, got {format!r}")
+    bad = set(modalities) - {"image", "text"}
+    if bad or not modalities:
+        raise ValueError(f"modalities must be image and/or text, got {list(modalities)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [COCO_NAMES[lab] for lab in sorted(PRIOR)]
+    with tempfile.TemporaryDirectory() as tmp:
+        from .data import load_dataset
+
+        ds = load_dataset(make_dataset(tmp, n_train, n_test, seed, image_size))
+        truth = dict(line.split(",") for line in (Path(tmp) / "test_labels.csv").read_text().splitlines()[1:])
+        rows = []
+        for rec in ds.train + ds.test:
+            path = f"photos/{int(Path(rec.image_id).stem) % 3}/IMG_{rec.image_id}"
+            if "image" in modalities:
+                (out / path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(ds.image_path(rec), out / path)
+            labels = rec.labels or ()
+            rows.append({"path": path, "description": rec.caption, "tags": "|".join(COCO_NAMES[lab] for lab in labels),
+                         "truth": "|".join(COCO_NAMES[int(t)] for t in truth.get(rec.image_id, "").split())})
+    frame = pl.DataFrame(rows)
+    # Hidden labels of the rows to predict, so a test can score them (like test_labels.csv).
+    frame.filter(pl.col("tags") == "").select("path", pl.col("truth").alias("tags")).write_csv(out / "test_labels.csv")
+    keep = [c for c, m in (("path", "image"), ("description", "text")) if m in modalities] + ["tags"]
+    if labels_file:
+        (out / "labels.txt").write_text("\n".join(names) + "\n")
+    if format == "hf":
+        return _save_hf(frame, out, keep, names)
+    table = out / f"items.{format}"
+    frame = frame.select(keep)
+    if format in ("csv", "tsv"):
+        frame.write_csv(table, separator="\t" if format == "tsv" else ",")
+    elif format == "parquet":
+        frame.with_columns(pl.col("tags").str.split("|").list.filter(pl.element() != "")).write_parquet(table)
+    else:
+        frame.with_columns(pl.col("tags").str.split("|").list.filter(pl.element() != "")).write_ndjson(table)
+    return table
+
+
+def _save_hf(frame, out: Path, keep: list[str], names: list[str]) -> Path:
+    import datasets
+
+    features = {"tags": datasets.Sequence(datasets.ClassLabel(names=names))}
+    columns = {"tags": [[names.index(t) for t in tags.split("|") if t] for tags in frame["tags"].to_list()]}
+    if "path" in keep:
+        features["image"] = datasets.Image()
+        columns["image"] = [str(out / p) for p in frame["path"].to_list()]
+    if "description" in keep:
+        features["description"] = datasets.Value("string")
+        columns["description"] = frame["description"].to_list()
+    ds = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    if "image" in columns:  # embed the photos' bytes: the saved dataset stands alone
+        ds = ds.cast_column("image", datasets.Image(decode=True)).map(lambda r: r, features=ds.features)
+    target = out / "hf"
+    ds.save_to_disk(str(target))
+    return target
 
 
 def _draw(rng: np.random.Generator, looks: list, size: tuple[int, int]) -> Image.Image:

@@ -55,7 +55,7 @@ def test_the_api_predicts_a_new_photo_and_caption_as_predict_does(synth_root, ca
     submission = fc.predict(model.run_dir.name, synth_root, tmp_path / "sub.csv", cache=caches, runs=runs)
     expected = pl.read_csv(submission, schema_overrides={"Labels": pl.String})
     rows = dataset.test[:5]
-    labels = model.predict([dataset.image_path(r.image_id) for r in rows], [r.caption for r in rows])
+    labels = model.predict([dataset.image_path(r) for r in rows], [r.caption for r in rows])
     assert [" ".join(map(str, ls)) for ls in labels] == expected["Labels"].to_list()[:5]
     # The probabilities are the head's on the cached rows: the encoders were rebuilt as extracted.
     from featcache.stage2.experiment import load_features, load_run
@@ -65,7 +65,7 @@ def test_the_api_predicts_a_new_photo_and_caption_as_predict_does(synth_root, ca
     cached = head.predict_proba([fs.rows([r.image_id for r in rows]) for fs in features])
     from PIL import Image
 
-    photos = [Image.open(dataset.image_path(r.image_id)) for r in rows]  # PIL images work as well as paths
+    photos = [Image.open(dataset.image_path(r)) for r in rows]  # PIL images work as well as paths
     assert np.abs(model.predict_proba(photos, [r.caption for r in rows]) - cached).max() < 1e-4
     assert 0 < model.metrics["tuned_out_of_fold"] <= 1 and fc.load(model.run_dir).label_ids == model.label_ids
 

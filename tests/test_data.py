@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from featcache.data import DataError, LabelSpace, load_dataset, load_image, read_records
 from featcache.outputs import write_submission
-from featcache.split import train_val_split
+from featcache.data.split import train_val_split
 from featcache.synth import make_dataset
 
 # The real slice: beside the checkout on developer machines and in CI, or wherever FEATCACHE_DATA says.
@@ -183,7 +183,7 @@ def test_generated_data_is_deterministic_and_has_the_real_faults(tmp_path):
     assert len(ds.train) == 60 and len(ds.test) == 10 and ds.skipped == []
     captions = [r.caption for r in ds.train]
     assert any('"' in cap for cap in captions) and any("\n" in cap for cap in captions)
-    assert load_image(ds.image_path("1.jpg")).size == (29, 25)
+    assert load_image(ds.root / "data" / "1.jpg").size == (29, 25)
 
 
 def test_generated_data_has_learnable_signal_in_each_modality(synth_root):
@@ -198,7 +198,7 @@ def test_generated_data_has_learnable_signal_in_each_modality(synth_root):
     ds = load_dataset(synth_root)
     y = ds.targets()
     tr, va = train_val_split(y, 0.25, seed=0)
-    colour = np.stack([np.histogramdd(np.asarray(load_image(ds.image_path(r.image_id))).reshape(-1, 3),
+    colour = np.stack([np.histogramdd(np.asarray(load_image(ds.image_path(r))).reshape(-1, 3),
                                       bins=6, range=[(0, 256)] * 3)[0].ravel() for r in ds.train])
     colour = np.log1p(colour)
     words = CountVectorizer(binary=True).fit_transform([r.caption for r in ds.train]).toarray()
@@ -255,7 +255,7 @@ def test_real_slice_reads_every_row():
 
 
 def test_dataset_directory_errors(tmp_path):
-    with pytest.raises(DataError, match="dataset directory not found"):
+    with pytest.raises(DataError, match="nope: not found"):
         load_dataset(tmp_path / "nope")
     root = make_dataset(tmp_path / "d", n_train=10, n_test=2, seed=0)
     shutil.copy(root / "train.csv", root / "test.csv")

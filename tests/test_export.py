@@ -207,7 +207,7 @@ def test_a_one_encoder_run_exports_and_takes_only_its_input(world, modality, tmp
     assert [s["name"] for s in meta["inputs"]] == (["pixels"] if modality == "image" else ["input_ids", "attention_mask"])
     dataset = load_dataset(world.data)
     model = ExportedModel.load(out)
-    paths, captions = [dataset.image_path(r.image_id) for r in dataset.test], [r.caption for r in dataset.test]
+    paths, captions = [dataset.image_path(r) for r in dataset.test], [r.caption for r in dataset.test]
     got = model.predict_proba(paths, None) if modality == "image" else model.predict_proba(None, captions)
     assert np.abs(got - run_probs(world, run, dataset.test)).max() < 1e-3
     with pytest.raises(ValueError, match="takes photos" if modality == "image" else "takes captions"):
@@ -237,12 +237,12 @@ def test_the_exported_predictor_runs_without_torch(world, exports):
     code = ("import sys; from featcache.exported import ExportedModel; m = ExportedModel.load(sys.argv[1]); "
             "print(m.predict([sys.argv[2]], [sys.argv[3]])); print('torch' in sys.modules, 'transformers' in sys.modules)")
     d = exports["openvino", "int8"]
-    proc = subprocess.run([sys.executable, "-c", code, str(d), str(dataset.image_path(record.image_id)), record.caption],
+    proc = subprocess.run([sys.executable, "-c", code, str(d), str(dataset.image_path(record)), record.caption],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     labels, modules = proc.stdout.strip().splitlines()[-2:]
     assert modules == "False False"
-    assert labels == str(ExportedModel.load(d).predict([dataset.image_path(record.image_id)], [record.caption]))
+    assert labels == str(ExportedModel.load(d).predict([dataset.image_path(record)], [record.caption]))
 
 
 def test_photos_and_captions_are_prepared_as_the_encoders_prepare_them(world, exports):

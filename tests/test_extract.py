@@ -23,7 +23,7 @@ from featcache.data import DataError, load_dataset
 from featcache.encoders import create_encoder
 from featcache.extract import extract
 from featcache.registry import get_cfg
-from featcache.split import train_val_split
+from featcache.data.split import train_val_split
 from featcache.synth import flip_bit, make_dataset
 from stores.features import StoreError, cache_path, open_features, partial_path
 
@@ -62,7 +62,7 @@ def test_features_are_the_model_outputs_for_every_train_and_test_id(dataset, tmp
 
     recs = dataset.test[:3]
     with torch.inference_mode():
-        direct = enc(enc.collate([load_image(dataset.image_path(r.image_id)) for r in recs])).numpy()
+        direct = enc(enc.collate([load_image(dataset.image_path(r)) for r in recs])).numpy()
     np.testing.assert_allclose(fs.rows([r.image_id for r in recs]), direct, rtol=2e-3, atol=2e-3)
     with pytest.raises(KeyError, match="nope.jpg"):
         fs.rows(["nope.jpg"])

@@ -35,7 +35,8 @@ PROJECT = ("featcache", "heads", "stores", "cli")  # top-level names of project 
 PACKAGE_DIRS = ("featcache", "heads", "stores")
 NO_TORCH = ("featcache.registry", "featcache.weights")
 FLAT = "featcache"  # the package whose top-level modules never import each other within a layer
-LAZY_API = ("featcache", "featcache.api")  # the package whose __getattr__ may import its API module
+LAZY_API = ("featcache", "featcache.api")
+REEXPORTS = ("featcache.data",)  # package __inits__ that re-export their own modules (`from featcache.data import load_dataset`)  # the package whose __getattr__ may import its API module
 ADD_IT = "add it to a layer in the table of docs/CONTRACTS.md"
 
 
@@ -206,9 +207,12 @@ def layering(graph: Graph, layers: list[Layer]) -> list[str]:
 
 
 def package_inits(graph: Graph) -> list[str]:
+    """A package __init__ imports nothing of the project but version strings, the lazy API, and
+    (REEXPORTS) the modules of its own package that it re-exports for users."""
     return [f"{edge}  ({edge.source} is a package __init__ (layer 0): it imports nothing of the project but version strings)"
             for edge in graph.edges if edge.source in graph.packages and not edge.version_only
-            and not (edge.lazy and (edge.source, edge.target) == LAZY_API)]
+            and not (edge.lazy and (edge.source, edge.target) == LAZY_API)
+            and not (edge.source in REEXPORTS and edge.target.startswith(edge.source + "."))]
 
 
 def heads_from_featcache(graph: Graph) -> list[str]:

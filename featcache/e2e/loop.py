@@ -28,7 +28,7 @@ from heads.losses import LOSSES
 from .. import tracking
 from ..data import Dataset, Record, load_dataset
 from ..metrics import scores
-from ..split import nested_share, train_val_split
+from ..data.split import nested_share, split_rows
 from .batches import batches, evaluate, readable, sigmoid
 from .checkpoints import KEEP, load_checkpoint, prune, save_checkpoint
 from .config import E2EConfig
@@ -143,7 +143,7 @@ class Part:
 def split(dataset: Dataset, cfg: E2EConfig) -> tuple[Part, Part]:
     """fit-head's split (Split.of) with the config's split seed, and the nested train share it keeps."""
     y = dataset.targets()
-    train_idx, val_idx = train_val_split(y, cfg.val_fraction, cfg.split_seed)
+    train_idx, val_idx = split_rows(dataset, cfg.val_fraction, cfg.split_seed)
     train_idx = train_idx[nested_share(len(train_idx), cfg.train_fraction, cfg.split_seed)]
     return (Part([dataset.train[i] for i in train_idx], y[train_idx]),
             Part([dataset.train[i] for i in val_idx], y[val_idx]))

@@ -31,7 +31,7 @@ from featcache.data import Dataset, LabelSpace, load_dataset
 from featcache.metrics import AVERAGES, mean_average_precision, per_label_table
 from featcache.outputs import provenance, replacing, write_submission, write_text
 from featcache.registry import cache_name
-from featcache.split import nested_share, train_val_split
+from featcache.data.split import nested_share, split_rows
 from featcache.thresholds import Thresholds, apply_thresholds, fit_thresholds, out_of_fold, threshold_report
 from heads.train import Head, HeadConfig
 from stores.features import FeatureSet, StoreError, open_features
@@ -52,9 +52,11 @@ class Split:
     fraction: float = 1.0  # the share of the split's train rows kept (learning curves)
 
     @classmethod
-    def of(cls, dataset: Dataset, seed: int = 0, val_fraction: float = 0.2) -> Split:
+    def of(cls, dataset: Dataset, seed: int | None = None, val_fraction: float | None = None) -> Split:
+        """The dataset's split: its split column's, else stratified with its (or the given) fraction and seed."""
         y = dataset.targets()
-        tr, va = train_val_split(y, val_fraction=val_fraction, seed=seed)
+        tr, va = split_rows(dataset, val_fraction, seed)
+        seed = dataset.split_seed if seed is None else seed
         ids = np.array([r.image_id for r in dataset.train])
         return cls(ids[tr], ids[va], y[tr], y[va], seed)
 

@@ -7,7 +7,8 @@ same split on any machine: it depends only on the targets' order and numpy's Ran
 from __future__ import annotations
 
 import numpy as np
-from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+from .records import DataError
 
 
 def train_val_split(targets: np.ndarray, val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -17,9 +18,24 @@ def train_val_split(targets: np.ndarray, val_fraction: float = 0.2, seed: int = 
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if len(targets) < 2:
         raise ValueError(f"need at least 2 labelled rows to split, got {len(targets)}")
+    # Imported here: iterstrat brings scikit-learn and scipy, which a warm cache check never needs.
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
     splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
     train_idx, val_idx = next(splitter.split(np.zeros(len(targets)), targets))
     return np.sort(train_idx), np.sort(val_idx)
+
+
+def split_rows(dataset, val_fraction: float | None = None, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) row indices into `dataset.train`: the rows a split column names `val`,
+    else a stratified split with the dataset's val_fraction and split_seed (or those given)."""
+    if dataset.val_keys:
+        is_val = np.array([r.image_id in dataset.val_keys for r in dataset.train], dtype=bool)
+        if is_val.all():
+            raise DataError(f"{dataset.name}: every labelled row is a validation row; mark some train")
+        return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    return train_val_split(dataset.targets(), dataset.val_fraction if val_fraction is None else val_fraction,
+                           dataset.split_seed if seed is None else seed)
 
 
 def nested_share(n: int, fraction: float, seed: int) -> np.ndarray:

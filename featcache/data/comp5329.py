@@ -8,116 +8,20 @@ So the reader works on lines, not on a CSV tokenizer, and never drops a row sile
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+from .images import Folder
+from .records import DataError, LabelSpace, Record, Skip
 
-# COCO category ids used by COMP5329 (12 is unused) and their names, for display.
-COCO_NAMES = {
-    1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus", 7: "train",
-    8: "truck", 9: "boat", 10: "traffic light", 11: "fire hydrant", 13: "stop sign",
-    14: "parking meter", 15: "bench", 16: "bird", 17: "cat", 18: "dog", 19: "horse",
-}
 LABELS_FILE = "labels.json"  # optional, in a dataset root: {"<label id>": "<name>", ...}
+FILES = ("train.csv", "test.csv")
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file and, where there is one, the line."""
-
-
-@dataclass(frozen=True)
-class LabelSpace:
-    """Label ids (as written in the CSV) <-> column indices of the multi-hot target."""
-
-    ids: tuple[int, ...]
-    names: tuple[str, ...]
-
-    @classmethod
-    def coco(cls) -> LabelSpace:
-        return cls(tuple(COCO_NAMES), tuple(COCO_NAMES.values()))
-
-    @classmethod
-    def from_mapping(cls, mapping: dict) -> LabelSpace:
-        items = sorted((int(k), str(v)) for k, v in mapping.items())
-        return cls(tuple(i for i, _ in items), tuple(n for _, n in items))
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.ids)
-
-    def index(self, label: int) -> int:
-        return self._index[label]
-
-    def encode(self, rows: list[tuple[int, ...]]) -> np.ndarray:
-        """Multi-hot float32 targets, one row per label tuple."""
-        y = np.zeros((len(rows), self.num_labels), dtype=np.float32)
-        for r, labels in enumerate(rows):
-            y[r, [self._index[lab] for lab in labels]] = 1.0
-        return y
-
-    def decode(self, multi_hot: np.ndarray) -> list[tuple[int, ...]]:
-        return [tuple(self.ids[j] for j in np.flatnonzero(row)) for row in np.asarray(multi_hot)]
-
-    @property
-    def _index(self) -> dict[int, int]:
-        return {lab: j for j, lab in enumerate(self.ids)}
-
-
-@dataclass(frozen=True)
-class Record:
-    image_id: str
-    caption: str
-    labels: tuple[int, ...] | None  # None for test rows
-    line: int  # 1-based line where the record starts, for error messages
-
-
-@dataclass(frozen=True)
-class Skip:
-    file: str
-    line: int
-    reason: str
-
-
-@dataclass
-class Dataset:
-    root: Path
-    label_space: LabelSpace
-    train: list[Record]
-    test: list[Record]
-    skipped: list[Skip] = field(default_factory=list)
-    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
-
-    def image_path(self, image_id: str) -> Path:
-        return self.root / "data" / image_id
-
-    def targets(self, records: list[Record] | None = None) -> np.ndarray:
-        records = self.train if records is None else records
-        return self.label_space.encode([r.labels for r in records])
-
-    def fingerprint(self) -> str:
-        """Hash of what a feature depends on: the CSV bytes (ids, captions), the label space and
-        every image's bytes. Contents, not sizes and mtimes: a copy of the same data (rsync, a
-        re-mounted share, a fresh CI checkout) must keep its caches. Reading 11,000 photos
-        (140 MB) takes about 0.2 s warm, so it is done once per loaded Dataset."""
-        if self._fingerprint is not None:
-            return self._fingerprint
-        h = hashlib.sha256()
-        for name in ("train.csv", "test.csv"):
-            h.update((self.root / name).read_bytes())
-        h.update(json.dumps([self.label_space.ids, self.label_space.names]).encode())
-        for rec in self.train + self.test:
-            path = self.image_path(rec.image_id)
-            data = path.read_bytes() if path.is_file() else b"<missing>"
-            h.update(f"{rec.image_id}:{len(data)}:".encode())
-            h.update(data)
-        self._fingerprint = h.hexdigest()[:16]
-        return self._fingerprint
+def is_comp5329(root: Path) -> bool:
+    """A folder with train.csv is this layout (its test.csv then must be there too)."""
+    return Path(root).is_dir() and (Path(root) / "train.csv").exists()
 
 
 # An ImageID is a file name (no spaces, an extension): that is what tells a record's first line
@@ -255,10 +159,9 @@ def read_label_space(root: Path) -> LabelSpace:
         raise DataError(f"{path}: expected a non-empty JSON object {{\"<integer label id>\": \"<name>\"}} ({e})") from None
 
 
-def load_dataset(root: str | Path, lenient: bool = False) -> Dataset:
+def load_comp5329(root: str | Path, lenient: bool = False) -> dict:
+    """The fields of a Dataset (featcache.data.dataset) read from a COMP5329 folder."""
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset directory not found (expected train.csv, test.csv, data/)")
     label_space = read_label_space(root)
     train, skip_train = read_records(root / "train.csv", label_space, lenient)
     test, skip_test = read_records(root / "test.csv", None, lenient)
@@ -268,30 +171,9 @@ def load_dataset(root: str | Path, lenient: bool = False) -> Dataset:
     if clash and not lenient:
         raise DataError(f"{clash[0].file}:{clash[0].line}: {clash[0].reason}" + (f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""))
     test = [r for r in test if r.image_id not in train_lines]
-    return Dataset(root, label_space, train, test, skip_train + skip_test + clash)
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """An RGB PIL image from any mode PIL reads (grayscale, palette, CMYK, 16-bit, alpha)."""
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():
-            # PIL warns above 89 M pixels and refuses above twice that: both are decompression bombs
-            # here (a photo is resized to a few hundred pixels), and decoding one can take gigabytes.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    # 16/32-bit grayscale: scale to 8 bits instead of clipping to white.
-                    arr = np.asarray(im, dtype=np.float32)
-                    hi = float(arr.max()) or 1.0
-                    im = Image.fromarray((arr * (255.0 / hi)).astype(np.uint8), mode="L")
-                if im.mode in ("P", "PA") and "transparency" in im.info:
-                    im = im.convert("RGBA")
-                return im.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(f"{path}: refused as a decompression bomb ({e})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: cannot read image ({e})") from None
+    return dict(root=root, label_space=label_space, train_rows=train, test_rows=test, skipped=skip_train + skip_test + clash,
+                images=Folder(root / "data", confine=False),
+                content=(root / "train.csv", root / "test.csv"),
+                files=(root / "train.csv", root / "test.csv", root / LABELS_FILE),
+                describe={"layout": "COMP5329", "id": "ImageID", "labels": "Labels (ids, space separated)",
+                          "text": ["Caption"], "image": "data/<ImageID>"})
