@@ -6,26 +6,69 @@ Each command is a thin wrapper over one room of the package.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import re
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import typer
 
-from featcache.data import DataError
+from featcache.data import DataError, DataSpec
+from featcache.data.spec import flag
 from featcache.tables import render
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multi-label image+caption classification: cache features once, compare heads in seconds.")
-data_app = typer.Typer(no_args_is_help=True, help="Inspect a dataset in the COMP5329 layout.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect a dataset: a COMP5329 folder or any table.")
 app.add_typer(data_app, name="data")
 
 # Options that mean the same in every command, with the same default.
-def data_option(required: bool = True, help: str = "Dataset root (train.csv, test.csv, data/)."):
+DATA_HELP = ("The data: a COMP5329 folder (train.csv, test.csv, data/), a CSV/TSV/Parquet/JSONL table or a folder "
+             "holding one, or a saved Hugging Face dataset.")
+
+
+def data_option(required: bool = True, help: str = DATA_HELP):
     return typer.Option(... if required else None, envvar="FEATCACHE_DATA", show_envvar=True,
                         help=help + " Default: $FEATCACHE_DATA.")
+
+
+_SPEC_TYPES = {"text": list[str], "image_root": Path, "labels_file": Path, "val_fraction": float, "split_seed": int}
+
+
+def with_data_spec(command):
+    """Adds DataSpec's fields (--image-col, --text-col, --labels-col, --label-sep, --id-col, --split-col,
+    --image-root, --labels-file, --val-fraction, --split-seed) to a command with a --data option, and
+    hands it `data` as one DataSpec (None without --data): the same checks as the Python API's."""
+    spec_fields = [f for f in fields(DataSpec) if f.name != "source"]
+    sig = inspect.signature(command)
+    extra = [inspect.Parameter(f"spec_{f.name}", inspect.Parameter.KEYWORD_ONLY, annotation=_SPEC_TYPES.get(f.name, str),
+                               default=typer.Option(None, flag(f.name), help=f.metadata["help"], rich_help_panel="Data"))
+             for f in spec_fields]
+
+    @functools.wraps(command)
+    def wrapped(**kwargs):
+        options = {f.name: kwargs.pop(f"spec_{f.name}") for f in spec_fields}
+        source = kwargs.pop("data")
+        try:
+            spec = DataSpec.of(source=source, **options) if source is not None else None
+        except (TypeError, ValueError) as e:
+            fail(str(e))
+        if source is None and any(v not in (None, []) for v in options.values()):
+            fail("table options need --data (or $FEATCACHE_DATA)")
+        return command(data=spec, **kwargs)
+
+    wrapped.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *extra])
+    wrapped.__annotations__ = {**command.__annotations__, **{p.name: p.annotation for p in extra}}
+    return wrapped
+
+
+def data_flags(data: DataSpec | None) -> str:
+    """`--data X [--labels-col ...]` for a next-step hint."""
+    return data.flags() if data is not None else ""
 
 
 def cache_option():
@@ -106,17 +149,23 @@ def check_device(device: str) -> str:
 
 @app.command("make-data")
 def make_data(
-    out: Path = typer.Argument(..., help="Directory to write train.csv, test.csv, labels.json and data/ into."),
+    out: Path = typer.Argument(..., help="Directory to write the data into."),
+    format: str = typer.Option("comp5329", help="comp5329 (train.csv, test.csv, labels.json, data/), or a table of the "
+                                                "same rows: csv, tsv, parquet, jsonl or hf (a saved Hugging Face dataset)."),
     n_train: int = typer.Option(1000, min=1, help="Labelled rows."),
     n_test: int = typer.Option(200, min=0, help="Unlabelled rows (their labels go to test_labels.csv)."),
     seed: int = typer.Option(0, min=0, help="Same seed, same bytes."),
     image_size: int = typer.Option(64, min=8, max=4096, help="Side of the square images in pixels."),
     as_json: bool = json_option(),
 ):
-    """Generate a deterministic dataset in the COMP5329 layout, with learnable signal and the real files' CSV faults."""
-    from featcache.synth import make_dataset
+    """Generate a deterministic dataset with learnable signal: the COMP5329 layout (with the real files' CSV faults) or a table."""
+    from featcache.synth import make_dataset, make_table
 
-    root = make_dataset(out, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size)
+    try:
+        root = make_dataset(out, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size) if format == "comp5329" \
+            else make_table(out, format, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size)
+    except ValueError as e:
+        fail(str(e))
     if as_json:
         return emit({"data": str(root), "train_rows": n_train, "test_rows": n_test})
     typer.echo(f"wrote {n_train} train + {n_test} test rows to {root}")
@@ -124,6 +173,7 @@ def make_data(
 
 
 @data_app.command("check")
+@with_data_spec
 def data_check(
     data: Path = data_option(),
     lenient: bool = typer.Option(False, help="Skip, count and report unparseable rows instead of failing."),
@@ -140,8 +190,13 @@ def data_check(
     if as_json:
         typer.echo(json.dumps(summary))
         return
-    typer.echo(f"{summary['root']}: {summary['train_rows']} train rows, {summary['test_rows']} test rows, "
-               f"{summary['skipped_rows']} skipped")
+    typer.echo(f"{summary['root']}: {summary['train_rows']} labelled rows, {summary['test_rows']} rows to predict, "
+               f"{summary['skipped_rows']} skipped; modalities: {' and '.join(summary['modalities'])}")
+    read = summary["read_as"]
+    if "table" in read:
+        typer.echo(f"read as: id {read['id']}, image {read['image']}, text {read['text']}, labels {read['labels']} "
+                   f"(separator {read['label_sep']!r}), split {read['split']}"
+                   + (f"; detected: {', '.join(read['detected'])}" if read["detected"] else ""))
     for s in summary["skipped"]:
         typer.echo(f"  skipped {s['file']}:{s['line']}: {s['reason']}")
     typer.echo(render([{"label": lab, "name": summary["label_names"][lab], "count": n,
@@ -153,7 +208,7 @@ def data_check(
                    f"{len(summary['images_unreadable'])} unreadable; sizes {summary['image_size']}; modes {summary['image_modes']}")
     if plot:
         typer.echo(f"chart: {summary['plot']}")
-    next_step(f"python cli.py extract --encoder efficientnet_lite0 --data {data}   (then a text encoder, e.g. minilm_l6)")
+    next_step(f"python cli.py extract --encoder efficientnet_lite0 {data_flags(data)}   (then a text encoder, e.g. minilm_l6)")
 
 
 # --- stage 1: encoder names and feature extraction into the HDF5 cache ------------------------
@@ -184,6 +239,7 @@ def encoders_cmd(
 
 
 @app.command("extract")
+@with_data_spec
 def extract_cmd(
     encoder: str = typer.Option(..., help="An alias (see `encoders`), timm:<name>[.<tag>], or hf:<repo id or directory>[#cls]."),
     data: Path = data_option(),
@@ -236,9 +292,9 @@ def extract_cmd(
     if result.skipped:
         typer.echo(f"skipped {len(result.skipped)} items: " + ", ".join(s["image_id"] for s in result.skipped[:20]))
     caches = sorted(p.stem for p in Path(cache).glob("*.h5"))
-    next_step(f"python cli.py fit-head --encoders {','.join(caches)} --data {data}{where(cache)}" if len(caches) > 1
+    next_step(f"python cli.py fit-head --encoders {','.join(caches)} {data_flags(data)}{where(cache)}" if len(caches) > 1
               else f"extract an encoder of the other modality too (python cli.py encoders lists them), then "
-                   f"python cli.py fit-head --encoders {result.path.stem},<other> --data {data}{where(cache)}")
+                   f"python cli.py fit-head --encoders {result.path.stem},<other> {data_flags(data)}{where(cache)}")
 
 
 @app.command("merge-shards")
@@ -274,6 +330,7 @@ def _csv_ints(text: str) -> tuple[int, ...]:
 
 
 @app.command("benchmark")
+@with_data_spec
 def benchmark_cmd(
     encoders: str = typer.Option("all", help="'all' (the aliases), 'none' or comma-separated encoder names (timm:/hf: too)."),
     heads: str = typer.Option("all", help="'all', 'none' or comma-separated runs: directories or ids under --runs (fitted heads, end-to-end models)."),
@@ -359,6 +416,7 @@ def _e2e_default(field: str) -> str:
 
 
 @app.command("finetune")
+@with_data_spec
 def finetune_cmd(
     image_encoder: str = typer.Option(None, help=f"Image encoder: an alias (python cli.py encoders) or timm:<name> {_e2e_default('image_encoder')}."),
     text_encoder: str = typer.Option(None, help=f"Text encoder: an alias or hf:<repo id or directory> {_e2e_default('text_encoder')}."),
@@ -445,7 +503,7 @@ def finetune_cmd(
     typer.echo(f"{run_dir}: validation sample-F1 {metrics['at_0.5']['sample_f1']:.4f} at 0.5, "
                f"{metrics['tuned']['sample_f1']:.4f} tuned, {metrics['tuned_out_of_fold']:.4f} out of fold; "
                f"history.csv, loss.png, val_f1.png")
-    next_step(f"python cli.py predict --run {run_dir} --data {data or '<the run data>'} --out submission.csv")
+    next_step(f"python cli.py predict --run {run_dir} {data_flags(data) or '--data <the run data>'} --out submission.csv")
 
 
 # --- stage 2 (issue 4): fusion heads on cached features, thresholds, ablation, submission -------
@@ -455,6 +513,7 @@ def _names(text: str) -> list[str]:
 
 
 @app.command("fit-head")
+@with_data_spec
 def fit_head_cmd(
     encoders: str = typer.Option(None, help="Comma-separated cache names whose features the head fuses, e.g. "
                                             "efficientnet_lite0,minilm_l6 (one: unimodal)."),
@@ -513,11 +572,12 @@ def fit_head_cmd(
             f"{k} {v:.4f}" for k, v in m["thresholds"]["candidates_out_of_fold"].items()) + f" -> {chosen}")
     typer.echo(f"fit {m['fit_seconds']:.2f} s ({m['epochs_run']} epochs, best {m['best_epoch']}), thresholds {m['tune_seconds']:.2f} s")
     rid = run_dir.relative_to(runs).as_posix() if run_dir.is_relative_to(runs) else str(run_dir)
-    next_step(f"python cli.py predict --run {rid} --data {data}{where(cache, runs)} --out submission.csv   "
-              f"(or python cli.py finetune --init-head {rid} --data {data}{where(None, runs)} for the final model)")
+    next_step(f"python cli.py predict --run {rid} {data_flags(data)}{where(cache, runs)} --out submission.csv   "
+              f"(or python cli.py finetune --init-head {rid} {data_flags(data)}{where(None, runs)} for the final model)")
 
 
 @app.command("ablate")
+@with_data_spec
 def ablate_cmd(
     candidates: str = typer.Option(None, help="Comma-separated cache names to study: each alone, and every image+text pair "
                                               "with each fusion (default: every complete cache in --cache)."),
@@ -555,11 +615,12 @@ def ablate_cmd(
     first = table.row(0, named=True)
     best = raw.filter((pl.col("encoders").list.join("+") == first["encoders"]) & (pl.col("fusion") == first["fusion"])
                       & (pl.col("variant") == first["variant"])).sort("seed")["run"][0]
-    next_step(f"python cli.py predict --run {best} --data {data}{where(cache, runs)} --out submission.csv   (the first "
-              f"of the ranking, seed 0; or python cli.py finetune --init-head {best} --data {data}{where(None, runs)})")
+    next_step(f"python cli.py predict --run {best} {data_flags(data)}{where(cache, runs)} --out submission.csv   (the first "
+              f"of the ranking, seed 0; or python cli.py finetune --init-head {best} {data_flags(data)}{where(None, runs)})")
 
 
 @app.command("learning-curve")
+@with_data_spec
 def learning_curve_cmd(
     encoders: list[str] = typer.Option(..., help="Cache names of one curve, comma-separated (fused); repeat for more curves."),
     fusion: str = typer.Option(None, help="Fusion of a multi-encoder curve (as fit-head; default late)."),
@@ -594,22 +655,26 @@ def learning_curve_cmd(
     typer.echo(curve.format_table(table, fits))
     typer.echo(f"{len(raw)} fits in {raw['fit_seconds'].sum():.1f} s of head training; {out}/table.csv, curve.png, fits.json")
     next_step("more labelled rows pay where the extrapolated F1 still climbs; otherwise compare encoders with "
-              f"python cli.py ablate --data {data}")
+              f"python cli.py ablate {data_flags(data)}")
 
 
 @app.command("predict")
+@with_data_spec
 def predict_cmd(
     run: str = typer.Option(None, help="A run, by directory or id (python cli.py runs lists them): a fitted head "
                                        "(fit-head, ablate) or an end-to-end run (finetune)."),
     model: Path = typer.Option(None, help="Or an exported model directory (python cli.py export): predicts with it alone, "
                                           "on the OpenVINO runtime, without the run or the caches."),
-    data: Path = data_option(help="Dataset root: every row of its test.csv is predicted."),
+    data: Path = data_option(help="The data whose rows to predict (COMP5329: test.csv; a table: rows without labels "
+                                  "or with split=test)."),
     cache: Path = cache_option(),
     runs: Path = runs_option(),
-    out: Path = typer.Option(Path("submission.csv"), help="Kaggle submission: ImageID,Labels."),
+    out: Path = typer.Option(Path("submission.csv"), help="CSV (or .parquet): the id column and the labels, as the data "
+                                                         "writes them (COMP5329: the Kaggle submission ImageID,Labels)."),
+    proba: bool = typer.Option(False, help="Add one probability column per label."),
     as_json: bool = json_option(),
 ):
-    """Predict test.csv with a run and its thresholds: one row per test row, in order, >= 1 label each."""
+    """Predict the rows to predict with a run and its thresholds: one row each, in order, >= 1 label each."""
     from featcache.exported import predict_submission
     from featcache.runs import find_run, predict
     from featcache.stage2.experiment import RunError
@@ -619,17 +684,48 @@ def predict_cmd(
         fail("give --run RUN or --model DIR (an exported model), one of them")
     try:
         source = model if model else find_run(run, runs)
-        path = predict_submission(model, data, out) if model else predict(source, data, cache, out)
+        path = predict_submission(model, data, out, proba=proba) if model else predict(source, data, cache, out, proba)
     except (DataError, StoreError, RunError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
-    rows = len(path.read_text().splitlines()) - 1
+    import polars as pl
+
+    rows = pl.scan_parquet(path).select(pl.len()).collect().item() if path.suffix in (".parquet", ".pq") else \
+        pl.scan_csv(path).select(pl.len()).collect().item()
     if as_json:
         return emit({"submission": str(path), "rows": rows, "model" if model else "run": str(source)})
     typer.echo(f"{path}: {rows} rows ({'exported model' if model else 'run'} {source})")
-    next_step(f"submit {path} (ImageID,Labels)")
+    next_step(f"python cli.py evaluate --run {run or model} --data <a labelled hold-out table> scores the run on rows it never saw")
+
+
+@app.command("evaluate")
+@with_data_spec
+def evaluate_cmd(
+    run: str = typer.Option(..., help="A run, by directory or id (python cli.py runs lists them)."),
+    data: Path = data_option(help="A labelled table (or COMP5329 folder): every labelled row is scored."),
+    runs: Path = runs_option(),
+    as_json: bool = json_option(),
+):
+    """Score a run on any labelled data with its own thresholds: sample/micro/macro F1, mAP, and per label."""
+    from featcache.evaluate import evaluate
+    from featcache.stage2.experiment import RunError
+    from stores.features import StoreError
+
+    try:
+        result = evaluate(run, data, runs)
+    except (DataError, StoreError, RunError, KeyError, ValueError) as e:
+        fail(str(e).strip("'\""))
+    if as_json:
+        return emit(result)
+    typer.echo(f"{result['run']} on {result['data']}: {result['rows']} labelled rows")
+    typer.echo(render([{"thresholds": "the run's (tuned)", **result["tuned"]}, {"thresholds": "at 0.5", **result["at_0.5"]}],
+                      {"thresholds": "thresholds", "sample_f1": "sample-F1", "micro_f1": "micro-F1", "macro_f1": "macro-F1",
+                       "map": "mAP"}))
+    typer.echo(render(result["per_label"], {"label": "label", "precision": "precision", "recall": "recall", "f1": "F1",
+                                            "support": "support", "predicted": "predicted", "ap": "AP"}))
 
 
 @app.command("export")
+@with_data_spec
 def export_cmd(
     run: str = typer.Option(..., help="A run, by directory or id (python cli.py runs lists them): a fitted head or a finished end-to-end run."),
     out: Path = typer.Option(..., help="Directory for the exported model: new, empty, or a previous export (replaced). Under --runs, report's Table 1 includes it."),
@@ -657,7 +753,7 @@ def export_cmd(
     v = meta.get("validation")
     typer.echo(f"{path}: {meta['format']} {meta['precision']}, {meta['size_mb']:.1f} MB"
                + (f", validation sample-F1 {v['sample_f1']:.4f} ({v['tuned_out_of_fold']:.4f} out of fold)" if v else ""))
-    next_step(f"python cli.py predict --model {path}" + (f" --data {data}" if data else "") + " --out submission.csv   "
+    next_step(f"python cli.py predict --model {path}" + (f" {data_flags(data)}" if data else "") + " --out submission.csv   "
               f"(runs with the OpenVINO runtime alone; python cli.py report{where(None, runs)} ranks it)")
 
 

@@ -1,4 +1,5 @@
-"""`data check`: what a dataset holds, what was skipped and why, and a label-distribution chart."""
+"""`data check`: what a dataset holds (which modalities, how a table was read), what was skipped and
+why, and a label-distribution chart."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .data import Dataset, load_dataset
+from .data.images import Folder
 from .outputs import replacing
 
 
@@ -18,7 +20,9 @@ def summarize(ds: Dataset, scan_images: bool = True) -> dict:
     per_image = Counter(len(r.labels) for r in ds.train)
     caption_words = np.array([len(r.caption.split()) for r in ds.train + ds.test] or [0])
     summary = {
-        "root": str(ds.root),
+        "root": ds.name,
+        "modalities": list(ds.modalities),
+        "read_as": ds.describe,
         "train_rows": len(ds.train),
         "test_rows": len(ds.test),
         "skipped_rows": len(ds.skipped),
@@ -32,7 +36,7 @@ def summarize(ds: Dataset, scan_images: bool = True) -> dict:
                           "mean": round(float(caption_words.mean()), 2), "max": int(caption_words.max())},
         "multiline_captions": sum("\n" in r.caption for r in ds.train + ds.test),
     }
-    if scan_images:
+    if scan_images and ds.has("image"):
         summary.update(_scan_images(ds))
     return summary
 
@@ -42,7 +46,8 @@ def _scan_images(ds: Dataset) -> dict:
     sizes, modes, missing, unreadable = [], Counter(), [], []
     for rec in tqdm(ds.train + ds.test, desc="scanning images", unit="img", leave=False):
         try:
-            with Image.open(ds.image_path(rec)) as im:
+            # files: the header alone; photos inside a HF dataset: decoded
+            with Image.open(ds.image_path(rec)) if isinstance(ds.images, Folder) else ds.open_image(rec) as im:
                 sizes.append(im.size)
                 modes[im.mode] += 1
         except FileNotFoundError:
@@ -87,7 +92,7 @@ def plot_label_distribution(summary: dict, path: str | Path) -> Path:
     return path
 
 
-def check(data: str | Path, lenient: bool = False, plot: str | Path | None = None) -> dict:
+def check(data, lenient: bool = False, plot: str | Path | None = None) -> dict:
     """`data check`: the summary of the dataset at `data`, with its label chart written to `plot`."""
     summary = summarize(load_dataset(data, lenient=lenient))
     if plot:

@@ -41,7 +41,7 @@ def run(cfg: DemoConfig, echo=print) -> dict:
     from .datacheck import plot_label_distribution, summarize
     from .extract import extract
     from .stage2.ablate import ablate, format_table
-    from .stage2.experiment import predict_run
+    from .runs import predict
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
@@ -63,7 +63,7 @@ def run(cfg: DemoConfig, echo=print) -> dict:
 
     echo("== 3/6 ablate: each encoder alone, each fusion of both, several head seeds")
     runs = out / "runs"
-    table, raw, _ = ablate(ds.root, cache, [cfg.image_encoder, cfg.text_encoder], seeds=cfg.seeds, runs=runs,
+    table, raw, _ = ablate(ds, cache, [cfg.image_encoder, cfg.text_encoder], seeds=cfg.seeds, runs=runs,
                            out=runs / "ablate")
     files["ablation table"] = runs / "ablate" / "table.csv"
     files["ablation chart"] = runs / "ablate" / "chart.png"
@@ -74,7 +74,7 @@ def run(cfg: DemoConfig, echo=print) -> dict:
     chosen = raw.filter((pl.col("encoders").list.join("+") == best["encoders"]) & (pl.col("fusion") == best["fusion"])
                         & (pl.col("variant") == best["variant"])).sort("seed")["run"][0]
     chosen_dir = runs / chosen
-    submission = predict_run(chosen_dir, ds, cache, out / "submission.csv")
+    submission = predict(chosen_dir, ds, cache, out / "submission.csv")
     files["chosen run"], files["submission"] = chosen_dir, submission
     test_f1 = _score_submission(ds, submission)
     echo(f"chosen: {best['encoders']} / {best['fusion']} (validation sample-F1 out of fold "

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .data import Dataset, Record, load_dataset, load_image
-from .outputs import check_target, write_submission
+from .outputs import check_target, write_predictions
 
 EXPORT_FILE = "export.json"
 MB = 1e6  # decimal megabytes, as featcache.benchmark counts sizes (a "100 MB" budget)
@@ -213,17 +213,15 @@ def rows(model: ExportedModel, dataset: Dataset, records: list[Record], batch_si
                                batch_size)
 
 
-def predict_submission(model_dir: str | Path, data: str | Path, out: str | Path, batch_size: int = 32) -> Path:
-    """ImageID,Labels for every row of the dataset's test.csv, in order, >= 1 label each (the fallback
-    on, as `featcache.runs.predict`)."""
-    from .data import LABELS_FILE
-
+def predict_submission(model_dir: str | Path, data, out: str | Path, batch_size: int = 32, proba: bool = False) -> Path:
+    """The dataset's rows to predict, in order, >= 1 label each (the fallback on, as
+    `featcache.runs.predict`); with `proba`, a probability column per label."""
     model = ExportedModel.load(model_dir)
     dataset = load_dataset(data)
-    inputs = [dataset.root / name for name in ("train.csv", "test.csv", LABELS_FILE)] + list(Path(model_dir).rglob("*"))
+    inputs = list(dataset.files) + list(Path(model_dir).rglob("*"))
     check_target(out, inputs)  # before any work
-    preds = model.apply(rows(model, dataset, dataset.test, batch_size), fallback=True)
-    return write_submission(out, [r.image_id for r in dataset.test], dataset.label_space.decode(preds))
+    probs = rows(model, dataset, dataset.test, batch_size)
+    return write_predictions(out, dataset.predictions(model.apply(probs, fallback=True), probs if proba else None), inputs)
 
 
 def validation_records(meta: dict, dataset: Dataset) -> list[Record]:

@@ -137,6 +137,9 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
     device = resolve_device(device)
     compute, chosen = choose(backend, precision, device), backend == precision == "auto"
     cfg, source = resolve(encoder_name, weights, pretrained, image_size)
+    if not dataset.has(cfg.modality):
+        raise DataError(f"{dataset.name}: has no {cfg.modality} column, and {cfg.name} is an {cfg.modality} encoder "
+                        f"(the data has {' and '.join(dataset.modalities)})")
     if views and cfg.is_text:
         raise ValueError(f"{cfg.name}: --views applies to image encoders only")
     name = cache_name(cfg.name) + ("_ft" if finetuned else "")

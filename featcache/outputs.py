@@ -1,6 +1,6 @@
 """Outputs that are never lost or half written, and never written over an input.
 
-    write_submission(out, ids, labels, inputs=[dataset.root / "test.csv", dataset.root / "train.csv"])
+    write_predictions(out, dataset.predictions(preds), inputs=dataset.files)
     with replacing(path) as tmp:            # for writers that take a path (parquet, safetensors, PNG)
         frame.write_parquet(tmp)
     out_dir = check_out_dir(out, inputs=[data, cache])  # a directory of outputs, checked before any work
@@ -104,10 +104,15 @@ def write_text(path: str | Path, text: str, inputs=()) -> Path:
     return Path(path)
 
 
-def write_submission(path: str | Path, image_ids: list[str], labels: list[tuple[int, ...]], inputs=()) -> Path:
-    """Kaggle format: ImageID,Labels with labels space separated."""
-    lines = ["ImageID,Labels"] + [f"{i},{' '.join(map(str, ls))}" for i, ls in zip(image_ids, labels, strict=True)]
-    return write_text(path, "\n".join(lines) + "\n", inputs)
+def write_predictions(path: str | Path, frame, inputs=()) -> Path:
+    """A predictions table (featcache.data's Dataset.predictions) as Parquet (.parquet) or CSV
+    (anything else; the COMP5329 one is the Kaggle submission `ImageID,Labels`)."""
+    with replacing(path, inputs) as tmp:
+        if Path(path).suffix.lower() in (".parquet", ".pq"):
+            frame.write_parquet(tmp)
+        else:
+            frame.write_csv(tmp, separator="\t" if Path(path).suffix.lower() == ".tsv" else ",")
+    return Path(path)
 
 
 def write_study(out_dir: str | Path, raw, table) -> None:

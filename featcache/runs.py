@@ -10,7 +10,7 @@
     find_run(run, root)                  a run by directory, id, or a part of the id only it has
     e2e_results(root)                    finished end-to-end runs as rows of the results table
     load_model(run_dir)                  the model a run predicts with (for benchmarking)
-    predict(run_dir, data, cache, out)   a submission for the dataset's test.csv
+    predict(run_dir, data, cache, out)   predictions of the dataset's rows to predict (a submission for COMP5329)
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from torch import nn
 
 from heads.train import Head
 
-from .data import LABELS_FILE, load_dataset
+from .data import load_dataset
 from .e2e import predict as e2e_predict
 from .e2e import rundir as e2e_rundir
-from .outputs import check_target
+from .outputs import check_target, write_predictions
 from .stage2.experiment import RunError
 from .stage2.experiment import predict_run as predict_stage2
 
@@ -194,16 +194,15 @@ def load_model(run_dir: str | Path) -> nn.Module:
     return Head.load(run_dir).net
 
 
-def predict(run_dir: str | Path, data: str | Path, cache: str | Path, out: str | Path) -> Path:
-    """ImageID,Labels for every row of the dataset's test.csv, in order, >= 1 label each. A stage-2
-    run reads its encoders' features from `cache` (fingerprints checked); an end-to-end run holds
-    its backbones and reads the images and captions themselves."""
+def predict(run_dir: str | Path, data, cache: str | Path, out: str | Path, proba: bool = False) -> Path:
+    """The dataset's rows to predict (COMP5329: test.csv) with the run's labels, in order, >= 1 label
+    each; with `proba`, a probability column per label. A stage-2 run reads its encoders' features
+    from `cache` (fingerprints checked); an end-to-end run reads the images and captions itself."""
     kind = kind_of(run_dir)
     finished(run_dir)  # a run killed while saving is never used
     dataset = load_dataset(data)
     # Never over an input: the dataset's files, the run's, or a cache (checked before any work).
-    inputs = [dataset.root / name for name in ("train.csv", "test.csv", LABELS_FILE)] + list(Path(run_dir).iterdir())
+    inputs = list(dataset.files) + list(Path(run_dir).iterdir())
     check_target(out, inputs + (list(Path(cache).glob("*.h5")) if Path(cache).is_dir() else []))
-    if kind == E2E:
-        return e2e_predict.predict_run(run_dir, dataset, out)
-    return predict_stage2(run_dir, dataset, cache, out)
+    probs, preds = e2e_predict.predict_run(run_dir, dataset) if kind == E2E else predict_stage2(run_dir, dataset, cache)
+    return write_predictions(out, dataset.predictions(preds, probs if proba else None), inputs)

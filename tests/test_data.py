@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from featcache.data import DataError, LabelSpace, load_dataset, load_image, read_records
-from featcache.outputs import write_submission
+from featcache.outputs import write_predictions
 from featcache.data.split import train_val_split
 from featcache.synth import make_dataset
 
@@ -213,8 +213,15 @@ def test_generated_data_has_learnable_signal_in_each_modality(synth_root):
 
 
 def test_write_submission_format(tmp_path):
-    write_submission(tmp_path / "s.csv", ["1.jpg", "2.jpg"], [(1, 19), (3,)])
-    assert (tmp_path / "s.csv").read_text() == "ImageID,Labels\n1.jpg,1 19\n2.jpg,3\n"
+    ds = load_dataset(make_dataset(tmp_path / "d", n_train=20, n_test=2, seed=0))
+    space = ds.label_space
+    preds = np.zeros((2, space.num_labels))
+    preds[0, [space.index(1), space.index(19)]] = preds[1, space.index(3)] = 1
+    write_predictions(tmp_path / "s.csv", ds.predictions(preds))
+    ids = [r.image_id for r in ds.test]
+    assert (tmp_path / "s.csv").read_text() == f"ImageID,Labels\n{ids[0]},1 19\n{ids[1]},3\n"
+    with pytest.raises(DataError, match="1 predictions for 2 rows"):
+        ds.predictions(preds[:1])
 
 
 def test_data_check_json_and_plot(tmp_path):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ class Dataset:
     label_sep: str = " "  # how outputs join labels
     describe: dict = field(default_factory=dict)  # how the table was read (columns, separator), for people
     hash_in_key_order: bool = False  # a table's rows are the same data in any order
+    spec: DataSpec | None = None  # how it was read (load_dataset records it)
     val_fraction: float = 0.2  # the stratified split's, when no split column fixes `val_keys`
     split_seed: int = 0
     _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
@@ -56,7 +57,7 @@ class Dataset:
         """A table (a path, a polars/pandas frame or a Hugging Face dataset) with DataSpec's options
         (image, text, labels, sep, id, split, image_root, labels_file, val_fraction, split_seed)."""
         spec = DataSpec.of(**spec)
-        return cls(**read_table(src, spec, lenient), val_fraction=spec.val_fraction, split_seed=spec.split_seed)
+        return load_dataset(src, spec, lenient)
 
     @property
     def train(self) -> list[Record]:
@@ -102,6 +103,23 @@ class Dataset:
     def photos(self, records: Sequence[Record]) -> Sequence:
         """The photos of `records`, opened as they are read (a slice is a list of PIL images)."""
         return _Photos(self, records)
+
+    def predictions(self, preds: np.ndarray, probs: np.ndarray | None = None):
+        """The rows to predict as a table: the key column (as the data names it), the labels joined
+        as the data joins them (COMP5329: `ImageID,Labels` with ids, the Kaggle submission) and,
+        with `probs`, one probability column per label name. One row per test row, in order."""
+        import polars as pl
+
+        if len(preds) != len(self.test):
+            raise DataError(f"{self.name}: {len(preds)} predictions for {len(self.test)} rows to predict; not writing a "
+                            "table that loses rows")
+        labels = [self.label_sep.join(map(str, row)) for row in self.label_space.decode(preds)]
+        frame = pl.DataFrame({self.id_column: [r.image_id for r in self.test], self.labels_column: labels},
+                             schema={self.id_column: pl.String, self.labels_column: pl.String})
+        if probs is not None:
+            frame = frame.with_columns(pl.Series(name, np.asarray(probs)[:, j], pl.Float32)
+                                       for j, name in enumerate(self.label_space.names))
+        return frame
 
     def targets(self, records: list[Record] | None = None) -> np.ndarray:
         records = self.train if records is None else records
@@ -162,8 +180,10 @@ def load_dataset(data, spec: DataSpec | None = None, lenient: bool = False) -> D
             if spec.columns_named():
                 raise DataError(f"{path}: a COMP5329 folder (train.csv, test.csv) has fixed columns; "
                                 "--image-col, --text-col, --labels-col, --id-col and --split-col are for tables")
-            return Dataset(**load_comp5329(path, lenient), val_fraction=spec.val_fraction, split_seed=spec.split_seed)
+            return Dataset(**load_comp5329(path, lenient), spec=replace(spec, source=data), val_fraction=spec.val_fraction,
+                           split_seed=spec.split_seed)
         if not is_table(path):
             raise DataError(f"{path}: not a dataset featcache reads (a COMP5329 folder with train.csv and test.csv, "
                             "a CSV/TSV/Parquet/JSONL table, or a saved Hugging Face dataset)")
-    return Dataset(**read_table(data, spec, lenient), val_fraction=spec.val_fraction, split_seed=spec.split_seed)
+    return Dataset(**read_table(data, spec, lenient), spec=replace(spec, source=data), val_fraction=spec.val_fraction,
+                   split_seed=spec.split_seed)

@@ -66,6 +66,13 @@ class DataSpec:
     def columns_named(self) -> bool:
         return any(getattr(self, n) for n in ("image", "text", "labels", "id", "split"))
 
+    def to_dict(self) -> dict | None:
+        """The spec as JSON (a run records how its data was read); None when the source is no path."""
+        if not isinstance(self.source, (str, Path)):
+            return None
+        return {f.name: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+                for f in fields(self) if (v := getattr(self, f.name)) != f.default}
+
     def flags(self) -> str:
         """The command-line options that give this spec (for next-step hints)."""
         out = [f"--data {self.source}"] if isinstance(self.source, (str, Path)) else []

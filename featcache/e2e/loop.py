@@ -26,7 +26,7 @@ from torch import nn
 from heads.losses import LOSSES
 
 from .. import tracking
-from ..data import Dataset, Record, load_dataset
+from ..data import Dataset, DataSpec, Record, load_dataset
 from ..metrics import scores
 from ..data.split import nested_share, split_rows
 from .batches import batches, evaluate, readable, sigmoid
@@ -52,7 +52,7 @@ def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path = "ru
     saved = read_config(resume) if resume else None
     if saved:
         cfg = replace(E2EConfig.from_dict(saved["config"]), epochs=epochs or saved["config"]["epochs"])
-        data = data or saved["data"]
+        data = data or (DataSpec(**saved["data_spec"]) if saved.get("data_spec") else saved["data"])
     run_dir = Path(resume) if resume else Path(runs) / broadcast(run_name or new_run_name(cfg), proc)
     dataset = load_dataset(data)
     if saved and saved.get("dataset_fingerprint") not in (None, dataset.fingerprint()):

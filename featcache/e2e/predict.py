@@ -1,7 +1,7 @@
 """A finished end-to-end run predicts from images and captions (it holds its backbones; no cache).
 
     probs = predict_proba(run_dir, dataset)            # [test rows, labels]
-    predict_run(run_dir, dataset, "submission.csv")    # ImageID,Labels, >= 1 label each
+    probs, preds = predict_run(run_dir, dataset)       # the rows to predict, >= 1 label each
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..data import Dataset, Record
-from ..outputs import write_submission
 from ..thresholds import Thresholds
 from ..weights import WeightsNotFound
 from .batches import batches, evaluate, sigmoid
@@ -56,10 +55,8 @@ def predict_proba(run_dir: str | Path, dataset: Dataset, records: list[Record] |
     return sigmoid(evaluate(model, loader, proc, autocast_dtype(cfg, proc.device)))
 
 
-def predict_run(run_dir: str | Path, dataset: Dataset, out: str | Path, device: str = "auto") -> Path:
-    """`predict` for an e2e run: ImageID,Labels for every test row, in order, >= 1 label each."""
+def predict_run(run_dir: str | Path, dataset: Dataset, device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """`predict` for an e2e run: (probabilities, 0/1 predictions with >= 1 label each) of every row to predict."""
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     probs = predict_proba(run_dir, dataset, device=device)
-    preds = Thresholds.load(Path(run_dir) / "thresholds.json").apply(probs)  # finish() fits with fallback: >= 1 label each
-    write_submission(out, [r.image_id for r in dataset.test], dataset.label_space.decode(preds))
-    return Path(out)
+    return probs, Thresholds.load(Path(run_dir) / "thresholds.json").apply(probs)  # finish() fits with fallback

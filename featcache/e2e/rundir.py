@@ -35,7 +35,8 @@ def write_config(run_dir: Path, cfg: E2EConfig, order: list[str], dataset: Datas
     parameters, world size, weights started from) are recorded as given."""
     run_dir.mkdir(parents=True, exist_ok=False)
     config = {"kind": KIND, "config": asdict(cfg), "encoders": order, "num_labels": dataset.label_space.num_labels,
-              "label_ids": list(dataset.label_space.ids), "data": str(dataset.root), **facts, **provenance()}
+              "label_ids": list(dataset.label_space.ids), "label_names": list(dataset.label_space.names),
+              "data": dataset.name, "data_spec": dataset.spec.to_dict() if dataset.spec else None, **facts, **provenance()}
     write_text(run_dir / "config.json", json.dumps(config, indent=1))
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
@@ -41,7 +42,7 @@ from featcache.tables import render
 from featcache.stage2.experiment import Split, fit_eval, load_features, results_row, save_run
 from heads.fusion import FUSIONS
 from heads.train import HeadConfig
-from stores.features import FeatureSet, StoreError
+from stores.features import FeatureSet, StoreError, open_features
 from stores.results import append_results
 
 SEED_GRID = {"batch_size": (256, 512, 1024), "lr": (3e-4, 3e-3, 3e-2), "epochs": (4, 6, 8)}
@@ -74,6 +75,22 @@ def grid_plan(pair: list[FeatureSet], seeds: int, base: HeadConfig) -> list[tupl
     return jobs
 
 
+def of_dataset(cache: str | Path, dataset) -> list[str]:
+    """The complete caches in `cache` extracted from this dataset (others are left out, by name)."""
+    names, other = [], []
+    for path in sorted(Path(cache).glob("*.h5")):
+        try:
+            fs = open_features(cache, path.stem)
+        except StoreError:
+            other.append(path.name)
+            continue
+        built_from = json.loads(fs.attrs.get("fingerprint_spec", "{}")).get("dataset")
+        (names if built_from in (None, dataset.fingerprint()) else other).append(path.stem)
+    if other:
+        print(f"ablate: left out {', '.join(other)} (incomplete, or extracted from other data)", file=sys.stderr)
+    return names
+
+
 def ablate(data: str | Path, cache: str | Path, encoders: list[str] | None = None, *, fusions: list[str] | None = None,
            seeds: int = 3, grid: str | None = None, metric: str = "samples", threshold_mode: str = "auto",
            runs: Path = Path("runs"), out: Path | None = None, progress: bool = True,
@@ -81,11 +98,11 @@ def ablate(data: str | Path, cache: str | Path, encoders: list[str] | None = Non
     """The ablate command: the plan over the named caches (None: every *.h5 in `cache`) on the
     dataset's split; runs under `out` (default runs/ablate-<time>), their rows appended to
     runs/results.parquet. Returns (summary, raw rows, out)."""
-    out = check_out_dir(out, inputs=[data, cache, runs]) if out else None  # before any fit: not onto an input or a file
     dataset = load_dataset(data)
-    names = encoders if encoders is not None else sorted(p.stem for p in Path(cache).glob("*.h5"))
+    out = check_out_dir(out, inputs=[dataset.root, cache, runs]) if out else None  # before any fit: not onto an input or a file
+    names = encoders if encoders is not None else of_dataset(cache, dataset)
     if not names:
-        raise StoreError(f"{cache}: no feature caches (*.h5); run `python cli.py extract --encoder ...` first")
+        raise StoreError(f"{cache}: no feature caches (*.h5) of {dataset.name}; run `python cli.py extract --encoder ...` first")
     features = load_features(cache, names, dataset)
     runs = Path(runs)
     out = Path(out) if out else runs / f"ablate-{datetime.now():%Y%m%d-%H%M%S}"

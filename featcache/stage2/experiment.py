@@ -29,7 +29,7 @@ import polars as pl
 
 from featcache.data import Dataset, LabelSpace, load_dataset
 from featcache.metrics import AVERAGES, mean_average_precision, per_label_table
-from featcache.outputs import provenance, replacing, write_submission, write_text
+from featcache.outputs import provenance, replacing, write_text
 from featcache.registry import cache_name
 from featcache.data.split import nested_share, split_rows
 from featcache.thresholds import Thresholds, apply_thresholds, fit_thresholds, out_of_fold, threshold_report
@@ -228,8 +228,8 @@ def load_run(run_dir: str | Path) -> tuple[Head, Thresholds, dict]:
     return head, thresholds, config
 
 
-def predict_run(run_dir: str | Path, dataset: Dataset, cache_dir: str | Path, out: str | Path) -> Path:
-    """Write ImageID,Labels for every row of test.csv, in order, at least one label each."""
+def predict_run(run_dir: str | Path, dataset: Dataset, cache_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, 0/1 predictions with at least one label each) of every row to predict, in order."""
     head, thresholds, config = load_run(run_dir)
     if list(dataset.label_space.ids) != config["label_ids"]:
         raise RunError(f"{run_dir}: trained on labels {config['label_ids']}, dataset {dataset.root} has "
@@ -247,6 +247,4 @@ def predict_run(run_dir: str | Path, dataset: Dataset, cache_dir: str | Path, ou
     except KeyError as e:
         raise RunError(f"test rows of {dataset.root} missing from a cache: {e.args[0]}") from None
     probs = head.predict_proba(xs)
-    preds = apply_thresholds(probs, np.array(thresholds.values), fallback=True)  # the submission needs >= 1 label each
-    write_submission(out, ids, dataset.label_space.decode(preds))
-    return Path(out)
+    return probs, apply_thresholds(probs, np.array(thresholds.values), fallback=True)  # >= 1 label each
