@@ -3,7 +3,7 @@
     write_predictions(out, dataset.predictions(preds), inputs=dataset.files)
     with replacing(path) as tmp:            # for writers that take a path (parquet, safetensors, PNG)
         frame.write_parquet(tmp)
-    out_dir = check_out_dir(out, inputs=[data, cache])  # a directory of outputs, checked before any work
+    out_dir = check_out_dir(out, inputs=[dataset.root, cache])  # a directory of outputs, checked before any work
 
 Each output is written to a temporary file beside its target, flushed to disk and renamed into
 place: a full disk, a kill or a read-only folder leaves the previous file as it was, and a reader

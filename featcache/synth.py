@@ -90,7 +90,8 @@ def make_table(out: str | Path, format: str = "csv", n_train: int = 1000, n_test
     """The rows of `make_dataset` (same seed: the same photos, captions and labels, in the same
     order) as one table under `out`: columns `path` (photos/<n>/IMG_<id>.jpg, the same bytes),
     `description` and `tags` (names joined by '|'; empty on the rows to predict), and
-    `labels.txt` (the names in COCO id order, so the label order is COMP5329's). `format` "hf":
+    `labels.txt` (the names in COCO id order, so the label order is COMP5329's). A text-only
+    table adds an `id` column: captions repeat, so they cannot key its rows. `format` "hf":
     a Hugging Face dataset saved with save_to_disk (Image column, Sequence(ClassLabel) tags).
     Returns the table's path (the folder for "hf")."""
     import shutil
@@ -118,12 +119,14 @@ def make_table(out: str | Path, format: str = "csv", n_train: int = 1000, n_test
                 (out / path).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(ds.image_path(rec), out / path)
             labels = rec.labels or ()
-            rows.append({"path": path, "description": rec.caption, "tags": "|".join(COCO_NAMES[lab] for lab in labels),
+            rows.append({"id": Path(rec.image_id).stem, "path": path, "description": rec.caption, "tags": "|".join(COCO_NAMES[lab] for lab in labels),
                          "truth": "|".join(COCO_NAMES[int(t)] for t in truth.get(rec.image_id, "").split())})
     frame = pl.DataFrame(rows)
     # Hidden labels of the rows to predict, so a test can score them (like test_labels.csv).
     frame.filter(pl.col("tags") == "").select("path", pl.col("truth").alias("tags")).write_csv(out / "test_labels.csv")
+    # A text-only table keeps an id column: captions repeat, so they cannot key the rows.
     keep = [c for c, m in (("path", "image"), ("description", "text")) if m in modalities] + ["tags"]
+    keep = keep if "image" in modalities else ["id", *keep]
     if labels_file:
         (out / "labels.txt").write_text("\n".join(names) + "\n")
     if format == "hf":

@@ -56,7 +56,10 @@ def test_the_api_predicts_a_new_photo_and_caption_as_predict_does(synth_root, ca
     expected = pl.read_csv(submission, schema_overrides={"Labels": pl.String})
     rows = dataset.test[:5]
     labels = model.predict([dataset.image_path(r) for r in rows], [r.caption for r in rows])
-    assert [" ".join(map(str, ls)) for ls in labels] == expected["Labels"].to_list()[:5]
+    # The predictor speaks names; the submission writes them as the data does (COMP5329: ids).
+    ids = {name: str(i) for i, name in zip(model.label_ids, model.label_names)}
+    assert [" ".join(ids[n] for n in ls) for ls in labels] == expected["Labels"].to_list()[:5]
+    assert all(n in dataset.label_space.names for ls in labels for n in ls)
     # The probabilities are the head's on the cached rows: the encoders were rebuilt as extracted.
     from featcache.stage2.experiment import load_features, load_run
 
@@ -79,7 +82,7 @@ def test_every_file_of_a_run_gets_the_same_mode(fitted):
 
 def test_the_api_refuses_rows_of_unequal_length_and_unknown_options(synth_root, caches, fitted):
     model, _ = fitted
-    with pytest.raises(ValueError, match="2 images and 1 captions"):
+    with pytest.raises(ValueError, match="2 images and 1 texts"):
         model.predict(["a.jpg", "b.jpg"], ["one caption"])
     with pytest.raises(TypeError, match="unknown option"):
         fc.fit_head(synth_root, ["minilm_l6"], cache=caches, fusoin="late")

@@ -30,7 +30,7 @@ class DataSpec:
     text: tuple[str, ...] = field(default=(), metadata={"help": "Column of text; repeat for several (joined by a newline). Default: detected (text, caption, description, title)."})
     labels: str | None = field(default=None, metadata={"help": "Column of labels: a list, or names joined by --label-sep. Default: detected (labels, tags, label)."})
     sep: str | None = field(default=None, metadata={"help": "Separator of the labels in a text column. Default: '|', ',' or ';' if the values hold one, else spaces (reported)."})
-    id: str | None = field(default=None, metadata={"help": "Column of row ids (the cache key and the id in predictions). Default: the image path, else the text."})
+    id: str | None = field(default=None, metadata={"help": "Column of row ids (the cache key and the id in predictions). Default: detected (id, image_id), else the image path, else the text."})
     split: str | None = field(default=None, metadata={"help": "Column of train/val/test per row. Default: no column; a stratified split of the labelled rows."})
     image_root: Path | None = field(default=None, metadata={"help": "Where image paths are relative to, and may not leave. Default: the table's folder."})
     labels_file: Path | None = field(default=None, metadata={"help": "The label set: a JSON list of names, a JSON object {id: name}, or one name per line. Default: the labels found in the data."})

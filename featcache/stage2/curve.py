@@ -51,8 +51,8 @@ def learning_curve(data: str | Path, cache: str | Path, encoder_sets: list[list[
     base.fusion) on the dataset's split, written under `out` (default runs/curve-<time>).
     Returns (summary, fitted laws, raw points, out)."""
     # Before any fit: never into the dataset or the cache, a file, or a folder that cannot be written.
-    out = check_out_dir(out or Path(runs) / f"curve-{datetime.now():%Y%m%d-%H%M%S}", inputs=[data, cache])
     dataset = load_dataset(data)
+    out = check_out_dir(out or Path(runs) / f"curve-{datetime.now():%Y%m%d-%H%M%S}", inputs=[dataset.root, cache])
     sets = [load_features(cache, names, dataset) for names in encoder_sets]
     raw = curve_points(sets, Split.of(dataset).present_in([fs for s in sets for fs in s]), base, fractions, seeds, metric, threshold_mode, progress)
     table, fits = write(raw, out, list(extrapolate_to), target)

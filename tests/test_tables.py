@@ -1,0 +1,287 @@
+"""Datasets as tables (CSV, TSV, Parquet, JSONL, Hugging Face, DataFrames): the same rows give the
+same features and metrics as the COMP5329 folder; every bad table is one line naming the file,
+row and column (or a counted skip); image-only and text-only tables run every stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from cli import app
+from featcache.data import DataError, Dataset, DataSpec, load_dataset
+from featcache.synth import make_dataset, make_table
+
+FAST = dict(pretrained=False, batch_size=64, threads=1, num_workers=0, progress=False, log=lambda m: None)
+
+
+def invoke(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """The same 400 + 80 generated rows as a COMP5329 folder, a CSV (names, '|', nested paths), a
+    Parquet file and a saved Hugging Face dataset; the tables with labels.txt (COMP5329's label order)."""
+    base = tmp_path_factory.mktemp("shapes")
+    out = {"comp5329": DataSpec(make_dataset(base / "comp", n_train=400, n_test=80, seed=0))}
+    for fmt in ("csv", "parquet", "hf"):
+        table = make_table(base / fmt, fmt, n_train=400, n_test=80, seed=0)
+        out[fmt] = DataSpec(table, labels_file=base / fmt / "labels.txt")
+    return out
+
+
+@pytest.fixture(scope="module")
+def extracted(shapes, tmp_path_factory):
+    """Each shape extracted (random-init lite0 at 32 px, minilm_l6) and one head fitted on each."""
+    from featcache.extract import extract
+    from featcache.stage2.experiment import fit_head
+    from heads.train import HeadConfig
+
+    out = {}
+    for name, spec in shapes.items():
+        cache, runs = tmp_path_factory.mktemp(f"cache-{name}"), tmp_path_factory.mktemp(f"runs-{name}")
+        ds = load_dataset(spec)
+        extract(ds, "efficientnet_lite0", cache, image_size=32, **FAST)
+        extract(ds, "minilm_l6", cache, **FAST)
+        run_dir, result = fit_head(spec, cache, ["efficientnet_lite0", "minilm_l6"], HeadConfig(epochs=3), runs=runs)
+        out[name] = (ds, cache, runs, run_dir, result)
+    return out
+
+
+def test_four_shapes_give_identical_features_and_metrics(extracted):
+    from stores.features import open_features
+
+    ref_ds, ref_cache, _, _, ref = extracted["comp5329"]
+    for name in ("csv", "parquet", "hf"):
+        ds, cache, _, _, result = extracted[name]
+        assert [r.caption for r in ds.train + ds.test] == [r.caption for r in ref_ds.train + ref_ds.test], name
+        assert ds.label_space.names == ref_ds.label_space.names and (ds.targets() == ref_ds.targets()).all(), name
+        for enc in ("efficientnet_lite0", "minilm_l6"):
+            mine, theirs = open_features(cache, enc), open_features(ref_cache, enc)
+            a = mine.rows([r.image_id for r in ds.train + ds.test])
+            b = theirs.rows([r.image_id for r in ref_ds.train + ref_ds.test])
+            assert np.array_equal(a, b), (name, enc)
+        for key in ("tuned_out_of_fold", "n_train", "n_val"):
+            assert result.metrics[key] == ref.metrics[key], (name, key)
+        assert result.metrics["tuned"] == ref.metrics["tuned"], name
+
+
+def test_csv_and_parquet_share_a_fingerprint_and_reordering_keeps_it(shapes, tmp_path):
+    csv, parquet = load_dataset(shapes["csv"]), load_dataset(shapes["parquet"])
+    assert csv.fingerprint() == parquet.fingerprint()
+    table = Path(shapes["csv"].source)
+    shuffled = tmp_path / "items.csv"
+    pl.read_csv(table).sample(fraction=1.0, shuffle=True, seed=3).write_csv(shuffled)
+    for sub in ("photos",):
+        (tmp_path / sub).symlink_to(table.parent / sub)
+    again = load_dataset(DataSpec(shuffled, labels_file=table.parent / "labels.txt",
+                                  image_root=table.parent))
+    assert again.fingerprint() == csv.fingerprint()
+    assert [r.image_id for r in again.train] != [r.image_id for r in csv.train]  # the rows did move
+
+
+def test_predict_writes_names_and_evaluate_scores_a_holdout(extracted, tmp_path):
+    ds, cache, runs, run_dir, _ = extracted["csv"]
+    spec = ["--data", ds.source, "--labels-file", ds.source.parent / "labels.txt"]
+    code, out, err = invoke("predict", "--run", run_dir.name, *spec, "--cache", cache, "--runs", runs,
+                            "--out", tmp_path / "p.csv", "--proba")
+    assert code == 0, err
+    preds = pl.read_csv(tmp_path / "p.csv")
+    assert preds.columns[:2] == ["path", "tags"] and preds.height == len(ds.test)
+    assert preds["path"].to_list() == [r.image_id for r in ds.test]
+    names = set(ds.label_space.names)
+    assert all(set(v.split("|")) <= names for v in preds["tags"])
+    assert set(preds.columns[2:]) == names
+    code, out, err = invoke("predict", "--run", run_dir.name, *spec, "--cache", cache, "--runs", runs,
+                            "--out", tmp_path / "p.parquet")
+    assert code == 0, err
+    assert pl.read_parquet(tmp_path / "p.parquet")["tags"].to_list() == preds["tags"].to_list()
+    # A labelled hold-out the run never saw: other rows, the same labels by name.
+    holdout = make_table(tmp_path / "holdout", "csv", n_train=60, n_test=0, seed=9)
+    code, out, err = invoke("evaluate", "--run", run_dir, "--data", holdout, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["rows"] == 60 and 0 < result["tuned"]["sample_f1"] <= 1
+    assert {r["label"] for r in result["per_label"]} == names
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_one_modality_tables_run_every_stage(modality, tmp_path):
+    table = make_table(tmp_path / "d", "csv", n_train=120, n_test=20, seed=1, modalities=(modality,))
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    code, out, err = invoke("data", "check", "--data", table, "--json")
+    assert code == 0, err and json.loads(out)["modalities"] == [modality]
+    encoder, other = ("efficientnet_lite0", "minilm_l6") if modality == "image" else ("minilm_l6", "efficientnet_lite0")
+    code, out, err = invoke("extract", "--encoder", other, "--random-init", "--data", table, "--cache", cache)
+    assert code == 2 and f"has no {'text' if modality == 'image' else 'image'} column" in err, err
+    extra = ["--image-size", 32] if modality == "image" else []
+    code, out, err = invoke("extract", "--encoder", encoder, "--random-init", *extra, "--data", table, "--cache", cache,
+                            "--threads", 1, "--num-workers", 0)
+    assert code == 0, err
+    code, out, err = invoke("ablate", "--data", table, "--cache", cache, "--runs", runs, "--seeds", 1, "--json")
+    assert code == 0, err
+    assert [r["encoders"] for r in json.loads(out)["table"]] == [encoder]
+    code, out, err = invoke("fit-head", "--encoders", encoder, "--data", table, "--cache", cache, "--runs", runs,
+                            "--epochs", 2, "--json")
+    assert code == 0, err
+    run = json.loads(out)["run_dir"]
+    code, out, err = invoke("predict", "--run", run, "--data", table, "--cache", cache, "--out", tmp_path / "p.csv")
+    assert code == 0, err and pl.read_csv(tmp_path / "p.csv").height == 20
+    code, out, err = invoke("evaluate", "--run", run, "--data", table, "--json")
+    assert code == 0, err and json.loads(out)["rows"] == 120
+    from featcache.predictor import Predictor
+
+    model = Predictor.load(run)
+    rows = load_dataset(table).train[:3]
+    got = model.predict(images=[table.parent / r.image for r in rows]) if modality == "image" else \
+        model.predict(texts=[r.caption for r in rows])
+    assert len(got) == 3 and all(len(ls) >= 1 for ls in got)
+
+
+def test_frames_and_in_memory_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = {"text": ["a red dog", "a cat", "two dogs", "a bird", "dog and cat", "nothing"],
+            "tags": ["dog", "cat", "dog", "bird", "dog,cat", None]}
+    for frame in (pl.DataFrame(rows), pl.DataFrame(rows).to_pandas()):
+        ds = Dataset.from_table(frame, text="text", labels="tags", sep=",")
+        assert ds.label_space.ids == ("bird", "cat", "dog") and len(ds.train) == 5 and len(ds.test) == 1
+        assert ds.train[4].labels == ("dog", "cat") and ds.modalities == ("text",)
+    names = ["bird", "cat", "dog"]
+    hf = datasets.Dataset.from_dict({"caption": rows["text"], "labels": [[2], [1], [2], [0], [2, 1], []]},
+                                    features=datasets.Features({"caption": datasets.Value("string"),
+                                                                "labels": datasets.Sequence(datasets.ClassLabel(names=names))}))
+    ds = load_dataset(hf)
+    assert ds.label_space.ids == tuple(names) and ds.train[4].labels == ("dog", "cat") and len(ds.test) == 1
+
+
+def test_integer_labels_and_a_split_column(tmp_path):
+    (tmp_path / "t.csv").write_text("id,text,labels,split\na,x y,1 3,train\nb,y,3,val\nc,z,1,train\nd,w,,test\ne,v,2,test\n")
+    ds = load_dataset(tmp_path / "t.csv")
+    assert ds.label_space.ids == (1, 2, 3) and ds.train[0].labels == (1, 3)
+    assert [r.image_id for r in ds.test] == ["d", "e"] and ds.val_keys == frozenset({"b"})
+    from featcache.data.split import split_rows
+
+    train, val = split_rows(ds)
+    assert [ds.train[i].image_id for i in val] == ["b"] and [ds.train[i].image_id for i in train] == ["a", "c"]
+
+
+# --- bad tables: one line naming the file, the row and the column, or a counted skip -------------
+
+def _table(tmp_path, text: str, name: str = "t.csv") -> Path:
+    (tmp_path / name).write_text(text)
+    return tmp_path / name
+
+
+def _error(data, **spec) -> str:
+    with pytest.raises(DataError) as e:
+        load_dataset(DataSpec(data, **spec))
+    message = str(e.value)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+def test_named_bad_tables(tmp_path):
+    t = _table(tmp_path, "text,tags\na,x\nb,y\n")
+    assert "no column 'label'" in _error(t, labels="label") and "columns: text, tags" in _error(t, labels="label")
+    (tmp_path / "labels.txt").write_text("x\n")
+    assert "t.csv row 2 column 'tags': label 'y' is not in the declared label set" in _error(t, labels_file=tmp_path / "labels.txt")
+    t = _table(tmp_path, "image,tags\na.jpg,x\n ,y\n")
+    assert "t.csv row 2 column 'image': empty image path" in _error(t)
+    t = _table(tmp_path, "id,text,tags\n1,a,x\n1,b,y\n")
+    assert "row 2 column 'id': duplicate key '1' (first on row 1)" in _error(t, id="id")
+    t = _table(tmp_path, "image,tags\n../../etc/passwd,x\nok.jpg,y\n")
+    assert "row 1 column 'image': image path '../../etc/passwd' leaves" in _error(t)
+    t = _table(tmp_path, "text,tags\na,\nb,\n")
+    assert "no labelled rows" in _error(t)
+    t = _table(tmp_path, "text,tags,split\na,x,train\nb,y,holdout\n")
+    assert "row 2 column 'split': split 'holdout' is not one of train, val, test" in _error(t)
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    assert "bad.parquet: cannot read it as PARQUET" in _error(tmp_path / "bad.parquet")
+    t = _table(tmp_path, "number,tags\n1,x\n")
+    assert "no image or text column" in _error(t)
+    with pytest.raises(ValueError, match="--val-fraction"):
+        DataSpec(t, val_fraction=1.5)
+
+
+def test_the_cli_names_the_row_in_one_line(tmp_path):
+    t = _table(tmp_path, "text,tags\na,x\na,y\n")
+    code, out, err = invoke("data", "check", "--data", t)
+    assert code == 2 and err.count("\n") == 1 and "t.csv row 2 column 'text': duplicate key 'a'" in err
+    code, out, err = invoke("data", "check", "--data", t, "--lenient", "--json")
+    assert code == 0 and json.loads(out)["skipped_rows"] == 1
+
+
+FAULTS = ("empty_image", "duplicate", "leaves_root", "bad_split", "unknown_label")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(3, 30), faults=st.dictionaries(st.integers(0, 29), st.sampled_from(FAULTS), max_size=6),
+       sep=st.sampled_from(["|", ",", ";"]), fmt=st.sampled_from(["csv", "parquet", "jsonl"]),
+       caption=st.text(st.sampled_from(list('ab ,"\'|;\n\té\\')), max_size=20))
+def test_every_row_is_kept_or_reported(tmp_path_factory, n, faults, sep, fmt, caption):
+    """Generated tables with faults planted in random rows: strict reading names the first bad row;
+    lenient reading skips exactly the planted rows and keeps every other row, none merged."""
+    tmp = tmp_path_factory.mktemp("t")
+    (tmp / "labels.txt").write_text("a\nb\nc\n")
+    faults = {r: f for r, f in faults.items() if r < n}
+    rows = []
+    for i in range(n):
+        f = faults.get(i)
+        rows.append({"image": "" if f == "empty_image" else "../out.jpg" if f == "leaves_root" else f"p/{i}.jpg",
+                     "text": f"{caption} {i}", "id": "0" if f == "duplicate" and i > 0 else str(i),
+                     "tags": sep.join(["a", "zz"] if f == "unknown_label" else ["a", "b"][: 1 + i % 2]),
+                     "split": "later" if f == "bad_split" else "train"})
+    frame = pl.DataFrame(rows)
+    path = tmp / f"t.{fmt}"
+    {"csv": frame.write_csv, "parquet": frame.write_parquet, "jsonl": frame.write_ndjson}[fmt](path)
+    spec = dict(id="id", split="split", sep=sep, labels="tags", labels_file=tmp / "labels.txt")
+    bad = {r for r, f in faults.items() if not (f == "duplicate" and r == 0)}  # row 0 is the first of its id
+    if not bad:
+        ds = load_dataset(DataSpec(path, **spec))
+        assert len(ds.train) == n
+        return
+    message = _error(path, **spec)
+    assert f"row {min(bad) + 1} column" in message, (message, faults)
+    if len(bad) == n:
+        return  # every row bad: nothing labelled is left
+    ds = load_dataset(DataSpec(path, **spec), lenient=True)
+    kept = sorted(int(r.image_id) for r in ds.train)
+    assert kept == [i for i in range(n) if i not in bad], (kept, faults)
+    assert sorted({s.line for s in ds.skipped}) == sorted(r + 1 for r in bad)
+    assert all(r.caption == f"{caption} {r.image_id}" for r in ds.train)  # never merged
+
+
+def test_a_hf_dataset_without_image_or_text_is_refused(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"n": [1, 2], "labels": ["a", "b"]}).save_to_disk(str(tmp_path / "hf"))
+    assert "no image or text column" in _error(tmp_path / "hf")
+
+
+def test_the_comp5329_folder_refuses_table_options(synth_root):
+    assert "fixed columns" in _error(synth_root, labels="tags")
+    assert load_dataset(DataSpec(synth_root, val_fraction=0.3)).val_fraction == 0.3
+
+
+def test_a_symlink_out_of_the_image_folder_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(outside / "x.jpg")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.jpg").symlink_to(outside / "x.jpg")
+    t = _table(tmp_path / "d", "image,tags\nx.jpg,a\n")
+    ds = load_dataset(t)
+    with pytest.raises(DataError, match="leaves the image folder"):
+        ds.open_image(ds.train[0])
+    t = _table(tmp_path / "d", "image,tags\nd/x.jpg,a\n", "t2.csv")
+    ok = load_dataset(DataSpec(t, image_root=tmp_path))  # --image-root names where images live
+    assert ok.open_image(ok.train[0]).size == (8, 8)
