@@ -56,7 +56,8 @@ def main() -> None:
                         "--cache", str(args.cache)], args.n)
     check = median_wall([py, cli, "data", "check", "--data", str(args.data)], args.n)
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; median of {args.n} fresh processes each")
-    print(f"{'python -c \"import h5py, typer\" (floor)':<44} {floor:>6.2f} s")
+    floor_name = "python -c 'import h5py, typer' (floor)"
+    print(f"{floor_name:<44} {floor:>6.2f} s")
     print(f"{'cli.py extract --encoder ' + args.encoder + ' (warm)':<44} {warm:>6.2f} s  ({warm / floor:.1f}x the floor; "
           f"target < 1 s: {'yes' if warm < 1 else 'NO'})")
     print(f"{'cli.py data check':<44} {check:>6.2f} s  ({check / floor:.1f}x the floor)")

@@ -187,7 +187,8 @@ def runner(encoder, compute: Compute, device: str, key: str, threads: int | None
     return TorchRunner(encoder, compute, device, say), compute
 
 
-PLAN_BATCHES = 3  # timed batches per path, after one untimed (kernel selection, OpenVINO's first infer)
+PLAN_BATCHES = 3  # timed batches per path, after an untimed one (kernel selection, OpenVINO's first infer)
+PARITY_ITEMS = 8  # the untimed batch: features compared with torch fp32's
 ABANDON = 1.5  # a path this much slower than the best so far is dropped after its first timed batch
 
 
@@ -216,11 +217,14 @@ def _time_paths(encoder, items, paths, device, key, batch_size, threads, say) ->
 
     import torch
 
+    t_plan = time.perf_counter()
     torch.set_num_threads(threads or _cpus())
-    batches = [encoder.collate(items[i:i + batch_size]) for i in range(0, len(items), batch_size)][:PLAN_BATCHES + 1]
+    # parity and warm-up on a few items (a slow path's untimed batch costs little), timing on full batches
+    check = encoder.collate(items[:PARITY_ITEMS])
+    batches = [encoder.collate(items[i:i + batch_size]) for i in range(0, len(items), batch_size)][:PLAN_BATCHES]
     rates, rejected, best = {}, {}, 0.0
     with torch.inference_mode():
-        reference = encoder(batches[0]).float().numpy()
+        reference = encoder(check).float().numpy()
     step = float(np.spacing(np.float16(np.abs(reference).max())))  # one fp16 step at the features' scale
     emulated = None
     # OpenVINO first: it converts the module before torch's runner makes it channels-last
@@ -238,21 +242,22 @@ def _time_paths(encoder, items, paths, device, key, batch_size, threads, say) ->
             rejected[str(path)] = "does not convert"
             continue
         with torch.inference_mode():
-            gap = float(np.abs(run(_to(batches[0], device)).numpy() - reference).max())
+            gap = float(np.abs(run(_to(check, device)).numpy() - reference).max())
             if gap > step:
                 rejected[str(path)] = f"features {gap:.1e} from fp32's (> one fp16 step, {step:.1e})"
                 continue
             done, t0 = 0, time.perf_counter()
-            for x in batches[1:]:
+            for x in batches:
                 run(_to(x, device))
                 done += len(x["input_ids"]) if isinstance(x, dict) else len(x)
                 if done / (time.perf_counter() - t0) * ABANDON < best:
                     break  # clearly slower: not worth the rest of its batches
         rates[str(path)] = done / (time.perf_counter() - t0)
         best = max(best, rates[str(path)])
+    seconds = round(time.perf_counter() - t_plan, 2)  # OpenVINO's conversion included (once per model anyway)
     if not rates:  # nothing passed: the reference path itself
-        return {"path": "torch fp32", "rates": {}, "rejected": rejected}
-    return {"path": max(rates, key=rates.get), "rates": rates, "rejected": rejected}
+        return {"path": "torch fp32", "rates": {}, "rejected": rejected, "seconds": seconds}
+    return {"path": max(rates, key=rates.get), "rates": rates, "rejected": rejected, "seconds": seconds}
 
 
 def _to(batch, device: str):

@@ -120,4 +120,5 @@ def rates_line(what: str, choice: dict, unit: str) -> str:
     others = ", ".join(f"{p} {r:.0f}" for p, r in rates.items() if p != best)
     rejected = "; ".join(f"{p}: {why}" for p, why in choice.get("rejected", {}).items())
     return (f"{what}: {best} {rates.get(best, float('nan')):.0f} {unit}/s" + (f" ({others})" if others else "")
-            + " on this machine" + (f"; not used: {rejected}" if rejected else ""))
+            + " on this machine" + (f"; not used: {rejected}" if rejected else "")
+            + (f" (measured in {choice['seconds']:.1f} s, once)" if "seconds" in choice else ""))
