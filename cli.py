@@ -591,6 +591,8 @@ def ablate_cmd(
     runs: Path = runs_option(),
     out: Path = typer.Option(None, help="Output directory (default <runs>/ablate-<time>)."),
     track: str = track_option(),
+    jobs: int = typer.Option(None, help="Fits at a time, one process each, sharing the features (default: the machine's cores; "
+                                        "the table is the same for any value)."),
     as_json: bool = json_option(),
 ):
     """Every encoder alone, every image+text pair with each fusion, several seeds: ranked by out-of-fold F1; table, Parquet/CSV, chart."""
@@ -604,7 +606,7 @@ def ablate_cmd(
         table, raw, out = ablate(data, cache, _names(candidates) if candidates else None,
                                  fusions=_names(fusions) if fusions else None, seeds=seeds, grid=grid, metric=metric,
                                  threshold_mode=threshold_mode, runs=runs, out=out, track=tracking_kind(track),
-                                 progress=not as_json)
+                                 progress=not as_json, jobs=jobs)
     except (DataError, StoreError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
     if as_json:
@@ -634,6 +636,8 @@ def learning_curve_cmd(
     cache: Path = cache_option(),
     runs: Path = runs_option(),
     out: Path = typer.Option(None, help="Output directory (default <runs>/curve-<time>)."),
+    jobs: int = typer.Option(None, help="Fits at a time, one process each, sharing the features (default: the machine's cores; "
+                                        "the table is the same for any value)."),
     as_json: bool = json_option(),
 ):
     """Validation sample-F1 against training rows, per encoder set: would more labelled rows pay?"""
@@ -647,7 +651,8 @@ def learning_curve_cmd(
                                                      base=HeadConfig(**({"fusion": fusion} if fusion else {})),
                                                      fractions=shares, seeds=seeds,
                                                      extrapolate_to=tuple(int(n) for n in _names(extrapolate)),
-                                                     target=target, threshold_mode=threshold_mode, runs=runs, out=out)
+                                                     target=target, threshold_mode=threshold_mode, runs=runs, out=out,
+                                                     jobs=jobs)
     except (DataError, StoreError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
     if as_json:

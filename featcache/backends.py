@@ -10,10 +10,13 @@ changes it; it is compiled with the precision as OpenVINO's inference precision.
 does not convert falls back to torch, says why, and the failure is remembered so the next run
 names torch from the start (and its cache fingerprint says torch).
 
-`auto` picks bf16 only where it runs natively: a CPU with AMX or AVX512-BF16, or a GPU. Elsewhere
-bf16 is emulated and slower than fp32 (measured: 4 against 34 images/s for efficientnet_lite0 on
-an AVX2-only CPU), so it is refused on OpenVINO (which would silently run fp32) and warned about
-on torch.
+`auto` is not guessed from CPU flags (an AVX512-BF16 CPU without AMX runs bf16 slower than fp32,
+an AMX one 2-6x faster): `fastest(...)` times each path this machine can run on a few real
+batches, keeps those whose features stay within one fp16 step of torch fp32's (the cache stores
+fp16), and featcache.planner remembers the winner per machine and model. bf16 is timed only where
+a bf16 matmul is not emulated (`bf16_matmul_ratio`: an AVX2 CPU emulates it at ~0.01x fp32, where
+one batch would take minutes); OpenVINO bf16 is refused where OpenVINO has no bf16 (it would
+silently run fp32).
 """
 
 from __future__ import annotations
@@ -47,14 +50,37 @@ class Compute:
         return f"{self.backend} {self.precision}"
 
 
-def native_bf16_cpu() -> bool:
-    """AMX-BF16 or AVX512-BF16 in this CPU's flags (Linux); False where that cannot be read."""
+@functools.cache
+def bf16_matmul_ratio(n: int = 256) -> float:
+    """bf16 over fp32 matmul speed on one thread, measured on a small product (~40 ms where bf16
+    is emulated, under 1 ms elsewhere): a gate that keeps emulated bf16 out of the timing."""
+    import time
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        speed = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            a = torch.randn(n, n).to(dtype)
+            a @ a  # kernel selection
+            t0, k = time.perf_counter(), 0
+            while k < 3 or time.perf_counter() - t0 < 0.01:
+                a @ a
+                k += 1
+            speed[dtype] = k / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return speed[torch.bfloat16] / speed[torch.float32]
+
+
+EMULATED = 0.25  # a bf16 matmul under a quarter of fp32's speed is emulated (measured ~0.01x on AVX2)
+
+
+def openvino_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin runs bf16 here (else it silently runs f32)."""
+    return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def openvino_installed() -> bool:
@@ -95,12 +121,25 @@ def choose(backend: str = "auto", precision: str = "auto", device: str = "cpu") 
     elif backend == "openvino" and not openvino_installed():
         raise ValueError("--backend openvino: openvino is not installed (pip install openvino, or "
                          "pip install -e '.[openvino]'); --backend torch works without it")
-    if precision == "auto":
-        precision = "bf16" if native_bf16_cpu() else "fp32"
-    elif precision == "bf16" and not native_bf16_cpu() and backend == "openvino":
-        raise ValueError("--precision bf16: this CPU has no native bf16 (AMX or AVX512-BF16), and OpenVINO would "
-                         "run fp32 instead; use --precision fp32 (or auto)")
+    if precision == "auto":  # provisional: extract times the paths (fastest) before computing anything
+        precision = "fp32"
+    elif precision == "bf16" and backend == "openvino" and not openvino_bf16():
+        raise ValueError("--precision bf16: OpenVINO has no bf16 on this CPU and would run fp32 instead; "
+                         "use --precision fp32 (or auto)")
     return Compute(backend, precision)
+
+
+def candidates(backend: str = "auto", precision: str = "auto", device: str = "cpu") -> list[Compute]:
+    """The paths `auto` options leave open, the choice's default first."""
+    cuda = device.startswith("cuda")
+    backends = [backend] if backend != "auto" else (["openvino"] if openvino_installed() and not cuda else []) + ["torch"]
+    if precision != "auto":
+        precisions = [precision]
+    elif cuda:
+        precisions = ["bf16", "fp16"]  # autocast; fp32 on a GPU is never the fastest
+    else:
+        precisions = ["fp32", "bf16"]
+    return [Compute(b, p) for b in backends for p in precisions]
 
 
 def model_dir() -> Path:
@@ -110,9 +149,15 @@ def model_dir() -> Path:
 def model_key(what: dict) -> str:
     """A converted model is keyed by what changes it (encoder, weights, preprocessing, fine-tuning)
     and by the converter's version."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    blob = json.dumps({**what, "openvino": version("openvino"), "torch": version("torch")}, sort_keys=True, default=str)
+    def v(lib):
+        try:
+            return version(lib)
+        except PackageNotFoundError:  # torch only: the key still names the model
+            return None
+
+    blob = json.dumps({**what, "openvino": v("openvino"), "torch": v("torch")}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -142,12 +187,96 @@ def runner(encoder, compute: Compute, device: str, key: str, threads: int | None
     return TorchRunner(encoder, compute, device, say), compute
 
 
+PLAN_BATCHES = 3  # timed batches per path, after an untimed one (kernel selection, OpenVINO's first infer)
+PARITY_ITEMS = 8  # the untimed batch: features compared with torch fp32's
+ABANDON = 1.5  # a path this much slower than the best so far is dropped after its first timed batch
+
+
+def fastest(encoder, items: list, paths: list[Compute], device: str, key: str, model: dict, batch_size: int = 32,
+            threads: int | None = None, say=print):
+    """(runner, compute) of the fastest of `paths` on this machine, timed once on `items` (real
+    photos or captions) and remembered by featcache.planner. A path must give features within one
+    fp16 step (at the features' scale) of torch fp32's on the same batch: the cache stores fp16,
+    so a path that moves a feature further changes what is stored. One path: no timing."""
+    from . import planner
+
+    if len(paths) == 1:
+        return runner(encoder, paths[0], device, key, threads, say)
+    unit = "caption" if encoder.cfg.is_text else "img"
+    n = threads or planner.cpus()
+    what = {**model, "device": device, "batch_size": batch_size, "paths": [str(p) for p in paths]}
+    choice, measured = planner.planned("extract", what, n, lambda: _time_paths(encoder, items, paths, device, key,
+                                                                              batch_size, threads, say), say)
+    if measured:
+        say(planner.rates_line(f"extract {encoder.cfg.name}", choice, unit))
+    return runner(encoder, Compute(*choice["path"].split()), device, key, threads, say)
+
+
+def _time_paths(encoder, items, paths, device, key, batch_size, threads, say) -> dict:
+    import time
+
+    import torch
+
+    t_plan = time.perf_counter()
+    torch.set_num_threads(threads or _cpus())
+    # parity and warm-up on a few items (a slow path's untimed batch costs little), timing on full batches
+    check = encoder.collate(items[:PARITY_ITEMS])
+    batches = [encoder.collate(items[i:i + batch_size]) for i in range(0, len(items), batch_size)][:PLAN_BATCHES]
+    rates, rejected, best = {}, {}, 0.0
+    with torch.inference_mode():
+        reference = encoder(check).float().numpy()
+    step = float(np.spacing(np.float16(np.abs(reference).max())))  # one fp16 step at the features' scale
+    emulated = None
+    # OpenVINO first: it converts the module before torch's runner makes it channels-last
+    for path in sorted(paths, key=lambda p: p.backend != "openvino"):
+        if path.precision == "bf16" and not device.startswith("cuda"):
+            emulated = bf16_matmul_ratio() if emulated is None else emulated
+            if emulated < EMULATED:
+                rejected[str(path)] = f"emulated ({emulated:.2f}x fp32 matmul)"
+                continue
+            if path.backend == "openvino" and not openvino_bf16():
+                rejected[str(path)] = "OpenVINO has no bf16 here"
+                continue
+        run, used = runner(encoder, path, device, key, threads, say)
+        if used != path:
+            rejected[str(path)] = "does not convert"
+            continue
+        with torch.inference_mode():
+            gap = float(np.abs(run(_to(check, device)).numpy() - reference).max())
+            if gap > step:
+                rejected[str(path)] = f"features {gap:.1e} from fp32's (> one fp16 step, {step:.1e})"
+                continue
+            done, t0 = 0, time.perf_counter()
+            for x in batches:
+                run(_to(x, device))
+                done += len(x["input_ids"]) if isinstance(x, dict) else len(x)
+                if done / (time.perf_counter() - t0) * ABANDON < best:
+                    break  # clearly slower: not worth the rest of its batches
+        rates[str(path)] = done / (time.perf_counter() - t0)
+        best = max(best, rates[str(path)])
+    seconds = round(time.perf_counter() - t_plan, 2)  # OpenVINO's conversion included (once per model anyway)
+    if not rates:  # nothing passed: the reference path itself
+        return {"path": "torch fp32", "rates": {}, "rejected": rejected, "seconds": seconds}
+    return {"path": max(rates, key=rates.get), "rates": rates, "rejected": rejected, "seconds": seconds}
+
+
+def _to(batch, device: str):
+    if not device.startswith("cuda"):
+        return batch
+    return {k: v.to(device) for k, v in batch.items()} if isinstance(batch, dict) else batch.to(device)
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class TorchRunner:
     def __init__(self, encoder, compute: Compute, device: str, say=print):
         import torch
 
-        if compute.precision == "bf16" and not device.startswith("cuda") and not native_bf16_cpu():
-            say("bf16 on a CPU without native bf16 is emulated: expect it slower than fp32")
+        if compute.precision == "bf16" and not device.startswith("cuda") and bf16_matmul_ratio() < EMULATED:
+            say("bf16 on this CPU is emulated (a bf16 matmul runs at "
+                f"{bf16_matmul_ratio():.2f}x fp32): expect it much slower than fp32")
         self.encoder = encoder.to(device)
         if not encoder.cfg.is_text:
             self.encoder = encoder.to_channels_last()

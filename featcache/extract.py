@@ -38,7 +38,7 @@ from stores.features import (FeatureWriter, StoreError, cache_path, merge_shards
                              shard_status)
 
 from . import __version__
-from .backends import Compute, choose, failed_before, model_key, resolve_device
+from .backends import Compute, candidates, choose, failed_before, model_key, resolve_device
 from .data import Dataset, DataError
 from .registry import EncoderCfg, cache_name
 from .resolve import resolve
@@ -186,7 +186,14 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
 
     if (hit := warm()) is not None:
         return hit
-    encoder, run, used = _model(cfg, source, compute, device, key, threads, say)
+    # auto options: the paths are timed here once (featcache.backends.fastest), after the warm check
+    paths = candidates(backend, precision, device)
+    if compute.backend == "torch":  # torch asked for, or the model did not convert before
+        paths = [p for p in paths if p.backend == "torch"] or [compute]
+    encoder, run, used = _model(cfg, source, compute, device, key, threads, say,
+                                plan=(paths, dataset, spec_hash({k: spec[k] for k in ("encoder", "weights_sha256",
+                                                                                     "preprocessing", "finetune")}),
+                                      batch_size))
     if used != compute:  # it did not convert: the features will be torch's, and so is the fingerprint
         compute, spec = used, with_compute(spec, used)
         fingerprint = spec_hash(spec)
@@ -234,15 +241,37 @@ def _compute_of(spec: dict) -> str:
     return str(Compute(**spec.get("compute") or {"backend": "torch", "precision": "fp32"}))
 
 
-def _model(cfg: EncoderCfg, source: WeightsSource, compute: Compute, device: str, key: str, threads: int | None, say):
+def _model(cfg: EncoderCfg, source: WeightsSource, compute: Compute, device: str, key: str, threads: int | None, say,
+           plan=None):
     """(encoder module, batch -> features, the compute actually used): OpenVINO converts here, so a
-    model that does not convert is known before anything is written."""
-    from .backends import runner
+    model that does not convert is known before anything is written. `plan`: (paths, dataset,
+    model id, batch size); several paths are timed on the dataset's first items (backends.fastest)."""
+    from .backends import fastest, runner
     from .encoders import build_encoder
 
     encoder = build_encoder(cfg, source)
-    run, used = runner(encoder, compute, device, key, threads, say)
+    paths, dataset, model, batch_size = plan or ([compute], None, "", 0)
+    if len(paths) > 1:
+        run, used = fastest(encoder, _sample(dataset, cfg, 4 * batch_size), paths, device, key, {"model": model},
+                            batch_size, threads, say)
+    else:
+        run, used = runner(encoder, paths[0], device, key, threads, say)
     return encoder, run, used
+
+
+def _sample(dataset: Dataset, cfg: EncoderCfg, n: int) -> list:
+    """The first n readable photos (PIL) or captions of the dataset: the planner times real inputs."""
+    if cfg.is_text:
+        return [r.caption for r in (dataset.train + dataset.test)[:n]]
+    out = []
+    for r in dataset.train + dataset.test:
+        try:
+            out.append(dataset.open_image(r))
+        except DataError:  # an unreadable photo is extract's to report (or skip, --lenient)
+            continue
+        if len(out) == n:
+            break
+    return out
 
 
 def shard_rows(total: int, chunk: int, shard: int, num_shards: int) -> tuple[int, int]:

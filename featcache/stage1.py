@@ -15,7 +15,6 @@ from pathlib import Path
 from .backends import resolve_device
 from .data import Dataset, load_dataset
 from .extract import ExtractResult, extract
-from .finetune import FinetuneCfg, ensure_finetuned
 from .resolve import resolve
 
 
@@ -34,6 +33,9 @@ def run(data: str | Path | Dataset, encoder: str, cache: str | Path, *, finetune
         say(f"skipped {len(dataset.skipped)} unreadable CSV rows (--lenient; listed above)")
     finetuned = None
     if finetune:
+        # here, not at the top: fine-tuning loads the split (scikit-learn, scipy) that a warm cache never needs
+        from .finetune import FinetuneCfg, ensure_finetuned
+
         cfg, source = resolve(encoder, weights, pretrained, image_size)
         ft = FinetuneCfg(**{"lr": FinetuneCfg.default_lr(cfg.is_text), "batch_size": batch_size, **finetune})
         source, finetuned = ensure_finetuned(dataset, cfg, source, ft, Path(cache), device=device, num_workers=num_workers,

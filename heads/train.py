@@ -11,10 +11,11 @@ weights and metrics.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -29,11 +30,40 @@ from .fusion import CLASSIFIERS, FUSIONS
 from .losses import LOSSES
 
 
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16). There, bf16 autocast makes a
-    head's matmuls ~3x faster; elsewhere torch emulates bf16 and they run ~100x slower than fp32
-    (0.8 against 88 GFLOP/s on one Zen 3 core)."""
-    return any(getattr(torch.cpu, f, lambda: False)() for f in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+SHAPE = (512, 1664, 512)  # a head's first layer on a batch: [512, 1664] @ [1664, 512], the product that dominates a fit
+
+
+def matmul_rates(threads: int = 1, seconds: float = 0.15) -> dict[str, float]:
+    """FLOP/s of fp32 and bf16 on a head's dominant product, measured here. bf16 is left after its
+    first product when that is 4x slower than fp32's (emulated: ~0.01x on an AVX2 CPU, where a
+    full timing would take seconds). CPU flags do not say which is faster: an AVX512-BF16 CPU
+    without AMX ran bf16 at 0.58x fp32, an AMX CPU at 2-6x."""
+    m, k, n = SHAPE
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rates = {}
+    try:
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+            a @ b  # kernel selection
+            count, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                a @ b
+                count += 1
+                if name == "bf16" and count == 1 and (time.perf_counter() - t0) * rates["fp32"] > 4 * 2 * m * k * n:
+                    break
+            rates[name] = count * 2 * m * k * n / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return rates
+
+
+@functools.cache
+def faster_bf16(threads: int = 1) -> bool:
+    """bf16 autocast where it measures faster than fp32 here (once per process; featcache's
+    planner remembers it across processes and passes it as HeadConfig.bf16)."""
+    rates = matmul_rates(threads)
+    return rates["bf16"] > rates["fp32"]
 
 
 @dataclass(frozen=True)
@@ -56,9 +86,14 @@ class HeadConfig:
     patience: int = 3  # epochs without a better validation score before stopping
     seed: int = 0
     # One thread: while another process uses the second core, two OpenMP threads spin-wait and
-    # run ~8x slower than one. bf16 autocast only where the CPU multiplies bf16 natively.
+    # run ~8x slower than one. Studies run one fit per core instead (featcache.stage2).
     threads: int = 1
-    bf16: bool = field(default_factory=lambda: native_bf16())
+    # bf16 autocast: None = whichever of bf16 and fp32 measures faster on this machine (faster_bf16),
+    # resolved when the head is built, so a saved head records what it trained in.
+    bf16: bool | None = None
+
+    def resolved(self) -> HeadConfig:
+        return self if self.bf16 is not None else replace(self, bf16=faster_bf16(self.threads))
 
     def __post_init__(self):
         for name, table in (("fusion", FUSIONS), ("classifier", CLASSIFIERS), ("loss", LOSSES)):
@@ -74,7 +109,7 @@ class HeadNet(nn.Module):
 
     def __init__(self, dims: list[int], num_labels: int, cfg: HeadConfig):
         super().__init__()
-        self.dims, self.num_labels, self.bf16 = list(dims), num_labels, cfg.bf16
+        self.dims, self.num_labels, self.bf16 = list(dims), num_labels, bool(cfg.resolved().bf16)
         for i, d in enumerate(dims):
             self.register_buffer(f"mean{i}", torch.zeros(d))
             self.register_buffer(f"std{i}", torch.ones(d))
@@ -99,7 +134,7 @@ class HeadNet(nn.Module):
 
 class Head:
     def __init__(self, cfg: HeadConfig = HeadConfig()):
-        self.cfg = cfg
+        self.cfg = cfg.resolved()
         self.net: HeadNet | None = None
         self.history: list[dict] = []
         self.best_epoch = self.steps_run = -1

@@ -40,6 +40,7 @@ from featcache.data import LabelSpace, load_dataset
 from featcache.outputs import check_out_dir, replacing, write_study, write_text
 from featcache.tables import render
 from featcache.stage2.experiment import Split, fit_eval, load_features, results_row, save_run
+from featcache.stage2.pool import check_jobs, fits, planned_head
 from heads.fusion import FUSIONS
 from heads.train import HeadConfig
 from stores.features import FeatureSet, StoreError, open_features
@@ -94,10 +95,11 @@ def of_dataset(cache: str | Path, dataset) -> list[str]:
 def ablate(data: str | Path, cache: str | Path, encoders: list[str] | None = None, *, fusions: list[str] | None = None,
            seeds: int = 3, grid: str | None = None, metric: str = "samples", threshold_mode: str = "auto",
            runs: Path = Path("runs"), out: Path | None = None, progress: bool = True,
-           track: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame, Path]:
+           track: str | None = None, jobs: int | None = None) -> tuple[pl.DataFrame, pl.DataFrame, Path]:
     """The ablate command: the plan over the named caches (None: every *.h5 in `cache`) on the
     dataset's split; runs under `out` (default runs/ablate-<time>), their rows appended to
-    runs/results.parquet. Returns (summary, raw rows, out)."""
+    runs/results.parquet; `jobs` fits at a time (default: one per core). Returns (summary, raw rows, out)."""
+    check_jobs(jobs, say=lambda m: None)  # a bad --jobs before any work (its note comes with the fits)
     dataset = load_dataset(data)
     out = check_out_dir(out, inputs=[dataset.root, cache, runs]) if out else None  # before any fit: not onto an input or a file
     names = encoders if encoders is not None else of_dataset(cache, dataset)
@@ -108,7 +110,8 @@ def ablate(data: str | Path, cache: str | Path, encoders: list[str] | None = Non
     out = Path(out) if out else runs / f"ablate-{datetime.now():%Y%m%d-%H%M%S}"
     table, raw = ablate_features(features, Split.of(dataset).present_in(features), dataset.label_space, out, fusions=fusions, seeds=seeds,
                                  grid=grid, metric=metric, threshold_mode=threshold_mode,
-                                 results=runs / "results.parquet", runs_root=runs, progress=progress, track=track)
+                                 results=runs / "results.parquet", runs_root=runs, progress=progress, track=track,
+                                 jobs=jobs)
     return table, raw, out
 
 
@@ -116,10 +119,12 @@ def ablate_features(features: list[FeatureSet], split: Split, label_space: Label
                     base: HeadConfig = HeadConfig(), fusions: list[str] | None = None, seeds: int = 3,
                     grid: str | None = None, metric: str = "samples", threshold_mode: str = "auto",
                     results: Path | None = None, progress: bool = True,
-                    runs_root: Path | None = None, track: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+                    runs_root: Path | None = None, track: str | None = None,
+                    jobs: int | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Run the plan; write runs under out_dir/<id>/, table.{parquet,csv}, raw.parquet and chart.png.
     `track` "tensorboard": each fit's epochs and final metrics under out_dir/tensorboard/<id>/.
-    Returns (summary, raw rows)."""
+    `jobs`: fits at a time, on forked workers sharing the features (featcache.stage2.pool); any
+    `jobs` gives the same table. Returns (summary, raw rows)."""
     from tqdm import tqdm
 
     fusions = fusions or [f for f in FUSIONS if f != "concat_relu"]  # the five of the study; concat_relu on request
@@ -132,24 +137,28 @@ def ablate_features(features: list[FeatureSet], split: Split, label_space: Label
     rows: list[dict] = []
     bar = tqdm(total=0, disable=not progress, desc="ablate", unit="fit")
 
-    def run(jobs):
-        bar.total += len(jobs)
+    jobs = check_jobs(jobs, len(plan(features, fusions, seeds, base)))
+    base = planned_head(base)  # measured once here, not in every worker
+
+    def fit(task):
+        fsets, cfg, _ = task
+        return fit_eval(fsets, split, cfg, metric, threshold_mode, list(label_space.names))
+
+    def run(tasks):
+        bar.total += len(tasks)
         bar.refresh()
-        for fsets, cfg, variant in jobs:
-            bar.set_postfix_str(f"{'+'.join(f.name for f in fsets)} {cfg.fusion} {variant} s{cfg.seed}")
-            res = fit_eval(fsets, split, cfg, metric, threshold_mode, list(label_space.names))
+        for (fsets, cfg, variant), res in zip(tasks, fits(tasks, fit, jobs, bar)):
             name = f"{'+'.join(res.encoders)}-{cfg.fusion}-{variant}-s{cfg.seed}".replace("=", "")
             run_dir = save_run(res, out_dir / name, label_space)
             with tracking.track(track, out_dir / "tensorboard" / name) as tb:
                 if tb is not None:
                     for record in res.head.history:
                         tb.scalars({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, record["epoch"])
-                    tb.hparams({"encoders": "+".join(res.encoders), "variant": variant, **asdict(cfg)},
+                    tb.hparams({"encoders": "+".join(res.encoders), "variant": variant, **asdict(res.head.cfg)},
                                {k: res.metrics[k] for k in ("sample_f1", "tuned_out_of_fold", "map")})
             run_name = run_dir.relative_to(runs_root).as_posix() if runs_root and run_dir.is_relative_to(runs_root) else str(run_dir)
             oof_rows = None if res.val_out_of_fold is None else res.val_out_of_fold.astype(np.float32).tolist()
             rows.append({**results_row(res, run_name), "variant": variant, "val_out_of_fold": oof_rows})
-            bar.update()
 
     run(plan(features, fusions, seeds, base))
     if grid == "seed":

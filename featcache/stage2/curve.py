@@ -35,6 +35,8 @@ from featcache.data import load_dataset
 from featcache.tables import render
 from featcache.outputs import check_out_dir, replacing, write_study, write_text
 from featcache.stage2.experiment import Split, fit_eval, load_features
+from featcache.stage2.pool import check_jobs, planned_head
+from featcache.stage2 import pool
 from heads.train import HeadConfig
 from stores.features import FeatureSet
 
@@ -45,34 +47,45 @@ METRICS = ["sample_f1", "tuned_out_of_fold", "sample_f1_05_fallback", "map"]
 def learning_curve(data: str | Path, cache: str | Path, encoder_sets: list[list[str]], *, base: HeadConfig = HeadConfig(),
                    fractions: tuple[float, ...] = FRACTIONS, seeds: int = 3, extrapolate_to: tuple[int, ...] = (24_000,),
                    target: float | None = None, metric: str = "samples", threshold_mode: str = "auto",
-                   runs: Path = Path("runs"), out: Path | None = None,
-                   progress: bool = True) -> tuple[pl.DataFrame, dict, pl.DataFrame, Path]:
+                   runs: Path = Path("runs"), out: Path | None = None, progress: bool = True,
+                   jobs: int | None = None) -> tuple[pl.DataFrame, dict, pl.DataFrame, Path]:
     """The learning-curve command: one curve per encoder set (a set of several is fused by
-    base.fusion) on the dataset's split, written under `out` (default runs/curve-<time>).
-    Returns (summary, fitted laws, raw points, out)."""
+    base.fusion) on the dataset's split, written under `out` (default runs/curve-<time>); `jobs`
+    fits at a time (default: one per core). Returns (summary, fitted laws, raw points, out)."""
+    check_jobs(jobs, say=lambda m: None)  # a bad --jobs before any work (its note comes with the fits)
     # Before any fit: never into the dataset or the cache, a file, or a folder that cannot be written.
     dataset = load_dataset(data)
     out = check_out_dir(out or Path(runs) / f"curve-{datetime.now():%Y%m%d-%H%M%S}", inputs=[dataset.root, cache])
     sets = [load_features(cache, names, dataset) for names in encoder_sets]
-    raw = curve_points(sets, Split.of(dataset).present_in([fs for s in sets for fs in s]), base, fractions, seeds, metric, threshold_mode, progress)
+    raw = curve_points(sets, Split.of(dataset).present_in([fs for s in sets for fs in s]), base, fractions, seeds, metric,
+                       threshold_mode, progress, jobs)
     table, fits = write(raw, out, list(extrapolate_to), target)
     return table, fits, raw, out
 
 
 def curve_points(feature_sets: list[list[FeatureSet]], split: Split, base: HeadConfig = HeadConfig(),
                  fractions: tuple[float, ...] = FRACTIONS, seeds: int = 3, metric: str = "samples",
-                 threshold_mode: str = "auto", progress: bool = True) -> pl.DataFrame:
-    """One row per (encoder set, fraction, seed): rows trained on and the validation metrics."""
+                 threshold_mode: str = "auto", progress: bool = True, jobs: int | None = None) -> pl.DataFrame:
+    """One row per (encoder set, fraction, seed): rows trained on and the validation metrics.
+    `jobs`: fits at a time on forked workers sharing the features; any `jobs`, the same rows."""
     from tqdm import tqdm
 
-    rows = []
-    jobs = [(fsets, f, s) for fsets in feature_sets for s in range(seeds) for f in sorted(fractions)]
-    for fsets, fraction, seed in tqdm(jobs, disable=not progress, desc="learning curve", unit="fit"):
+    tasks = [(fsets, f, s) for fsets in feature_sets for s in range(seeds) for f in sorted(fractions)]
+    jobs = check_jobs(jobs, len(tasks))
+    base = planned_head(base)  # measured once here, not in every worker
+
+    def fit(task):
+        fsets, fraction, seed = task
         part = split.share(fraction, seed)
         cfg = replace(base, seed=seed, min_steps=max(base.min_steps, base.max_steps))
-        res = fit_eval(fsets, part, cfg, metric, threshold_mode)
+        return len(part.ids_train), fit_eval(fsets, part, cfg, metric, threshold_mode)
+
+    with tqdm(total=len(tasks), disable=not progress, desc="learning curve", unit="fit") as bar:
+        done = pool.fits(tasks, fit, jobs, bar)
+    rows = []
+    for (_, fraction, seed), (n_train, res) in zip(tasks, done):
         m = res.metrics
-        rows.append({"encoders": "+".join(res.encoders), "fraction": fraction, "rows": len(part.ids_train),
+        rows.append({"encoders": "+".join(res.encoders), "fraction": fraction, "rows": n_train,
                      "seed": seed, "sample_f1": m["sample_f1"], "tuned_out_of_fold": m["tuned_out_of_fold"],
                      "sample_f1_05_fallback": m["at_0.5_fallback"]["sample_f1"], "map": m["map"],
                      "fit_seconds": m["fit_seconds"]})
