@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .planner import home
+
 BACKENDS = ("auto", "torch", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -143,7 +145,7 @@ def candidates(backend: str = "auto", precision: str = "auto", device: str = "cp
 
 
 def model_dir() -> Path:
-    return Path(os.environ.get("FEATCACHE_HOME") or Path.home() / ".cache" / "featcache") / "openvino"
+    return home() / "openvino"
 
 
 def model_key(what: dict) -> str:

@@ -40,6 +40,7 @@ from stores.features import (FeatureWriter, StoreError, cache_path, merge_shards
 from . import __version__
 from .backends import Compute, candidates, choose, failed_before, model_key, resolve_device
 from .data import Dataset, DataError
+from .planner import home
 from .registry import EncoderCfg, cache_name
 from .resolve import resolve
 from .weights import WeightsSource, text_tokenizer_source
@@ -73,7 +74,7 @@ def fingerprint_spec(cfg: EncoderCfg, source: WeightsSource, dataset: Dataset, v
         "encoder": {"name": cfg.name, "family": cfg.family, "source": cfg.source, "embed_dim": cfg.embed_dim},
         "weights_sha256": source.sha256(),
         "preprocessing": preprocessing,
-        "dataset": dataset.fingerprint(),
+        "dataset": dataset.fingerprint(memo=home() / "fingerprints.json"),
         "finetune": finetune,
         "views": {"k": views, "augment": VIEW_AUGMENT, "seed": 0} if views else None,
         "dtype": dtype,

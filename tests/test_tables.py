@@ -285,3 +285,21 @@ def test_a_symlink_out_of_the_image_folder_is_refused(tmp_path):
     t = _table(tmp_path / "d", "image,tags\nd/x.jpg,a\n", "t2.csv")
     ok = load_dataset(DataSpec(t, image_root=tmp_path))  # --image-root names where images live
     assert ok.open_image(ok.train[0]).size == (8, 8)
+
+
+def test_the_fingerprint_memo_is_reused_only_while_every_file_is_unchanged(tmp_path):
+    from PIL import Image
+
+    root = make_dataset(tmp_path / "d", n_train=30, n_test=5, seed=2)
+    memo = tmp_path / "home" / "fingerprints.json"
+    first = load_dataset(root).fingerprint(memo=memo)
+    assert memo.is_file() and load_dataset(root).fingerprint() == first
+    doc = json.loads(memo.read_text())
+    (stamp,) = doc
+    memo.write_text(json.dumps({stamp: "not-the-real-one"}))  # the memo is what a hit returns...
+    assert load_dataset(root).fingerprint(memo=memo) == "not-the-real-one"
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(root / "data" / "3.jpg")  # ...until a file changes
+    changed = load_dataset(root).fingerprint(memo=memo)
+    assert changed == load_dataset(root).fingerprint() and changed != first
+    memo.write_text("{broken")
+    assert load_dataset(root).fingerprint(memo=memo) == changed  # a damaged memo: hashed again

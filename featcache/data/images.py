@@ -89,6 +89,14 @@ class Folder:
     def open(self, rec: Record) -> Image.Image:
         return load_image(self.path(rec))
 
+    def stat(self, rec: Record):
+        """(size, mtime, inode) of a row's file, or None: what the fingerprint memo compares."""
+        try:
+            st = os.stat(self.root / (rec.image if rec.image is not None else rec.image_id))
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns, st.st_ino
+
     def read_bytes(self, rec: Record) -> bytes | None:
         """The file's bytes for the fingerprint; None when missing, not a file, or outside the folder."""
         try:

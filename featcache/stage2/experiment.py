@@ -30,6 +30,7 @@ import polars as pl
 from featcache.data import Dataset, LabelSpace, load_dataset
 from featcache.metrics import AVERAGES, mean_average_precision, per_label_table
 from featcache.outputs import provenance, replacing, write_text
+from featcache.planner import home
 from featcache.registry import cache_name
 from featcache.data.split import nested_share, split_rows
 from featcache.thresholds import Thresholds, apply_thresholds, fit_thresholds, out_of_fold, threshold_report
@@ -105,7 +106,7 @@ def load_features(cache_dir: str | Path, names: list[str], dataset: Dataset | No
     if not names:
         raise ValueError("no encoders given: pass cache names, e.g. --encoders efficientnet_lite0,minilm_l6")
     features = [open_features(cache_dir, cache_name(name)) for name in names]
-    want = dataset.fingerprint() if dataset is not None else None
+    want = dataset.fingerprint(memo=home() / "fingerprints.json") if dataset is not None else None
     for fs in features:
         built_from = json.loads(fs.attrs.get("fingerprint_spec", "{}")).get("dataset")
         if want and built_from and built_from != want:  # caches written by extract record it
