@@ -711,7 +711,7 @@ def evaluate_cmd(
     as_json: bool = json_option(),
 ):
     """Score a run on any labelled data with its own thresholds: sample/micro/macro F1, mAP, and per label."""
-    from featcache.evaluate import evaluate
+    from featcache.holdout import evaluate
     from featcache.stage2.experiment import RunError
     from stores.features import StoreError
 

@@ -8,7 +8,7 @@ so `import featcache.registry` (no torch) stays light.
 """
 
 __version__ = "0.1.0"
-__all__ = ["DataError", "Dataset", "Predictor", "RunError", "export_model", "extract_features", "fine_tune", "fit_head",
+__all__ = ["DataError", "DataSpec", "Dataset", "Predictor", "RunError", "evaluate", "export_model", "extract_features", "fine_tune", "fit_head",
            "load", "load_dataset", "predict", "study"]
 
 

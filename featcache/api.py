@@ -13,8 +13,12 @@
     model = fc.load("runs/<id>")                                   # any saved run, by path or id
 
 (`extract_features`, `fine_tune` and `export_model`, not `extract`, `finetune` and `export`:
-those names are featcache's modules.) `data` is a dataset root in the COMP5329 layout (train.csv, test.csv, data/). Errors name the
-file and row (DataError), the cache (StoreError) or the run (RunError).
+those names are featcache's modules.) `data` is anything `fc.load_dataset` takes: a COMP5329
+folder, a table file (CSV, TSV, Parquet, JSONL) or a folder holding one, a saved Hugging Face
+dataset, a DataFrame or `datasets.Dataset`, a `fc.DataSpec` naming its columns, or a loaded
+`fc.Dataset` (`fc.Dataset.from_table(src, image=..., text=[...], labels=..., sep=...)`).
+`fc.evaluate(run, data)` scores a run on any labelled table. Errors name the file and row
+(DataError), the cache (StoreError) or the run (RunError).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import polars as pl
 
 from heads.train import HeadConfig
 
-from .data import Dataset, DataError, load_dataset  # noqa: F401  offered as fc.DataError, fc.load_dataset
+from .data import Dataset, DataError, DataSpec, load_dataset  # noqa: F401  offered as fc.Dataset, fc.DataSpec, ...
+from .holdout import evaluate  # noqa: F401  offered as fc.evaluate
 from .e2e.config import E2EConfig, head_encoders
 from .e2e.loop import train
 from .export import export as export_run
@@ -90,10 +95,11 @@ def load(run: str | Path, runs: str | Path = "runs") -> Predictor:
     return Predictor.load(run, runs)
 
 
-def predict(run: str | Path, data: str | Path, out: str | Path = "submission.csv", cache: str | Path = "cache",
-            runs: str | Path = "runs") -> Path:
-    """The Kaggle submission for the dataset's test.csv: ImageID,Labels, every row in order."""
-    return predict_submission(find_run(run, runs), data, cache, out)
+def predict(run: str | Path, data, out: str | Path = "submission.csv", cache: str | Path = "cache",
+            runs: str | Path = "runs", proba: bool = False) -> Path:
+    """The dataset's rows to predict, in order (COMP5329: the Kaggle submission for test.csv): the id
+    column and the labels as the data writes them; `proba`: a probability column per label."""
+    return predict_submission(find_run(run, runs), data, cache, out, proba)
 
 
 def export_model(run: str | Path, out: str | Path, format: str = "openvino", precision: str = "auto",

@@ -194,14 +194,17 @@ def test_every_api_name_is_the_api_function_even_beside_featcache_modules():
         assert getattr(fc, name) is getattr(api, name), name
 
 
-def test_the_example_runs_as_the_readme_says(tmp_path, monkeypatch):
+@pytest.mark.parametrize("example, says, writes", [
+    ("quickstart", ["labels (", "ready to submit"], "featcache-quickstart-*/submission.csv"),
+    ("table", ["read as", "with label names", "hold-out (80 rows)"], "featcache-table-*/predictions.csv")])
+def test_the_examples_run_as_the_readme_says(example, says, writes, tmp_path, monkeypatch):
     monkeypatch.delenv("FEATCACHE_DATA", raising=False)  # generated data, in a folder of this test
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "examples/quickstart.py"], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=env)
+    done = subprocess.run([sys.executable, f"examples/{example}.py"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "labels (" in done.stdout and "ready to submit" in done.stdout
-    assert any(tmp_path.glob("featcache-quickstart-*/submission.csv"))
+    assert all(s in done.stdout for s in says), done.stdout
+    assert any(tmp_path.glob(writes))
 
 
 def test_export_then_predict_with_the_model_alone(synth_root, caches, fitted, tmp_path):

@@ -54,7 +54,9 @@ def read_table(src, spec: DataSpec, lenient: bool = False) -> dict:
         *([pl.col(cols["split"]).cast(pl.String).str.strip_chars().str.to_lowercase().alias(_SPLIT)] if cols["split"] else []),
     )
     labels, sep, label_space, declared = _labels(frame[cols["labels"]], spec, name, cols["labels"], hints)
-    work = work.with_columns(labels.alias(_LAB))
+    # No labels is one thing whatever the source wrote (null, "", []): a row to predict.
+    work = work.with_columns(labels.alias(_LAB)).with_columns(
+        pl.when(pl.col(_LAB).list.len() > 0).then(pl.col(_LAB)).alias(_LAB))
     image_root = Path(spec.image_root) if spec.image_root else base
     problems = _problems(work, cols, image_root, declared)
     hf_img = hf_image(hf, cols)
@@ -82,6 +84,7 @@ def read_table(src, spec: DataSpec, lenient: bool = False) -> dict:
         bad = sorted({row - 1 for row, _, _ in problems})
         skipped = [Skip(name, row, f"column {column!r}: {reason}") for row, column, reason in problems]
         work = work.filter(~pl.col(_ROW).is_in(bad))
+        order = work[_KEY].arg_sort()
     if _SPLIT in work.columns:
         work = work.with_columns(pl.col(_SPLIT).replace(SPLIT_VALUES))
     is_test = pl.col(_LAB).is_null() | (pl.col(_LAB).list.len() == 0)
