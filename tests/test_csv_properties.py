@@ -25,8 +25,8 @@ image_id = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), excl
 label_sets = st.lists(st.sampled_from(COCO.ids), min_size=1, max_size=4, unique=True)
 
 
-def rows_of(ids):
-    return st.lists(st.tuples(ids, caption_text, label_sets), min_size=1, max_size=10,
+def rows_of(ids, captions=caption_text):
+    return st.lists(st.tuples(ids, captions, label_sets), min_size=1, max_size=10,
                     unique_by=lambda r: r[0])
 
 
@@ -113,10 +113,13 @@ def test_kaggle_style_captions_read_back_exactly(tmp_path, rows, train):
 
 
 @SETTINGS
-@given(rows=rows_of(st.integers(0, 50000).map(lambda i: f"{i}.jpg")), damage=st.integers(0, 9),
+@given(rows=rows_of(st.integers(0, 50000).map(lambda i: f"{i}.jpg"), caption_text.filter(lambda c: '"' not in c)),
+       damage=st.integers(0, 9),
        how=st.sampled_from(["drop the closing quote", "drop the opening quote", "stray quote at the end"]))
 def test_a_broken_row_is_reported_never_merged(tmp_path, rows, damage, how):
-    """One row's quoting broken: every other row is kept exactly or reported, never merged."""
+    """One row's quoting broken: every other row is kept or reported, never merged. (The captions
+    hold no quotes of their own: an odd number of them in one caption and a missing quote in
+    another pair up into valid CSV, which no reader can tell from a caption with a newline.)"""
     path = tmp_path / "test.csv"
     spans = write(path, rows, False, None)
     lines = path.read_bytes().decode().split("\n")
