@@ -9,7 +9,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .data import Dataset, load_dataset
+from .data import Dataset, DataError, load_dataset
+from .data.images import regular_file
 from .outputs import replacing
 
 
@@ -42,11 +43,14 @@ def _scan_images(ds: Dataset) -> dict:
     sizes, modes, missing, unreadable = [], Counter(), [], []
     for rec in tqdm(ds.train + ds.test, desc="scanning images", unit="img", leave=False):
         try:
-            with Image.open(ds.image_path(rec)) as im:
+            with Image.open(regular_file(ds.image_path(rec))) as im:  # a FIFO would block Image.open
                 sizes.append(im.size)
                 modes[im.mode] += 1
-        except FileNotFoundError:
-            missing.append(rec.image_id)
+        except DataError as e:
+            if "file not found" in str(e):
+                missing.append(rec.image_id)
+            else:
+                unreadable.append(f"{rec.image_id}: {e}")
         except Exception as e:  # noqa: BLE001 - any decoder failure is reported per file
             unreadable.append(f"{rec.image_id}: {e}")
     wh = np.array(sizes or [(0, 0)])

@@ -40,6 +40,7 @@ from stores.features import (FeatureWriter, StoreError, cache_path, merge_shards
 from . import __version__
 from .backends import Compute, choose, failed_before, model_key, resolve_device
 from .data import Dataset, DataError
+from .data.images import DECODE_VERSION
 from .registry import EncoderCfg, cache_name
 from .resolve import resolve
 from .weights import WeightsSource, text_tokenizer_source
@@ -78,6 +79,7 @@ def fingerprint_spec(cfg: EncoderCfg, source: WeightsSource, dataset: Dataset, v
         "views": {"k": views, "augment": VIEW_AUGMENT, "seed": 0} if views else None,
         "dtype": dtype,
         "featcache_version": __version__,
+        **({} if cfg.is_text else {"decode": DECODE_VERSION}),  # how a photo file becomes pixels
     }
     return with_compute(spec, compute)
 

@@ -18,7 +18,7 @@ import json
 import re
 from pathlib import Path
 
-from .images import Folder
+from .images import Folder, regular_file
 from .records import DataError, LabelSpace, Record, Skip
 
 LABELS_FILE = "labels.json"  # optional, in a dataset root: {"<label id>": "<name>", ...}
@@ -136,9 +136,7 @@ class _Reader:
 
 def _read_lines(path: Path) -> list[str]:
     try:
-        text = path.read_bytes().decode("utf-8-sig")  # no newline translation: captions come back exactly
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+        text = regular_file(path, "CSV").read_bytes().decode("utf-8-sig")  # no newline translation
     except OSError as e:  # a directory, no permission, an I/O error
         raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
@@ -233,12 +231,14 @@ def read_label_space(root: Path) -> LabelSpace:
     if not path.exists():
         return LabelSpace.coco()
     try:
-        mapping = json.loads(path.read_text())
+        mapping = json.loads(regular_file(path, "labels").read_text())
         if not isinstance(mapping, dict) or not mapping:
             raise ValueError(f"found {type(mapping).__name__ if mapping else 'nothing'}")
         if not all(isinstance(v, str) for v in mapping.values()):
             raise ValueError("every name must be a string")
         return LabelSpace.from_mapping(mapping)
+    except DataError:
+        raise
     except (OSError, ValueError, TypeError) as e:
         raise DataError(f"{path}: expected a non-empty JSON object {{\"<integer label id>\": \"<name>\"}} ({e})") from None
 
