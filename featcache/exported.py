@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from .data import Dataset, Record, load_dataset, load_image
-from .outputs import check_target, write_submission
+from .artifacts import ExportMeta, validate
+from .outputs import check_target, inputs_of, write_submission
 
 EXPORT_FILE = "export.json"
 MB = 1e6  # decimal megabytes, as featcache.benchmark counts sizes (a "100 MB" budget)
@@ -47,6 +48,7 @@ def read_meta(model_dir: str | Path) -> dict:
                if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise ValueError(f"{path}: not an export description (no {', '.join(missing)}); export the run again")
+    validate(path, ExportMeta, meta)  # types, the label count of every list (ArtifactError names the file)
     return meta
 
 
@@ -216,12 +218,9 @@ def rows(model: ExportedModel, dataset: Dataset, records: list[Record], batch_si
 def predict_submission(model_dir: str | Path, data: str | Path, out: str | Path, batch_size: int = 32) -> Path:
     """ImageID,Labels for every row of the dataset's test.csv, in order, >= 1 label each (the fallback
     on, as `featcache.runs.predict`)."""
-    from .data import LABELS_FILE
-
     model = ExportedModel.load(model_dir)
     dataset = load_dataset(data)
-    inputs = [dataset.root / name for name in ("train.csv", "test.csv", LABELS_FILE)] + list(Path(model_dir).rglob("*"))
-    check_target(out, inputs)  # before any work
+    check_target(out, inputs_of(dataset=dataset, files=[model_dir]) + [model_dir])  # before any work
     preds = model.apply(rows(model, dataset, dataset.test, batch_size), fallback=True)
     return write_submission(out, [r.image_id for r in dataset.test], dataset.label_space.decode(preds))
 

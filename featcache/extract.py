@@ -41,6 +41,7 @@ from . import __version__
 from .backends import Compute, choose, failed_before, model_key, resolve_device
 from .data import Dataset, DataError
 from .data.images import DECODE_VERSION
+from .outputs import check_out_dir, inputs_of
 from .registry import EncoderCfg, cache_name
 from .resolve import resolve
 from .weights import WeightsSource, text_tokenizer_source
@@ -136,6 +137,7 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
 
     if not 0 <= shard < num_shards:
         raise ValueError(f"--shard {shard} is not in 0..{num_shards - 1} (--num-shards {num_shards})")
+    check_out_dir(cache_dir, inputs_of(dataset=dataset))  # before any work: a directory, not in the data
     device = resolve_device(device)
     compute, chosen = choose(backend, precision, device), backend == precision == "auto"
     cfg, source = resolve(encoder_name, weights, pretrained, image_size)
