@@ -711,8 +711,12 @@ def runs_cmd(
     if ctx.invoked_subcommand is not None:
         return
     from featcache.runs import run_table
+    from featcache.stage2.experiment import RunError
 
-    table = run_table(runs, say=lambda m: typer.echo(m, err=True))
+    try:
+        table = run_table(runs, say=lambda m: typer.echo(m, err=True))
+    except (RunError, ValueError, OSError) as e:  # a damaged results table or run file: named, one line
+        fail(str(e))
     if as_json:
         return emit({"runs": table.to_dicts()})
     if not len(table):

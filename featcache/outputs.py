@@ -78,6 +78,7 @@ class Inputs:
 
     files: frozenset = frozenset()
     dirs: frozenset = frozenset()
+    roots: frozenset = frozenset()  # folders outputs go inside of (a runs directory), but may not be
 
     @classmethod
     def of(cls, paths) -> Inputs:
@@ -89,7 +90,7 @@ class Inputs:
 
     def __add__(self, other) -> Inputs:
         other = Inputs.of(other)
-        return Inputs(self.files | other.files, self.dirs | other.dirs)
+        return Inputs(self.files | other.files, self.dirs | other.dirs, self.roots | other.roots)
 
     def refuse(self, path: Path, whole: bool = False) -> None:
         """OutputError when `path` is an input, inside one, or (`whole`: replaced as a whole) holds one."""
@@ -102,6 +103,10 @@ class Inputs:
             if target == d or target.is_relative_to(d) or (whole and d.is_relative_to(target)):
                 what = "is" if target == d else f"is inside {d}," if target.is_relative_to(d) else f"holds {d},"
                 raise OutputError(f"{_short(path)}: {what} an input of this command ({d}); write the output elsewhere")
+        for d in sorted(self.roots):
+            if target == d or (whole and d.is_relative_to(target)):
+                raise OutputError(f"{_short(path)}: {'is' if target == d else f'holds {d},'} an input of this command "
+                                  f"({d}); write the output elsewhere")
 
 
 def _real(path: Path) -> Path:
@@ -129,11 +134,14 @@ def inputs_of(dataset=None, caches=(), runs=None, run_dirs=(), files=()) -> Inpu
     for run in run_dirs:
         dirs.append(Path(run))
         paths += [p / "results.parquet" for p in Path(run).resolve().parents]
+    roots = []
     if runs is not None and _is_dir(Path(runs)):
+        roots.append(Path(runs))
         paths.append(Path(runs) / "results.parquet")
         dirs += {m.parent for name in ("metrics.json", "head.json", "config.json") for m in Path(runs).rglob(name)}
     found = [p for p in paths if _exists(p)]
-    return Inputs.of(found) + Inputs(frozenset(), frozenset(_real(d) for d in dirs if _exists(d)))
+    return Inputs.of(found) + Inputs(frozenset(), frozenset(_real(d) for d in dirs if _exists(d)),
+                                     frozenset(_real(r) for r in roots))
 
 
 def _exists(path: Path) -> bool:

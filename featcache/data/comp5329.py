@@ -69,16 +69,17 @@ def _csv(text: str, limit: int | None = None) -> tuple[list[str], str, int]:
             i = k + 1
 
 
-def _chomp(line: str) -> str:
-    return line[:-1] if line.endswith("\r") else line
-
-
 class _Reader:
-    """Records of one CSV file's lines: `n` fields each, the last one the caption."""
+    """Records of one CSV file's lines: `n` fields each, the last one the caption. `crlf`: lines
+    end in CR LF (as the header's does); otherwise a CR before a line's end is data (Python's csv
+    module writes a field ending in CR unquoted)."""
 
-    def __init__(self, lines: list[str], n: int):
-        self.lines, self.n = lines, n
+    def __init__(self, lines: list[str], n: int, crlf: bool):
+        self.lines, self.n, self.crlf = lines, n, crlf
         self.quotes = [line.count('"') for line in lines]
+
+    def _chomp(self, line: str) -> str:
+        return line[:-1] if self.crlf and line.endswith("\r") else line
 
     def span(self, i: int) -> tuple[int, list[str] | None, str, bool]:
         """(last line, fields or None, why not, standard CSV) of the record starting on line i."""
@@ -89,7 +90,7 @@ class _Reader:
             j += 1
             count += self.quotes[j]
         if count % 2 == 0:
-            fields, status, _ = _csv(_chomp("\n".join(lines[i:j + 1])))
+            fields, status, _ = _csv(self._chomp("\n".join(lines[i:j + 1])))
             if status == "ok":
                 return j, fields, "" if len(fields) == n else f"expected {n} fields, found {len(fields)}", True
         # Not standard CSV: the Kaggle style, a quoted caption with unescaped quotes inside,
@@ -98,12 +99,12 @@ class _Reader:
         rest = lines[i][at:]
         if status != "prefix" or not rest.startswith('"'):
             return i, None, "not CSV (a quote inside an unquoted field, or text after a closing quote)", False
-        first = _chomp(rest)
+        first = self._chomp(rest)
         if len(first) >= 2 and first.endswith('"'):
             return i, prefix + [first[1:-1]], "", False
         for j in range(i + 1, len(lines)):
-            if _chomp(lines[j]).endswith('"'):
-                return j, prefix + [_chomp("\n".join([rest, *lines[i + 1:j + 1]]))[1:-1]], "", False
+            if self._chomp(lines[j]).endswith('"'):
+                return j, prefix + [self._chomp("\n".join([rest, *lines[i + 1:j + 1]]))[1:-1]], "", False
         return len(lines) - 1, None, "the caption's opening quote is never closed", False
 
     def whole(self, i: int, valid) -> bool:
@@ -183,7 +184,8 @@ def read_records(path: Path, label_space: LabelSpace | None, lenient: bool = Fal
     is_train = label_space is not None
     header = ("ImageID", "Labels", "Caption") if is_train else ("ImageID", "Caption")
     lines = _read_lines(path)
-    found = _csv(_chomp(lines[0]))[0] if lines else []
+    crlf = bool(lines) and lines[0].endswith("\r")
+    found = _csv(lines[0].removesuffix("\r"))[0] if lines else []
     if [f.strip() for f in found] != list(header):
         raise DataError(f"{path}:1: expected header {','.join(header)!r}, found {lines[0][:80] if lines else ''!r}")
 
@@ -198,7 +200,7 @@ def read_records(path: Path, label_space: LabelSpace | None, lenient: bool = Fal
     records: list[Record] = []
     skipped: list[Skip] = []
     seen: dict[str, int] = {}
-    for first, last, fields, why in _Reader(lines[1:], len(header)).records(valid):
+    for first, last, fields, why in _Reader(lines[1:], len(header), crlf).records(valid):
         line_no = first + 2
         where = f"{path}:{line_no}"
         try:

@@ -36,7 +36,7 @@ import polars as pl
 
 from featcache import tracking
 from featcache.data import LabelSpace, load_dataset
-from featcache.outputs import check_out_dir, replacing, write_study, write_text
+from featcache.outputs import check_out_dir, inputs_of, replacing, write_study, write_text
 from featcache.tables import render
 from featcache.stage2.experiment import Split, fit_eval, load_features, results_row, save_run
 from heads.fusion import FUSIONS
@@ -81,7 +81,7 @@ def ablate(data: str | Path, cache: str | Path, encoders: list[str] | None = Non
     """The ablate command: the plan over the named caches (None: every *.h5 in `cache`) on the
     dataset's split; runs under `out` (default runs/ablate-<time>), their rows appended to
     runs/results.parquet. Returns (summary, raw rows, out)."""
-    out = check_out_dir(out, inputs=[data, cache, runs]) if out else None  # before any fit: not onto an input or a file
+    out = check_out_dir(out, inputs_of(caches=[cache], runs=runs) + [data]) if out else None  # before any fit
     dataset = load_dataset(data)
     names = encoders if encoders is not None else sorted(p.stem for p in Path(cache).glob("*.h5"))
     if not names:
