@@ -381,6 +381,8 @@ def mutated_artifacts(data, clean, tmp, rng):
             ok = name in str(e)
         same += ok
         bad += not ok
+        if not ok:
+            print(f"NOT NAMED OR CHANGED: {name} {how}: {r.output.strip()[:300]}", file=sys.stderr)
     return f"{named} named in one line, {same} same result", bad
 
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -45,9 +46,18 @@ class Scores(_Schema):
     map: float = Score
 
 
+class TuningInfo(_Schema):
+    """How a run's thresholds were tuned (metrics.json's "thresholds")."""
+
+    metric: Literal["samples", "micro", "macro"] = "samples"
+    mode: str = "per-label"
+    chosen: str | None = None
+
+
 class Metrics(_Schema):
     """metrics.json of any run: the scores at 0.5, with the fallback, and with tuned thresholds."""
 
+    thresholds: TuningInfo | None = None
     at_0_5: Scores = Field(alias="at_0.5")
     at_0_5_fallback: Scores = Field(alias="at_0.5_fallback")
     tuned: Scores

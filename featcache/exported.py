@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from .data import Dataset, Record, load_dataset, load_image
-from .artifacts import ExportMeta, validate
+from .artifacts import ExportMeta
+from .artifacts import validate as check_artifact
 from .outputs import check_target, inputs_of, write_submission
 
 EXPORT_FILE = "export.json"
@@ -48,7 +49,7 @@ def read_meta(model_dir: str | Path) -> dict:
                if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise ValueError(f"{path}: not an export description (no {', '.join(missing)}); export the run again")
-    validate(path, ExportMeta, meta)  # types, the label count of every list (ArtifactError names the file)
+    check_artifact(path, ExportMeta, meta)  # types, the label count of every list (ArtifactError names the file)
     return meta
 
 

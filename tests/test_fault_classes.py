@@ -264,6 +264,10 @@ def test_a_mutated_run_file_is_a_one_line_error_naming_it_or_the_same_result(wor
     data, cache, runs, run = world
     copy = Path(shutil.copytree(run, tmp_path_factory.mktemp("mut") / run.name))
     mutate(copy / name, how)
+    shown_cli = CliRunner().invoke(app, ["runs", "show", str(copy), "--runs", str(runs)])
+    assert shown_cli.exit_code in (0, 2) and "Traceback" not in shown_cli.output, (shown_cli.output, shown_cli.exception)
+    if shown_cli.exit_code == 2:
+        assert name in shown_cli.output and len(shown_cli.output.strip().splitlines()) == 1
     try:
         shown = describe(copy, runs)
         head, thresholds, config = load_run(copy)
