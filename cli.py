@@ -135,7 +135,7 @@ def data_check(
 
     try:
         summary = check(data, lenient, plot)
-    except DataError as e:
+    except (DataError, ValueError) as e:  # ValueError: an OutputError (--plot onto the data)
         fail(str(e))
     if as_json:
         typer.echo(json.dumps(summary))

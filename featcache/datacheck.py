@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from .data import Dataset, DataError, load_dataset
 from .data.images import regular_file
-from .outputs import replacing
+from .outputs import inputs_of, replacing
 
 
 def summarize(ds: Dataset, scan_images: bool = True) -> dict:
@@ -93,7 +93,10 @@ def plot_label_distribution(summary: dict, path: str | Path) -> Path:
 
 def check(data: str | Path, lenient: bool = False, plot: str | Path | None = None) -> dict:
     """`data check`: the summary of the dataset at `data`, with its label chart written to `plot`."""
-    summary = summarize(load_dataset(data, lenient=lenient))
+    dataset = load_dataset(data, lenient=lenient)
+    if plot:
+        inputs_of(dataset=dataset).refuse(Path(plot))  # before any work: never over or into the data
+    summary = summarize(dataset)
     if plot:
         summary["plot"] = str(plot_label_distribution(summary, plot))
     return summary

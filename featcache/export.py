@@ -403,8 +403,8 @@ def _foreign(out: Path, force: bool) -> list[str]:
     foreign = sorted(present - listed)
     if foreign and not force:
         raise OutputError(f"{out}: holds files featcache did not write ({', '.join(foreign[:5])}"
-                          f"{' ...' if len(foreign) > 5 else ''}); give a new or empty directory, or --force to replace "
-                          f"only the files of the previous export{'' if listed - {EXPORT_FILE} else ' (it lists none)'}")
+                          f"{' ...' if len(foreign) > 5 else ''}); give a new or empty directory, or --force to keep "
+                          "them beside the export (only the files a previous export's export.json lists are replaced)")
     return foreign
 
 

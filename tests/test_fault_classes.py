@@ -397,3 +397,12 @@ def test_openvino_telemetry_is_declined():
 
     telemetry_off()
     assert OptInChecker().check(enable_opt_in_dialog=False) == ConsentCheckResult.DECLINED
+
+
+def test_data_check_never_plots_over_its_data(small, tmp_path):
+    root = copy(small, tmp_path)
+    before = snapshot(root)
+    for out in [root / "train.csv", root / "data" / "3.jpg", root / "l.png"]:
+        result = CliRunner().invoke(app, ["data", "check", "--data", str(root), "--plot", str(out)])
+        assert result.exit_code == 2 and "an input of this command" in result.output, result.output
+    assert snapshot(root) == before
