@@ -122,14 +122,15 @@ def _is_dir(path: Path) -> bool:
 
 def inputs_of(dataset=None, caches=(), runs=None, run_dirs=(), files=()) -> Inputs:
     """Everything a command reads, collected once: the dataset (a COMP5329 folder whole; a table's
-    files and its image folder), cache directories or .h5 files, the runs under `runs` and its
+    files and its photos), cache directories or .h5 files, the runs under `runs` and its
     results.parquet, the runs read (and the results.parquet of the runs directory each is in)."""
     paths, dirs = [Path(f) for f in files], []
     if dataset is not None:
         paths += [Path(f) for f in dataset.files]
-        dirs += [Path(dataset.root)] if dataset.source is None else []
-        folder = getattr(dataset.images, "root", None)
-        dirs += [Path(folder)] if folder is not None else []
+        if dataset.source is None:  # a COMP5329 folder: all of it
+            dirs.append(Path(dataset.root))
+        else:  # a table: its photos one by one (they may share a folder with anything, the project's too)
+            paths += _photos(dataset)
     paths += [Path(c) for c in caches if c is not None]
     for run in run_dirs:
         dirs.append(Path(run))
@@ -142,6 +143,16 @@ def inputs_of(dataset=None, caches=(), runs=None, run_dirs=(), files=()) -> Inpu
     found = [p for p in paths if _exists(p)]
     return Inputs.of(found) + Inputs(frozenset(), frozenset(_real(d) for d in dirs if _exists(d)),
                                      frozenset(_real(r) for r in roots))
+
+
+def _photos(dataset) -> list[Path]:
+    found = []
+    for rec in dataset.train + dataset.test:
+        try:
+            found.append(Path(dataset.images.path(rec)))
+        except Exception:  # noqa: BLE001 - photos inside the table (no path), or a path the reader refuses
+            continue
+    return found
 
 
 def _exists(path: Path) -> bool:

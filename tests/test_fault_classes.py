@@ -406,3 +406,15 @@ def test_data_check_never_plots_over_its_data(small, tmp_path):
         result = CliRunner().invoke(app, ["data", "check", "--data", str(root), "--plot", str(out)])
         assert result.exit_code == 2 and "an input of this command" in result.output, result.output
     assert snapshot(root) == before
+
+
+def test_a_tables_files_and_photos_are_inputs_its_folder_is_not(tmp_path):
+    from featcache.outputs import OutputError, check_target, inputs_of
+    from featcache.synth import make_table
+
+    ds = load_dataset(make_table(tmp_path / "tab", "csv", 16, 4, seed=0, image_size=16))
+    inputs = inputs_of(dataset=ds)
+    for out in [ds.source, ds.images.path(ds.train[0]), ds.images.path(ds.test[-1])]:
+        with pytest.raises(OutputError, match="is an input of this command"):
+            check_target(out, inputs)
+    assert check_target(ds.root / "submission.csv", inputs)  # beside the table: the user's folder
