@@ -29,14 +29,27 @@ class ArtifactError(ValueError):
 
 
 class _Schema(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=False)
+    model_config = ConfigDict(extra="allow", strict=True)  # JSON types as written: no "1" for 1, no true for 1.0
 
 
 Score = Field(ge=0.0, le=1.0, allow_inf_nan=False)
 
 
-class AnyObject(_Schema):
-    """A JSON object whose keys its own reader checks."""
+class Provenance(_Schema):
+    """What every run's config.json records of what produced it (featcache.outputs.provenance)."""
+
+    command: str | None = None
+    git: str | None = None
+    python: str | None = None
+    versions: dict[str, str] | None = None
+
+
+class E2EConfig(Provenance):
+    """An end-to-end run's config.json (featcache.e2e.rundir reads the rest)."""
+
+    kind: Literal["e2e"]
+    encoders: list[str] | None = None
+    config: dict | None = None
 
 
 class Scores(_Schema):
@@ -64,10 +77,11 @@ class Metrics(_Schema):
     tuned_out_of_fold: float | None = Field(default=None, allow_inf_nan=False)
 
 
-class RunConfig(_Schema):
+class RunConfig(Provenance):
     """A stage-2 run's config.json (fit-head, ablate)."""
 
     encoders: list[str] = Field(min_length=1)
+    encoder_names: list[str] | None = None
     fingerprints: dict[str, str]
     caches: dict[str, str] | None = None
     label_ids: list[int | str] = Field(min_length=1)
@@ -88,6 +102,20 @@ class RunConfig(_Schema):
 class ThresholdsFile(_Schema):
     values: list[float] = Field(min_length=1)
     fallback: bool = True
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _numbers(cls, v):
+        if isinstance(v, list) and any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v):
+            raise ValueError("thresholds must be numbers")
+        return v
+
+    @field_validator("fallback", mode="before")
+    @classmethod
+    def _bool(cls, v):
+        if not isinstance(v, bool):
+            raise ValueError("fallback must be true or false")
+        return v
 
     @field_validator("values")
     @classmethod

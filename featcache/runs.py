@@ -26,7 +26,7 @@ from heads.train import Head
 from .data import load_dataset
 from .e2e import predict as e2e_predict
 from .e2e import rundir as e2e_rundir
-from .artifacts import AnyObject, ArtifactError, Metrics, RunConfig, ThresholdsFile, check_head, read_json
+from .artifacts import ArtifactError, E2EConfig, Metrics, RunConfig, ThresholdsFile, check_head, read_json
 from .outputs import check_target, inputs_of
 from .stage2.experiment import RunError
 from .stage2.experiment import predict_run as predict_stage2
@@ -77,7 +77,7 @@ def finished(run_dir: str | Path) -> tuple[dict, dict]:
                        "fit or train it again")
     try:  # every file checked against its schema (featcache.artifacts), the head weights by hash
         stage2 = kind_of(run_dir) == STAGE2
-        config = read_json(run_dir / "config.json", RunConfig if stage2 else AnyObject)
+        config = read_json(run_dir / "config.json", RunConfig if stage2 else E2EConfig)
         metrics = read_json(run_dir / "metrics.json", Metrics)
         if stage2:
             read_json(run_dir / "thresholds.json", ThresholdsFile, labels=len(config["label_ids"]))
