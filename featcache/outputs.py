@@ -101,7 +101,9 @@ class Inputs:
                 raise OutputError(f"{_short(path)}: {what} of this command ({f}); write the output elsewhere")
         for d in sorted(self.dirs):
             if target == d or target.is_relative_to(d) or (whole and d.is_relative_to(target)):
-                what = "is" if target == d else f"is inside {d}," if target.is_relative_to(d) else f"holds {d},"
+                # an existing file in an input folder is an input itself
+                what = "is" if target == d or (target.is_relative_to(d) and target.exists()) else \
+                    f"is inside {d}," if target.is_relative_to(d) else f"holds {d},"
                 raise OutputError(f"{_short(path)}: {what} an input of this command ({d}); write the output elsewhere")
         for d in sorted(self.roots):
             if target == d or (whole and d.is_relative_to(target)):
