@@ -185,7 +185,7 @@ def data_check(
 
     try:
         summary = check(data, lenient, plot)
-    except DataError as e:
+    except (DataError, ValueError) as e:  # ValueError: an OutputError (--plot onto the data)
         fail(str(e))
     if as_json:
         typer.echo(json.dumps(summary))
@@ -740,6 +740,7 @@ def export_cmd(
     data: Path = data_option(required=False, help="Dataset root: int8 calibrates on train rows of the run's split; the export is scored on its validation rows."),
     calibration_rows: int = typer.Option(300, min=1, max=100000, help="int8: train rows to calibrate on."),
     runs: Path = runs_option(),
+    force: bool = typer.Option(False, "--force", help="Over a previous export that holds other files too: replace only the files it lists, keep the rest."),
     as_json: bool = json_option(),
 ):
     """One model for a small device: photo + caption in, probabilities out; thresholds and preprocessing beside it."""
@@ -750,7 +751,7 @@ def export_cmd(
 
     try:
         path, meta = export(run, out, format, precision, budget_mb, data, runs=runs, calibration_rows=calibration_rows,
-                            say=lambda m: typer.echo(m, err=True))
+                            force=force, say=lambda m: typer.echo(m, err=True))
     except (DataError, RunError, StoreError, WeightsNotFound, ValueError) as e:
         fail(str(e))
     if as_json:
@@ -811,8 +812,12 @@ def runs_cmd(
     if ctx.invoked_subcommand is not None:
         return
     from featcache.runs import run_table
+    from featcache.stage2.experiment import RunError
 
-    table = run_table(runs, say=lambda m: typer.echo(m, err=True))
+    try:
+        table = run_table(runs, say=lambda m: typer.echo(m, err=True))
+    except (RunError, ValueError, OSError) as e:  # a damaged results table or run file: named, one line
+        fail(str(e))
     if as_json:
         return emit({"runs": table.to_dicts()})
     if not len(table):

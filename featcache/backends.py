@@ -356,12 +356,23 @@ def _core():
     return ov.Core()
 
 
+def telemetry_off() -> None:
+    """Decline OpenVINO's usage telemetry (the converter's, NNCF's) in this process: it sends from
+    child processes, and a Ctrl-C during a conversion printed their tracebacks."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:
+        return
+    OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED
+
+
 def _convert(encoder, path: Path) -> None:
     """Convert once; written beside and renamed, so a concurrent or killed run never reads half a model."""
     import openvino as ov
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    telemetry_off()
     module, example = _traceable(encoder)
     with torch.no_grad(), _quiet_tracer():
         model = ov.convert_model(module, example_input=example)

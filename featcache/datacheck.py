@@ -10,9 +10,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .data import Dataset, load_dataset
-from .data.images import Folder
-from .outputs import replacing
+from .data import Dataset, DataError, load_dataset
+from .data.images import Folder, regular_file
+from .outputs import inputs_of, replacing
 
 
 def summarize(ds: Dataset, scan_images: bool = True) -> dict:
@@ -46,12 +46,15 @@ def _scan_images(ds: Dataset) -> dict:
     sizes, modes, missing, unreadable = [], Counter(), [], []
     for rec in tqdm(ds.train + ds.test, desc="scanning images", unit="img", leave=False):
         try:
-            # files: the header alone; photos inside a HF dataset: decoded
-            with Image.open(ds.image_path(rec)) if isinstance(ds.images, Folder) else ds.open_image(rec) as im:
+            # files: the header alone (a regular file: a FIFO would block Image.open); photos inside a HF dataset: decoded
+            with Image.open(regular_file(ds.image_path(rec))) if isinstance(ds.images, Folder) else ds.open_image(rec) as im:
                 sizes.append(im.size)
                 modes[im.mode] += 1
-        except FileNotFoundError:
-            missing.append(rec.image_id)
+        except DataError as e:
+            if "file not found" in str(e):
+                missing.append(rec.image_id)
+            else:
+                unreadable.append(f"{rec.image_id}: {e}")
         except Exception as e:  # noqa: BLE001 - any decoder failure is reported per file
             unreadable.append(f"{rec.image_id}: {e}")
     wh = np.array(sizes or [(0, 0)])
@@ -94,7 +97,10 @@ def plot_label_distribution(summary: dict, path: str | Path) -> Path:
 
 def check(data, lenient: bool = False, plot: str | Path | None = None) -> dict:
     """`data check`: the summary of the dataset at `data`, with its label chart written to `plot`."""
-    summary = summarize(load_dataset(data, lenient=lenient))
+    dataset = load_dataset(data, lenient=lenient)
+    if plot:
+        inputs_of(dataset=dataset).refuse(Path(plot))  # before any work: never over or into the data
+    summary = summarize(dataset)
     if plot:
         summary["plot"] = str(plot_label_distribution(summary, plot))
     return summary

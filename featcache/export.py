@@ -35,7 +35,7 @@ from . import __version__
 from .data import Dataset, load_dataset
 from .exported import EXAMPLE_CAPTION, EXPORT_FILE, ExportedModel, Preprocessor, model_mb
 from .exported import validate as validate_export
-from .outputs import OutputError, check_out_dir, write_text
+from .outputs import OutputError, check_out_dir, inputs_of, os_errors, sweep_stale, write_text
 from .runs import E2E, cached_encoders, find_run, finished, kind_of, load_model
 from .data.split import split_rows
 from .stage2.experiment import RunError
@@ -168,12 +168,14 @@ def load_source(run: str | Path) -> Source:
 
 def export(run: str | Path, out: str | Path, format: str = "openvino", precision: str = "auto",
            budget_mb: float | None = None, data: str | Path | None = None, *, runs: str | Path = "runs",
-           calibration_rows: int = 300, validate: bool = True, say=None) -> tuple[Path, dict]:
+           calibration_rows: int = 300, validate: bool = True, force: bool = False, say=None) -> tuple[Path, dict]:
     """Write the run's model (a directory, or a run id under `runs`: featcache.runs.find_run) to the
     directory `out` (created, or a previous export replaced): (out, the export.json written).
     ValueError (OutputError, RunError) naming the file or option when the run, the options, the data
     or `out` do not do; under a budget that nothing fits, the sizes of every precision tried. int8
-    needs `data` (calibration); so do the validation figures."""
+    needs `data` (calibration); so do the validation figures. `out` replaces a previous export
+    only when it holds nothing else (export.json lists the files it wrote); with `force` the
+    files it lists are replaced and everything else in `out` is kept."""
     cfg = ExportConfig(format, precision, budget_mb, calibration_rows, validate=validate)
     say = say or (lambda m: print(m, file=sys.stderr))  # progress: the slow steps, a precision over the budget
     if cfg.precision == "int8" and data is None:
@@ -181,11 +183,10 @@ def export(run: str | Path, out: str | Path, format: str = "openvino", precision
     run, out = find_run(run, runs), Path(out)
     kind_of(run)  # not a run: one line, before anything is built
     dataset = load_dataset(data) if data is not None else None
-    # Before any work: never into the run, its caches or the dataset, onto a file, or where it cannot write.
-    check_out_dir(out, [*_inputs(run), *([dataset.root] if dataset else [])])
-    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_FILE).is_file():
-        raise OutputError(f"{out}: holds other files (no {EXPORT_FILE}); give a new or empty directory, or a "
-                          "previous export to replace")
+    # Before any work: never into (or over a folder holding) the run, its caches or the dataset,
+    # onto a file, where it cannot write, or over files featcache did not write.
+    check_out_dir(out, inputs_of(dataset=dataset, caches=_inputs(run)[1:], run_dirs=[run]), whole=True)
+    keep = _foreign(out, force)
     source = load_source(run)
     if dataset is not None:
         _check_dataset(source, dataset)
@@ -198,7 +199,9 @@ def export(run: str | Path, out: str | Path, format: str = "openvino", precision
             meta["validation"] = validate_export(model, dataset)[0]
             del model
             write_text(stage / EXPORT_FILE, json.dumps(meta, indent=1))
-        _put_in_place(stage, out)
+        meta["files"] = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())
+        write_text(stage / EXPORT_FILE, json.dumps(meta, indent=1))  # the manifest: what --force may replace
+        _put_in_place(stage, out, keep)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out, meta
@@ -306,6 +309,9 @@ def _quiet():
 def _to_openvino(module: Composed, specs: list[dict]):
     import openvino as ov
 
+    from .backends import telemetry_off
+
+    telemetry_off()
     types = {"float32": ov.Type.f32, "int64": ov.Type.i64}
     with _quiet():
         model = ov.convert_model(module, example_input=module.example(),
@@ -384,20 +390,41 @@ def _check_dataset(source: Source, dataset: Dataset) -> None:
                          f"{dataset.fingerprint()}, the run's {want}): its train and validation rows would be other rows")
 
 
-def _stage_dir(out: Path) -> Path:
-    stage = out.parent / f".{out.name}.{os.getpid()}.tmp"
+def _foreign(out: Path, force: bool) -> list[str]:
+    """What in `out` featcache did not write (export.json's manifest does not list it): refused, or
+    with `force` kept beside the new export. Checked before any work."""
+    if not out.is_dir():
+        return []
+    present = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() or p.is_symlink()}
     try:
+        listed = set(json.loads((out / EXPORT_FILE).read_text()).get("files") or []) | {EXPORT_FILE}
+    except (OSError, ValueError, AttributeError, TypeError):
+        listed = set()
+    foreign = sorted(present - listed)
+    if foreign and not force:
+        raise OutputError(f"{out}: holds files featcache did not write ({', '.join(foreign[:5])}"
+                          f"{' ...' if len(foreign) > 5 else ''}); give a new or empty directory, or --force to keep "
+                          "them beside the export (only the files a previous export's export.json lists are replaced)")
+    return foreign
+
+
+def _stage_dir(out: Path) -> Path:
+    sweep_stale(out)  # what a killed export left beside it
+    stage = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    with os_errors(out, "nothing was written"):
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(parents=True)
-    except OSError as e:
-        raise OutputError(f"{out}: cannot write beside it ({e.strerror or e}); nothing was written") from None
     return stage
 
 
-def _put_in_place(stage: Path, out: Path) -> None:
-    """The complete export replaces `out` (an empty directory, or a previous export) by renames."""
+def _put_in_place(stage: Path, out: Path, keep: list[str] = ()) -> None:
+    """The complete export replaces `out` (an empty directory, or a previous export) by renames;
+    the files in `keep` (not the export's: --force) move into the new one."""
     old = out.with_name(f".{out.name}.{os.getpid()}.old")
     try:
+        for rel in keep:
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(out / rel, stage / rel)
         if out.exists():
             os.replace(out, old)
         os.replace(stage, out)

@@ -23,7 +23,9 @@ import numpy as np
 from PIL import Image
 
 from .data import Dataset, Record, load_dataset, load_image
-from .outputs import check_target, write_predictions
+from .artifacts import ExportMeta
+from .artifacts import validate as check_artifact
+from .outputs import check_target, inputs_of, write_predictions
 
 EXPORT_FILE = "export.json"
 MB = 1e6  # decimal megabytes, as featcache.benchmark counts sizes (a "100 MB" budget)
@@ -47,6 +49,7 @@ def read_meta(model_dir: str | Path) -> dict:
                if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise ValueError(f"{path}: not an export description (no {', '.join(missing)}); export the run again")
+    check_artifact(path, ExportMeta, meta)  # types, the label count of every list (ArtifactError names the file)
     return meta
 
 
@@ -218,10 +221,9 @@ def predict_submission(model_dir: str | Path, data, out: str | Path, batch_size:
     `featcache.runs.predict`); with `proba`, a probability column per label."""
     model = ExportedModel.load(model_dir)
     dataset = load_dataset(data)
-    inputs = list(dataset.files) + list(Path(model_dir).rglob("*"))
-    check_target(out, inputs)  # before any work
+    check_target(out, inputs_of(dataset=dataset, files=[model_dir]) + [model_dir])  # before any work
     probs = rows(model, dataset, dataset.test, batch_size)
-    return write_predictions(out, dataset.predictions(model.apply(probs, fallback=True), probs if proba else None), inputs)
+    return write_predictions(out, dataset.predictions(model.apply(probs, fallback=True), probs if proba else None))
 
 
 def validation_records(meta: dict, dataset: Dataset) -> list[Record]:

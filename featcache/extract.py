@@ -40,6 +40,8 @@ from stores.features import (FeatureWriter, StoreError, cache_path, merge_shards
 from . import __version__
 from .backends import Compute, candidates, choose, failed_before, model_key, resolve_device
 from .data import Dataset, DataError
+from .data.images import DECODE_VERSION
+from .outputs import check_out_dir, inputs_of
 from .planner import home
 from .registry import EncoderCfg, cache_name
 from .resolve import resolve
@@ -79,6 +81,7 @@ def fingerprint_spec(cfg: EncoderCfg, source: WeightsSource, dataset: Dataset, v
         "views": {"k": views, "augment": VIEW_AUGMENT, "seed": 0} if views else None,
         "dtype": dtype,
         "featcache_version": __version__,
+        **({} if cfg.is_text else {"decode": DECODE_VERSION}),  # how a photo file becomes pixels
     }
     return with_compute(spec, compute)
 
@@ -135,6 +138,7 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
 
     if not 0 <= shard < num_shards:
         raise ValueError(f"--shard {shard} is not in 0..{num_shards - 1} (--num-shards {num_shards})")
+    check_out_dir(cache_dir, inputs_of(dataset=dataset))  # before any work: a directory, not in the data
     device = resolve_device(device)
     compute, chosen = choose(backend, precision, device), backend == precision == "auto"
     cfg, source = resolve(encoder_name, weights, pretrained, image_size)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .outputs import check_out_dir, replacing, write_text
+from .outputs import check_out_dir, inputs_of, replacing, write_text
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ def build(results: Path, runs: Path, bench: Path | None, out: Path, cfg: ReportC
     from .runs import e2e_results
 
     # Before anything is read or measured: never into the runs it reads, onto a file, or where it cannot write.
-    out = check_out_dir(out, inputs=[results, runs, *([bench] if bench else [])])
+    out = check_out_dir(out, inputs_of(runs=runs, files=[results, *([bench] if bench else [])]))
     parts = ([read_results(results)] if results.exists() else []) + \
         ([e2e_results(runs), export_results(runs)] if runs.exists() else [])
     parts = [p for p in parts if len(p)]

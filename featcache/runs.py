@@ -26,7 +26,8 @@ from heads.train import Head
 from .data import load_dataset
 from .e2e import predict as e2e_predict
 from .e2e import rundir as e2e_rundir
-from .outputs import check_target, write_predictions
+from .artifacts import ArtifactError, E2EConfig, Metrics, RunConfig, ThresholdsFile, check_head, read_json
+from .outputs import check_target, inputs_of, write_predictions
 from .stage2.experiment import RunError
 from .stage2.experiment import predict_run as predict_stage2
 
@@ -74,10 +75,16 @@ def finished(run_dir: str | Path) -> tuple[dict, dict]:
     if not (run_dir / "metrics.json").exists():
         raise RunError(f"{run_dir}: incomplete run (no metrics.json: killed while saving, or still running); "
                        "fit or train it again")
-    try:
-        return json.loads((run_dir / "config.json").read_text()), json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError) as e:
-        raise RunError(f"{run_dir}: unreadable config.json or metrics.json ({type(e).__name__}: {e})") from None
+    try:  # every file checked against its schema (featcache.artifacts), the head weights by hash
+        stage2 = kind_of(run_dir) == STAGE2
+        config = read_json(run_dir / "config.json", RunConfig if stage2 else E2EConfig)
+        metrics = read_json(run_dir / "metrics.json", Metrics)
+        if stage2:
+            read_json(run_dir / "thresholds.json", ThresholdsFile, labels=len(config["label_ids"]))
+            check_head(run_dir, config)
+        return config, metrics
+    except ArtifactError as e:
+        raise RunError(str(e)) from None
 
 
 def cached_encoders(run_dir: str | Path, config: dict) -> tuple[list[nn.Module], list]:
@@ -115,11 +122,13 @@ def find_run(run: str | Path, root: str | Path = "runs") -> Path:
     """A run named by its directory, its id (the path under `root`, as `runs` lists it), or any part
     of the id that only one complete run under `root` has (e.g. a time stamp). RunError otherwise,
     naming the candidates."""
-    if Path(run).is_dir():
-        return Path(run)
     root = Path(root)
-    if (root / run).is_dir():
-        return root / run
+    try:
+        for candidate in (Path(run), root / run):
+            if candidate.is_dir():
+                return candidate
+    except OSError as e:  # a name too long for the file system
+        raise RunError(f"{str(run)[:80]}...: no such run ({e.strerror})") from None
     found = [r for r in list_runs(root) if str(run) in r.relative_to(root).as_posix()] if root.is_dir() else []
     if len(found) == 1:
         return found[0]
@@ -136,7 +145,7 @@ def e2e_results(root: str | Path) -> pl.DataFrame:
     fit-head run appends its own row to results.parquet; an end-to-end run keeps metrics.json)."""
     rows = []
     for run_dir in list_runs(root, E2E):  # complete runs only
-        saved, metrics = e2e_rundir.read_config(run_dir), json.loads((run_dir / "metrics.json").read_text())
+        saved, metrics = e2e_rundir.read_config(run_dir), finished(run_dir)[1]
         c = saved["config"]
         rows.append({"run": run_dir.relative_to(root).as_posix(), "kind": "final", "encoders": saved["encoders"],
                      "head": f"e2e {c['fusion']}/{c['classifier']}", "variant": "default",
@@ -201,8 +210,7 @@ def predict(run_dir: str | Path, data, cache: str | Path, out: str | Path, proba
     kind = kind_of(run_dir)
     finished(run_dir)  # a run killed while saving is never used
     dataset = load_dataset(data)
-    # Never over an input: the dataset's files, the run's, or a cache (checked before any work).
-    inputs = list(dataset.files) + list(Path(run_dir).iterdir())
-    check_target(out, inputs + (list(Path(cache).glob("*.h5")) if Path(cache).is_dir() else []))
+    # Never over or into an input: the dataset, the run, a cache, results.parquet (before any work).
+    check_target(out, inputs_of(dataset=dataset, caches=[cache], run_dirs=[run_dir]))
     probs, preds = e2e_predict.predict_run(run_dir, dataset) if kind == E2E else predict_stage2(run_dir, dataset, cache)
-    return write_predictions(out, dataset.predictions(preds, probs if proba else None), inputs)
+    return write_predictions(out, dataset.predictions(preds, probs if proba else None))

@@ -19,11 +19,12 @@ on the tuning rows, the simpler on ties, then fits it on all of them.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from .artifacts import ThresholdsFile, read_json
 from .metrics import AVERAGES, scores
 from .outputs import write_text
 
@@ -52,11 +53,9 @@ class Thresholds:
 
     @classmethod
     def load(cls, path: str | Path) -> Thresholds:
-        try:
-            d = json.loads(Path(path).read_text())
-            return cls(**{**d, "values": tuple(d["values"])})
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            raise ValueError(f"{path}: not a thresholds file ({e})") from None
+        d = read_json(path, ThresholdsFile)  # ArtifactError (a ValueError) naming the file
+        names = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in d.items() if k in names}, "values": tuple(d["values"])})
 
 
 def apply_thresholds(probs: np.ndarray, thresholds: float | np.ndarray = 0.5, fallback: bool = True) -> np.ndarray:

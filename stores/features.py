@@ -30,6 +30,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from featcache.artifacts import ArtifactError, check_features, check_finite
 from featcache.registry import cache_name
 
 CHUNK_BYTES = 1 << 20  # HDF5's sweet spot is ~1 MB chunks
@@ -108,11 +109,19 @@ def open_features(cache_dir: str | Path, name: str) -> FeatureSet:
             attrs = {k: _plain(v) for k, v in f.attrs.items()}
             if not attrs.get("complete"):
                 raise StoreError(f"{path}: incomplete cache (complete attribute not set)")
-            features = _read_float32(f["features"])
             ids = np.asarray(f["ids"].asstr()[()], dtype=str)
+            spec_dtype = json.loads(attrs.get("fingerprint_spec") or "{}").get("dtype")
+            views_shape = f["views"].shape if "views" in f else None
+            check_features(path, f["features"].dtype, f["features"].shape, len(ids), attrs.get("dim"), spec_dtype,
+                           views_shape, int(attrs.get("n_train", 0)))
+            if views_shape is not None:
+                check_features(path, f["views"].dtype, f["views"].shape[1:], views_shape[1], attrs.get("dim"), spec_dtype)
+            features = _read_float32(f["features"])
             views = _read_float32(f["views"]) if "views" in f else None
             valid = f["valid"][()].astype(bool) if "valid" in f else None
-    except (OSError, KeyError, ValueError) as e:
+    except ArtifactError as e:
+        raise StoreError(str(e)) from None
+    except (OSError, KeyError, ValueError, TypeError) as e:
         raise StoreError(f"{path}: corrupt or truncated feature cache ({e}); rebuild it: extract again with --force") from None
     # A renamed or copied file: the name must be the one extract gives what it holds (`_ft`: fine-tuned)
     finetuned = bool(json.loads(attrs.get("fingerprint_spec") or "{}").get("finetune"))
@@ -127,6 +136,12 @@ def open_features(cache_dir: str | Path, name: str) -> FeatureSet:
         if views is not None:
             views = views[:, valid[:n_train]]
         features, ids = features[valid], ids[valid]
+    try:  # NaN or inf would train and predict without a word
+        check_finite(path, features)
+        if views is not None:
+            check_finite(path, views.reshape(-1, views.shape[-1]), "augmented views")
+    except ArtifactError as e:
+        raise StoreError(str(e)) from None
     return FeatureSet(name, path, attrs, ids, features, views)
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import polars as pl
 from filelock import FileLock
 
+from featcache.artifacts import check_results
+
 
 def append_results(path: str | Path, rows: list[dict]) -> Path:
     """Append rows (dicts of scalars) to the Parquet table at path; columns are unioned."""
@@ -23,8 +25,10 @@ def append_results(path: str | Path, rows: list[dict]) -> Path:
     with FileLock(str(path) + ".lock"):
         if path.exists():
             try:
-                new = pl.concat([pl.read_parquet(path), new], how="diagonal_relaxed")
-            except (OSError, pl.exceptions.PolarsError) as e:
+                old = pl.read_parquet(path)
+                check_results(path, old.schema)
+                new = pl.concat([old, new], how="diagonal_relaxed")
+            except (OSError, pl.exceptions.PolarsError, ValueError) as e:
                 raise RuntimeError(f"{path}: cannot read the results table ({e}); move it aside to start a new one") from None
         tmp = path.with_name(path.name + ".tmp")
         new.write_parquet(tmp)
@@ -37,7 +41,9 @@ def read_results(path: str | Path) -> pl.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no results table yet (fit-head and ablate write it)")
     try:
-        return pl.read_parquet(path)
+        table = pl.read_parquet(path)
     except (OSError, pl.exceptions.PolarsError) as e:  # truncated or not Parquet
         raise ValueError(f"{path}: cannot read the results table ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                          f"move it aside to start a new one") from None
+    check_results(path, table.schema)
+    return table

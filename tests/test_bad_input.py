@@ -41,7 +41,7 @@ CASES = [
     ([*EXTRACT, "--data", "{good}", "--backend", "tensorrt"], "expected one of auto, torch, openvino"),
     ([*EXTRACT, "--data", "{good}", "--precision", "fp16"], "fp16 is for GPUs"),
     ([*EXTRACT, "--data", "{listed}"], "labels.json: expected a non-empty JSON object"),
-    ([*EXTRACT, "--data", "{folder}"], "train.csv: cannot read it"),
+    ([*EXTRACT, "--data", "{folder}"], "train.csv: not a regular file (a directory)"),
     (["extract", "--encoder", "minilm_l6", "--weights", "{base}/wrong.pt", "--data", "{good}", "--cache", "{base}/cache",
       "--backend", "torch"], "wrong.pt does not fit the model"),
     (["fit-head", "--encoders", "nothere", "--data", "{good}", "--cache", "{base}/cache"], "nothere"),

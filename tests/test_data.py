@@ -315,5 +315,5 @@ def test_a_train_csv_that_is_a_directory_is_an_error_naming_it(tmp_path):
     root = make_dataset(tmp_path / "d", 8, 2, seed=0, image_size=16)
     (root / "train.csv").unlink()
     (root / "train.csv").mkdir()
-    with pytest.raises(DataError, match=r"train.csv: cannot read it"):
+    with pytest.raises(DataError, match=r"train.csv: not a regular file"):
         load_dataset(root)

@@ -289,7 +289,7 @@ def test_bad_runs_options_and_outputs_are_refused_by_name(world, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("keep")
-    with pytest.raises(OutputError, match="holds other files"):
+    with pytest.raises(OutputError, match="holds files featcache did not write"):
         ex.export(world.image, other, say=quiet)
     assert (other / "notes.txt").read_text() == "keep"
     with pytest.raises(ValueError, match=r"--format onnx --precision int8 is not supported \(--format openvino: fp32, "
@@ -333,3 +333,25 @@ def test_benchmark_measures_an_export_and_report_chooses_it_under_the_budget(wor
     assert sorted(variants) == ["onnx fp32", "openvino fp16", "openvino fp32", "openvino int8"]
     assert best["model"].endswith("/ late/mlp/bce / openvino int8")
     assert best["size_mb"] == pytest.approx(model_mb(int8)) and best["f1"] == pytest.approx(meta["validation"]["tuned_out_of_fold"])
+
+
+def test_an_export_never_replaces_what_it_did_not_write(world, exports, tmp_path):
+    """export --out onto a previous export that also holds the user's files: refused; --force
+    replaces only the files the manifest (export.json's "files") lists. Never into or over an input.
+    A killed export's hidden folder beside `out` is removed by the next export."""
+    out = Path(shutil.copytree(exports["onnx", "fp32"], tmp_path / "exp"))
+    assert set(read_meta(out)["files"]) == {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    (out / "NOTES.md").write_text("mine")
+    (out / "scripts").mkdir()
+    (out / "scripts" / "run.sh").write_text("echo mine")
+    with pytest.raises(OutputError, match=r"holds files featcache did not write \(NOTES.md, scripts/run.sh\)"):
+        ex.export(world.pair, out, "onnx", "fp32", say=quiet)
+    stale = tmp_path / f".exp.{2**22 + 7}.tmp"  # a dead process's
+    stale.mkdir()
+    ex.export(world.pair, out, "onnx", "fp32", force=True, validate=False, say=quiet)
+    assert (out / "NOTES.md").read_text() == "mine" and (out / "scripts" / "run.sh").read_text() == "echo mine"
+    assert (out / "model.onnx").is_file() and not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
+    for bad in [world.runs, world.pair, world.pair / "sub", world.cache, world.data]:
+        with pytest.raises(OutputError, match="an input of this command"):
+            ex.export(world.pair, bad, "onnx", "fp32", data=world.data, say=quiet)

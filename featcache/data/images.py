@@ -4,8 +4,12 @@
     Column(hf_dataset, "image")    photos are bytes in a Hugging Face dataset's Image column
     load_image(path)               any photo file as an RGB PIL image
 
-Only regular files are opened as photos: a FIFO, socket or device named like a photo would block a
-read forever or read a stream, so it is refused by name before it is opened.
+Only regular files are opened as data (photos, CSV files): a FIFO, socket or device named like one
+would block a read forever or read a stream, so it is refused by name before it is opened.
+
+A photo decodes as a photo viewer shows it: EXIF orientation applied, 16-bit, 32-bit and float
+pixels scaled to 0-255 by their range. DECODE_VERSION names that behaviour; it is part of every
+image cache's fingerprint, so a cache decoded another way is refused, never mixed.
 """
 
 from __future__ import annotations
@@ -17,24 +21,40 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .records import DataError, Record
 
+DECODE_VERSION = 2  # 2: EXIF orientation, 16/32-bit and float scaled by their range (1: neither)
+_WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits a channel
 
-def regular_file(path: Path) -> Path:
-    """`path` when it is a regular file (after symlinks); DataError naming it otherwise."""
+def regular_file(path: Path, what: str = "image") -> Path:
+    """`path` when it is a regular file (after symlinks); DataError naming it otherwise. Every open
+    of a data file goes through here first: stat does not block, an open of a FIFO does."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
+        raise DataError(f"{path}: {what} file not found") from None
     except OSError as e:
-        raise DataError(f"{path}: cannot read image ({e.strerror or e})") from None
+        raise DataError(f"{path}: cannot read {what} ({e.strerror or e})") from None
     if not stat.S_ISREG(mode):
         kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" \
             if stat.S_ISSOCK(mode) else "a device" if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else "not a file"
-        raise DataError(f"{path}: not a regular file ({kind}); a photo must be a file")
+        raise DataError(f"{path}: not a regular file ({kind}); {'a photo' if what == 'image' else 'it'} must be a file")
     return path
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float image scaled to 0-255 by its finite range (a viewer's view):
+    clipping would turn a float image in 0..1 black and a 16-bit one white."""
+    arr = np.asarray(im, dtype=np.float64)
+    finite = np.isfinite(arr)
+    lo, hi = (float(arr[finite].min()), float(arr[finite].max())) if finite.any() else (0.0, 0.0)
+    if hi > lo:
+        arr = (arr - lo) * (255.0 / (hi - lo))
+    else:  # one value: black if nothing, white otherwise
+        arr = np.full(arr.shape, 255.0 if hi > 0 else 0.0)
+    return Image.fromarray(np.where(finite, arr, 0.0).round().astype(np.uint8), mode="L")
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -58,11 +78,9 @@ def decode(data, name: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(data) as im:
                 im.load()
-                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    # 16/32-bit grayscale: scale to 8 bits instead of clipping to white.
-                    arr = np.asarray(im, dtype=np.float32)
-                    hi = float(arr.max()) or 1.0
-                    im = Image.fromarray((arr * (255.0 / hi)).astype(np.uint8), mode="L")
+                im = ImageOps.exif_transpose(im)  # the camera's orientation tag, as a viewer applies it
+                if im.mode in _WIDE:
+                    im = _to_8bit(im)
                 if im.mode in ("P", "PA") and "transparency" in im.info:
                     im = im.convert("RGBA")
                 return im.convert("RGB")

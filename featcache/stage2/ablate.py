@@ -37,7 +37,7 @@ import polars as pl
 
 from featcache import tracking
 from featcache.data import LabelSpace, load_dataset
-from featcache.outputs import check_out_dir, replacing, write_study, write_text
+from featcache.outputs import check_out_dir, inputs_of, replacing, write_study, write_text
 from featcache.tables import render
 from featcache.stage2.experiment import Split, fit_eval, load_features, results_row, save_run
 from featcache.stage2.pool import check_jobs, fits, planned_head
@@ -101,7 +101,7 @@ def ablate(data: str | Path, cache: str | Path, encoders: list[str] | None = Non
     runs/results.parquet; `jobs` fits at a time (default: one per core). Returns (summary, raw rows, out)."""
     check_jobs(jobs, say=lambda m: None)  # a bad --jobs before any work (its note comes with the fits)
     dataset = load_dataset(data)
-    out = check_out_dir(out, inputs=[dataset.root, cache, runs]) if out else None  # before any fit: not onto an input or a file
+    out = check_out_dir(out, inputs_of(dataset=dataset, caches=[cache], runs=runs)) if out else None  # before any fit
     names = encoders if encoders is not None else of_dataset(cache, dataset)
     if not names:
         raise StoreError(f"{cache}: no feature caches (*.h5) of {dataset.name}; run `python cli.py extract --encoder ...` first")

@@ -18,6 +18,7 @@ data.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -29,7 +30,8 @@ import polars as pl
 
 from featcache.data import Dataset, LabelSpace, load_dataset
 from featcache.metrics import AVERAGES, mean_average_precision, per_label_table
-from featcache.outputs import provenance, replacing, write_text
+from featcache.artifacts import HEAD_WEIGHTS, ArtifactError, RunConfig, check_head, file_sha256, read_json
+from featcache.outputs import _short, check_apart, os_errors, provenance, replacing, write_text
 from featcache.planner import home
 from featcache.registry import cache_name
 from featcache.data.split import nested_share, split_rows
@@ -141,17 +143,21 @@ def fit_head(data: str | Path, cache: str | Path, encoders: list[str], cfg: Head
              metric: str = "samples", threshold_mode: str = "auto", runs: Path = Path("runs")) -> tuple[Path, FitResult]:
     """The fit-head command: fit one head on the dataset's split (its train rows, or a nested share
     of them), save the run as runs/<run id>/ and append its row to runs/results.parquet.
-    RunError when the run cannot be written."""
+    RunError when the run cannot be written; a run that could not be saved whole is removed."""
+    check_apart(cache=cache, runs=runs)  # before any work: directories, neither inside the other
     dataset = load_dataset(data)
     features = load_features(cache, encoders, dataset)
     split = Split.of(dataset).present_in(features).share(train_fraction)
     result = fit_eval(features, split, cfg, metric, threshold_mode, list(dataset.label_space.names))
     rid = run_id(result.encoders, cfg)
+    run_dir = Path(runs) / rid
     try:
-        run_dir = save_run(result, Path(runs) / rid, dataset.label_space, dataset.fingerprint())
-        append_results(Path(runs) / "results.parquet", [results_row(result, rid)])
-    except (OSError, RuntimeError) as e:  # an unwritable runs dir, an unreadable results table
-        raise RunError(f"{runs}: cannot save the run ({e})") from e
+        # metrics.json, the mark of a complete run, only once its row is in the results table
+        save_run(result, run_dir, dataset.label_space, dataset.fingerprint(),
+                 before_done=lambda: append_results(Path(runs) / "results.parquet", [results_row(result, rid)]))
+    except (OSError, RuntimeError, ValueError) as e:  # an unwritable runs dir, an unreadable results table
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing that looks like a run is left behind
+        raise RunError(f"{_short(run_dir)}: cannot save the run ({e}); nothing was kept") from None
     return run_dir, result
 
 
@@ -175,22 +181,28 @@ def run_id(encoders: list[str], cfg: HeadConfig) -> str:
     return f"{stamp}-{'+'.join(encoders)}-{cfg.fusion}-s{cfg.seed}"
 
 
-def save_run(result: FitResult, run_dir: Path, label_space: LabelSpace, dataset_fingerprint: str | None = None) -> Path:
-    """head.safetensors + head.json, config.json, thresholds.json, per_label.csv, and metrics.json
-    last: a run is complete (listed, ranked, used) only once metrics.json is there."""
+def save_run(result: FitResult, run_dir: Path, label_space: LabelSpace, dataset_fingerprint: str | None = None,
+             before_done=None) -> Path:
+    """head.safetensors + head.json, config.json (with the head weights' sha256), thresholds.json,
+    per_label.csv, then `before_done()`, and metrics.json last: a run is complete (listed, ranked,
+    used) only once metrics.json is there."""
     run_dir = Path(run_dir)
-    result.head.save(run_dir, replacing)
+    with os_errors(run_dir, "nothing was kept"):  # a name too long, a read-only runs folder
+        result.head.save(run_dir, replacing)
     config = {"encoders": result.encoders, "encoder_names": result.encoder_names, "fingerprints": result.fingerprints,
               "caches": result.caches,
               "head": asdict(result.head.cfg),
               "label_ids": list(label_space.ids), "label_names": list(label_space.names),
               "split_seed": result.metrics["split_seed"], "train_fraction": result.metrics["train_fraction"],
               "metric": result.metrics["thresholds"]["metric"], "threshold_mode": result.metrics["thresholds"]["mode"],
-              "dataset_fingerprint": dataset_fingerprint, **provenance()}
+              "dataset_fingerprint": dataset_fingerprint, "head_sha256": file_sha256(run_dir / HEAD_WEIGHTS),
+              **provenance()}
     write_text(run_dir / "config.json", json.dumps(config, indent=1))
     result.thresholds.save(run_dir / "thresholds.json")
     with replacing(run_dir / "per_label.csv") as tmp:
         pl.DataFrame(result.per_label).write_csv(tmp)
+    if before_done:
+        before_done()
     write_text(run_dir / "metrics.json", json.dumps(result.metrics, indent=1))  # the marker: last
     return run_dir
 
@@ -220,10 +232,16 @@ def load_run(run_dir: str | Path) -> tuple[Head, Thresholds, dict]:
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise RunError(f"{run_dir}: not a run directory (no config.json); fit-head writes one")
-    try:
-        config = json.loads((run_dir / "config.json").read_text())
+    try:  # each file checked against its schema (featcache.artifacts), the weights by their hash
+        config = read_json(run_dir / "config.json", RunConfig)
         thresholds = Thresholds.load(run_dir / "thresholds.json")
+        if len(thresholds.values) != len(config["label_ids"]):
+            raise ArtifactError(f"{run_dir / 'thresholds.json'}: {len(thresholds.values)} thresholds for "
+                                f"{len(config['label_ids'])} labels")
+        check_head(run_dir, config)
         head = Head.load(run_dir)
+    except ArtifactError as e:
+        raise RunError(str(e)) from None
     except ValueError as e:
         raise RunError(f"{run_dir}: {e}") from None
     return head, thresholds, config
