@@ -101,7 +101,7 @@ def ablate(data: str | Path, cache: str | Path, encoders: list[str] | None = Non
     runs/results.parquet; `jobs` fits at a time (default: one per core). Returns (summary, raw rows, out)."""
     check_jobs(jobs, say=lambda m: None)  # a bad --jobs before any work (its note comes with the fits)
     dataset = load_dataset(data)
-    out = check_out_dir(out, inputs_of(dataset=dataset, caches=[cache], runs=runs)) if out else None  # before any fit
+    out = check_out_dir(out, inputs_of(dataset=dataset, caches=[cache], runs=runs) + [Path(cache)]) if out else None  # before any fit
     names = encoders if encoders is not None else of_dataset(cache, dataset)
     if not names:
         raise StoreError(f"{cache}: no feature caches (*.h5) of {dataset.name}; run `python cli.py extract --encoder ...` first")

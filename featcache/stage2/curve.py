@@ -55,7 +55,7 @@ def learning_curve(data: str | Path, cache: str | Path, encoder_sets: list[list[
     check_jobs(jobs, say=lambda m: None)  # a bad --jobs before any work (its note comes with the fits)
     # Before any fit: never into the dataset or the cache, a file, or a folder that cannot be written.
     dataset = load_dataset(data)
-    out = check_out_dir(out or Path(runs) / f"curve-{datetime.now():%Y%m%d-%H%M%S}", inputs_of(dataset=dataset, caches=[cache]))
+    out = check_out_dir(out or Path(runs) / f"curve-{datetime.now():%Y%m%d-%H%M%S}", inputs_of(dataset=dataset, caches=[cache]) + [Path(cache)])
     sets = [load_features(cache, names, dataset) for names in encoder_sets]
     raw = curve_points(sets, Split.of(dataset).present_in([fs for s in sets for fs in s]), base, fractions, seeds, metric,
                        threshold_mode, progress, jobs)
