@@ -23,8 +23,8 @@ if len(sys.argv) > 1:
 else:
     work = Path(tempfile.mkdtemp(prefix="featcache-table-"))
     # photos/<n>/IMG_<id>.jpg, a description, tags joined by '|' (empty on the rows to predict)
-    table, pretrained = make_table(work / "data", "csv", n_train=300, n_test=40, seed=0), False
-    holdout = make_table(work / "holdout", "csv", n_train=80, n_test=0, seed=1)
+    table, pretrained = make_table(work / "data", "csv", n_train=200, n_test=20, seed=0), False
+    holdout = make_table(work / "holdout", "csv", n_train=50, n_test=0, seed=1)
     print(f"generated {table}")
 
 data = fc.Dataset.from_table(table)  # columns detected; name them with image=, text=[...], labels=, sep=

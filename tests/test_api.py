@@ -196,7 +196,7 @@ def test_every_api_name_is_the_api_function_even_beside_featcache_modules():
 
 @pytest.mark.parametrize("example, says, writes", [
     ("quickstart", ["labels (", "ready to submit"], "featcache-quickstart-*/submission.csv"),
-    ("table", ["read as", "with label names", "hold-out (80 rows)"], "featcache-table-*/predictions.csv")])
+    ("table", ["read as", "with label names", "hold-out (50 rows)"], "featcache-table-*/predictions.csv")])
 def test_the_examples_run_as_the_readme_says(example, says, writes, tmp_path, monkeypatch):
     monkeypatch.delenv("FEATCACHE_DATA", raising=False)  # generated data, in a folder of this test
     env = {**os.environ, "TMPDIR": str(tmp_path)}

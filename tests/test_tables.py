@@ -18,7 +18,8 @@ from cli import app
 from featcache.data import DataError, Dataset, DataSpec, load_dataset
 from featcache.synth import make_dataset, make_table
 
-FAST = dict(pretrained=False, batch_size=64, threads=1, num_workers=0, progress=False, log=lambda m: None)
+FAST = dict(pretrained=False, batch_size=64, threads=1, num_workers=0, progress=False, log=lambda m: None,
+            backend="torch", precision="fp32")  # no planning or conversion: the features are compared, not timed
 
 
 def invoke(*args):
@@ -28,12 +29,12 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    """The same 400 + 80 generated rows as a COMP5329 folder, a CSV (names, '|', nested paths), a
+    """The same 200 + 40 generated rows as a COMP5329 folder, a CSV (names, '|', nested paths), a
     Parquet file and a saved Hugging Face dataset; the tables with labels.txt (COMP5329's label order)."""
     base = tmp_path_factory.mktemp("shapes")
-    out = {"comp5329": DataSpec(make_dataset(base / "comp", n_train=400, n_test=80, seed=0))}
+    out = {"comp5329": DataSpec(make_dataset(base / "comp", n_train=200, n_test=40, seed=0))}
     for fmt in ("csv", "parquet", "hf"):
-        table = make_table(base / fmt, fmt, n_train=400, n_test=80, seed=0)
+        table = make_table(base / fmt, fmt, n_train=200, n_test=40, seed=0)
         out[fmt] = DataSpec(table, labels_file=base / fmt / "labels.txt")
     return out
 
@@ -222,7 +223,7 @@ def test_the_cli_names_the_row_in_one_line(tmp_path):
 FAULTS = ("empty_image", "duplicate", "leaves_root", "bad_split", "unknown_label")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(3, 30), faults=st.dictionaries(st.integers(0, 29), st.sampled_from(FAULTS), max_size=6),
        sep=st.sampled_from(["|", ",", ";"]), fmt=st.sampled_from(["csv", "parquet", "jsonl"]),
        caption=st.text(st.sampled_from(list('ab ,"\'|;\n\té\\')), max_size=20))
