@@ -32,7 +32,7 @@ print(f"{data.name}: {len(data.train)} labelled rows, {len(data.test)} to predic
 
 for encoder in ("efficientnet_lite0", "minilm_l6"):
     result = fc.extract_features(data, encoder, cache=work / "cache", pretrained=pretrained, progress=False,
-                                 log=lambda m: None, **({"image_size": 64} if not pretrained and "net" in encoder else {}))
+                                 log=lambda m: None, **({"image_size": 32} if not pretrained and "net" in encoder else {}))
     print(f"{result.path}: {result.rows} rows")
 
 model = fc.fit_head(data, ["efficientnet_lite0", "minilm_l6"], cache=work / "cache", runs=work / "runs")

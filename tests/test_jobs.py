@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +68,13 @@ def test_more_jobs_than_cores_is_allowed_with_a_note():
 def test_cli_refuses_jobs_zero_in_one_line(planted_data, tmp_path, command):
     root, cache = planted_data
     extra = ["--candidates", "img,txt"] if command == "ablate" else ["--encoders", "img"]
-    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), command, *extra, "--jobs", "0", "--data", str(root),
-                        "--cache", str(cache), "--runs", str(tmp_path / "runs")], capture_output=True, text=True)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    r = CliRunner().invoke(app, [command, *extra, "--jobs", "0", "--data", str(root), "--cache", str(cache),
+                                 "--runs", str(tmp_path / "runs")])
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: --jobs 0: expected a positive number")
 
 
