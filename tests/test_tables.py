@@ -134,7 +134,7 @@ def test_one_modality_tables_run_every_stage(modality, tmp_path):
     assert code == 2 and f"has no {'text' if modality == 'image' else 'image'} column" in err, err
     extra = ["--image-size", 32] if modality == "image" else []
     code, out, err = invoke("extract", "--encoder", encoder, "--random-init", *extra, "--data", table, "--cache", cache,
-                            "--threads", 1, "--num-workers", 0)
+                            "--threads", 1, "--num-workers", 0, "--backend", "torch", "--precision", "fp32")
     assert code == 0, err
     code, out, err = invoke("ablate", "--data", table, "--cache", cache, "--runs", runs, "--seeds", 1, "--json")
     assert code == 0, err

@@ -80,9 +80,9 @@ class Dataset:
 
     def where(self, rec: Record) -> str:
         """A row's place for a message: `train.csv line 12 (ImageID 10.jpg)` or `items.csv row 12 (photos/a.png)`."""
-        if self.source is None:
+        if "table" not in self.describe:  # the COMP5329 folder
             return f"{'train.csv' if rec.labels is not None else 'test.csv'} line {rec.line}, ImageID {rec.image_id}"
-        return f"{self.source.name} line {rec.line}, {self.id_column} {rec.image_id}"
+        return f"{self.describe['table']} row {rec.line}, {self.id_column} {rec.image_id}"
 
     def has(self, modality: str) -> bool:
         return modality in self.modalities
