@@ -47,10 +47,11 @@ def read_table(src, spec: DataSpec, lenient: bool = False) -> dict:
     frame, name, base, hf, hints = _frame(src)
     cols = _columns(frame, spec, name, hints)
     frame = frame.with_row_index(_ROW)
+    hf_img = hf_image(hf, cols)
     work = frame.select(
         pl.col(_ROW),
         *([_text(frame, cols["text"]).alias(_TXT)] if cols["text"] else []),
-        *([pl.col(cols["image"]).cast(pl.String).alias(_IMG)] if cols["image"] and not hf_image(hf, cols) else []),
+        *([pl.col(cols["image"]).cast(pl.String).alias(_IMG)] if cols["image"] and not hf_img else []),
         *([pl.col(cols["split"]).cast(pl.String).str.strip_chars().str.to_lowercase().alias(_SPLIT)] if cols["split"] else []),
     )
     labels, sep, label_space, declared = _labels(frame[cols["labels"]], spec, name, cols["labels"], hints)
@@ -59,7 +60,6 @@ def read_table(src, spec: DataSpec, lenient: bool = False) -> dict:
         pl.when(pl.col(_LAB).list.len() > 0).then(pl.col(_LAB)).alias(_LAB))
     image_root = Path(spec.image_root) if spec.image_root else base
     problems = _problems(work, cols, image_root, declared)
-    hf_img = hf_image(hf, cols)
     # The key: the id column, else the image path, else (a HF dataset's photos have no path) the row, else the text.
     if cols["id"]:
         key_col, key = cols["id"], frame[cols["id"]].cast(pl.String)
@@ -282,13 +282,17 @@ def _labels(column: pl.Series, spec: DataSpec, name: str, col: str, hints: dict)
         ids, names = declared
         space = LabelSpace(tuple(ids), tuple(names))
         if all(isinstance(i, int) for i in ids):
-            labels = labels.list.eval(pl.element().str.strip_chars_start("0").replace("", "0"))
+            labels = _canonical_ints(labels)
         return labels, sep, space, {str(i) for i in ids}
     if found and all(f.isascii() and f.isdigit() for f in found):  # integer ids, as COMP5329 writes them
         ids = sorted({int(f) for f in found})
-        labels = labels.list.eval(pl.element().str.strip_chars_start("0").replace("", "0"))
-        return labels, sep, LabelSpace(tuple(ids), tuple(str(i) for i in ids)), None
+        return _canonical_ints(labels), sep, LabelSpace(tuple(ids), tuple(str(i) for i in ids)), None
     return labels, sep, LabelSpace.from_names(sorted(found)), None
+
+
+def _canonical_ints(labels: pl.Series) -> pl.Series:
+    """Integer ids spelled one way ("007" is "7"), so they match the label set's."""
+    return labels.list.eval(pl.element().str.strip_chars_start("0").replace("", "0"))
 
 
 def _declared(path: Path) -> tuple[list, list[str]]:
