@@ -159,7 +159,7 @@ def make_data(
     as_json: bool = json_option(),
 ):
     """Generate a deterministic dataset with learnable signal: the COMP5329 layout (with the real files' CSV faults) or a table."""
-    from featcache.synth import make_dataset, make_table
+    from featcache.data.synth import make_dataset, make_table
 
     try:
         root = make_dataset(out, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size) if format == "comp5329" \
@@ -181,7 +181,7 @@ def data_check(
     plot: Path = typer.Option(None, help="Write a label-distribution chart (PNG) here."),
 ):
     """Rows read and skipped, label counts, labels per image, image sizes, caption lengths."""
-    from featcache.datacheck import check
+    from featcache.data.check import check
 
     try:
         summary = check(data, lenient, plot)
@@ -220,8 +220,8 @@ def encoders_cmd(
     as_json: bool = json_option(),
 ):
     """The aliases (modality, width, input size, parameters, weights available now), and how to name any other model."""
-    from featcache.encoders import describe_aliases, search_timm
-    from featcache.registry import HOW_TO_NAME
+    from featcache.encoders.models import describe_aliases, search_timm
+    from featcache.encoders.registry import HOW_TO_NAME
 
     if search is not None:
         names = [f"timm:{n}" for n in search_timm(search, pretrained)]
@@ -267,8 +267,8 @@ def extract_cmd(
     """Run the backbone once over every train and test item; a warm cache returns in < 2 s."""
     import os
 
-    from featcache import stage1
-    from featcache.weights import WeightsNotFound
+    from featcache.stage1 import build as stage1
+    from featcache.encoders.weights import WeightsNotFound
     from stores.features import StoreError
 
     # torchrun sets RANK and WORLD_SIZE; a plain run is shard 0 of 1
@@ -305,8 +305,8 @@ def merge_shards_cmd(
     as_json: bool = json_option(),
 ):
     """Merge the shards of a sharded extract into <cache>/<name>.h5 (the last shard to finish does this itself)."""
-    from featcache.extract import merge
-    from featcache.registry import cache_name
+    from featcache.stage1.extract import merge
+    from featcache.encoders.registry import cache_name
     from stores.features import StoreError, cache_path
 
     path = cache_path(cache, cache_name(encoder))
@@ -348,10 +348,10 @@ def benchmark_cmd(
     save: Path = typer.Option(None, help="Also write the JSON here (report --bench reads it)."),
 ):
     """Parameters, size on disk (fp32/fp16), input size, batch-1 latency, throughput and FLOPs per model."""
-    from featcache import benchmark as bm
-    from featcache.weights import WeightsNotFound
+    from featcache.study import benchmark as bm
+    from featcache.encoders.weights import WeightsNotFound
 
-    from featcache.runs import find_run
+    from featcache.runs.catalog import find_run
     from featcache.stage2.experiment import RunError
 
     cfg = bm.BenchConfig(device=device, threads=threads,
@@ -382,7 +382,7 @@ def report_cmd(
     as_json: bool = json_option(),
 ):
     """The study's Table 1 (F1, fit time, prediction time, size) and a Pareto chart; names the best model under the budget."""
-    from featcache import report as rp
+    from featcache.study import report as rp
 
     cfg = rp.ReportConfig(budget_mb=budget_mb, fp16=fp16)
     results, out = results or runs / "results.parquet", out or runs / "report"
@@ -467,10 +467,10 @@ def finetune_cmd(
     from featcache.e2e.config import E2EConfig, head_encoders
     from featcache.e2e.loop import train
     from featcache.e2e.rundir import read_config
-    from featcache.runs import find_run
+    from featcache.runs.catalog import find_run
     from featcache.stage2.experiment import RunError
     from featcache.tracking import tracking_kind
-    from featcache.weights import WeightsNotFound
+    from featcache.encoders.weights import WeightsNotFound
 
     # Only the options given reach E2EConfig: its defaults are the only ones.
     given = {"image_encoder": image_encoder, "text_encoder": text_encoder, "fusion": fusion, "classifier": classifier,
@@ -680,8 +680,8 @@ def predict_cmd(
     as_json: bool = json_option(),
 ):
     """Predict the rows to predict with a run and its thresholds: one row each, in order, >= 1 label each."""
-    from featcache.exported import predict_submission
-    from featcache.runs import find_run, predict
+    from featcache.deploy.exported import predict_submission
+    from featcache.runs.catalog import find_run, predict
     from featcache.stage2.experiment import RunError
     from stores.features import StoreError
 
@@ -711,7 +711,7 @@ def evaluate_cmd(
     as_json: bool = json_option(),
 ):
     """Score a run on any labelled data with its own thresholds: sample/micro/macro F1, mAP, and per label."""
-    from featcache.holdout import evaluate
+    from featcache.study.holdout import evaluate
     from featcache.stage2.experiment import RunError
     from stores.features import StoreError
 
@@ -744,9 +744,9 @@ def export_cmd(
     as_json: bool = json_option(),
 ):
     """One model for a small device: photo + caption in, probabilities out; thresholds and preprocessing beside it."""
-    from featcache.export import export
+    from featcache.deploy.export import export
     from featcache.stage2.experiment import RunError
-    from featcache.weights import WeightsNotFound
+    from featcache.encoders.weights import WeightsNotFound
     from stores.features import StoreError
 
     try:
@@ -778,8 +778,8 @@ def demo_cmd(
     as_json: bool = json_option(),
 ):
     """Data -> extract -> ablate -> chosen model -> submission -> size/latency -> Table 1 and plots."""
-    from featcache.demo import DemoConfig, run
-    from featcache.encoders import WeightsNotFound
+    from featcache.study.demo import DemoConfig, run
+    from featcache.encoders.models import WeightsNotFound
     from featcache.stage2.experiment import RunError
     from stores.features import StoreError
 
@@ -811,7 +811,7 @@ def runs_cmd(
     """Every complete run with its metrics, newest first (tuned: in-sample; out of fold: the honest figure)."""
     if ctx.invoked_subcommand is not None:
         return
-    from featcache.runs import run_table
+    from featcache.runs.catalog import run_table
     from featcache.stage2.experiment import RunError
 
     try:
@@ -837,7 +837,7 @@ def runs_show_cmd(
     as_json: bool = json_option(),
 ):
     """One run: its settings, command line, versions, metrics and files."""
-    from featcache.runs import describe
+    from featcache.runs.catalog import describe
     from featcache.stage2.experiment import RunError
 
     try:

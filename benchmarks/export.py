@@ -29,10 +29,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from featcache import benchmark as bm  # noqa: E402
-from featcache import export as ex  # noqa: E402
+from featcache.study import benchmark as bm  # noqa: E402
+from featcache.deploy import export as ex  # noqa: E402
 from featcache.data import load_dataset  # noqa: E402
-from featcache.exported import ExportedModel, validate  # noqa: E402
+from featcache.deploy.exported import ExportedModel, validate  # noqa: E402
 from featcache.stage2.experiment import fit_head, load_features, load_run  # noqa: E402
 from heads.train import HeadConfig  # noqa: E402
 

@@ -31,11 +31,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from featcache.backends import Compute, openvino_bf16, openvino_installed, runner  # noqa: E402
+from featcache.encoders.backends import Compute, openvino_bf16, openvino_installed, runner  # noqa: E402
 from featcache.data import Dataset, load_dataset, load_image  # noqa: E402
-from featcache.encoders import create_encoder, preprocess_image  # noqa: E402
-from featcache.extract import extract  # noqa: E402
-from featcache.synth import make_dataset  # noqa: E402
+from featcache.encoders.models import create_encoder, preprocess_image  # noqa: E402
+from featcache.stage1.extract import extract  # noqa: E402
+from featcache.data.synth import make_dataset  # noqa: E402
 from stores.features import cache_path, open_features  # noqa: E402
 
 

@@ -34,8 +34,8 @@ from typer.testing import CliRunner  # noqa: E402
 
 from cli import app  # noqa: E402
 from featcache.data import load_dataset  # noqa: E402
-from featcache.extract import extract  # noqa: E402
-from featcache.synth import flip_bit, make_dataset  # noqa: E402
+from featcache.stage1.extract import extract  # noqa: E402
+from featcache.data.synth import flip_bit, make_dataset  # noqa: E402
 from stores.features import StoreError, cache_path, open_features, partial_path  # noqa: E402
 from test_faults import (CHILD, CLI_FAST, DATA_FAULTS, ENC, FAST, Evil, fit_one, kill_child, kill_in_save,  # noqa: E402
                          read_only_cli)
@@ -199,8 +199,8 @@ def bad_labels_json(data, clean, tmp, rng):
 
 def kill_while_saving_a_run(data, clean, tmp, rng):
     """fit-head killed while writing thresholds.json: the run must be left out everywhere."""
-    from featcache.benchmark import find_runs
-    from featcache.runs import list_runs
+    from featcache.study.benchmark import find_runs
+    from featcache.runs.catalog import list_runs
     from stores.results import read_results
 
     runs, cache = tmp / f"runs{rng.random()}", clean.path.parent

@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=None, help="The study's --jobs (default: the cores).")
     args = ap.parse_args()
-    from featcache.planner import cpus
+    from featcache.encoders.planner import cpus
 
     cores = cpus()
     jobs = args.jobs or cores

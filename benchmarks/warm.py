@@ -42,7 +42,7 @@ def main() -> None:
     extra: list[str] = []
     if not (args.data / "train.csv").exists():  # generated data and a random-init cache stand in
         sys.path.insert(0, str(ROOT))
-        from featcache.synth import make_dataset
+        from featcache.data.synth import make_dataset
 
         tmp = Path(tempfile.mkdtemp(prefix="featcache-warm-"))
         args.data, args.cache, extra = make_dataset(tmp / "data", 200, 20, seed=0), tmp / "cache", ["--random-init"]

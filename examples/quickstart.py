@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import featcache as fc
-from featcache.synth import make_dataset
+from featcache.data.synth import make_dataset
 
 if len(sys.argv) > 1 or os.environ.get("FEATCACHE_DATA"):
     data, pretrained, work = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ["FEATCACHE_DATA"]), True, Path("quickstart_out")

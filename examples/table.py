@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import featcache as fc
-from featcache.synth import make_table
+from featcache.data.synth import make_table
 
 if len(sys.argv) > 1:
     table, holdout, pretrained, work = Path(sys.argv[1]), None, True, Path("table_out")

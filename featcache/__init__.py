@@ -4,7 +4,7 @@
     fc.load("runs/<id>")        # fc.fit_head, fc.study, fc.fine_tune, fc.load, fc.predict
 
 Importing featcache loads nothing else: the API is imported when one of its names is first used,
-so `import featcache.registry` (no torch) stays light.
+so `import featcache.encoders.registry` (no torch) stays light.
 """
 
 __version__ = "0.1.0"
@@ -15,7 +15,7 @@ __all__ = ["DataError", "DataSpec", "Dataset", "Predictor", "RunError", "evaluat
 def __getattr__(name: str):
     if name not in __all__:  # also "api" itself: `from . import api` below then imports the submodule
         raise AttributeError(f"module 'featcache' has no attribute {name!r}")
-    from . import api
+    from featcache import api
 
     return getattr(api, name)
 

@@ -30,19 +30,19 @@ import polars as pl
 
 from heads.train import HeadConfig
 
-from .data import Dataset, DataError, DataSpec, load_dataset  # noqa: F401  offered as fc.Dataset, fc.DataSpec, ...
-from .holdout import evaluate  # noqa: F401  offered as fc.evaluate
-from .e2e.config import E2EConfig, head_encoders
-from .e2e.loop import train
-from .export import export as export_run
-from .extract import ExtractResult
-from .predictor import Predictor
-from .runs import find_run
-from .runs import predict as predict_submission
-from .stage1 import run as run_stage1
-from .stage2.ablate import ablate
-from .stage2.experiment import RunError  # noqa: F401  offered as fc.RunError
-from .stage2.experiment import fit_head as fit_stage2
+from featcache.data import Dataset, DataError, DataSpec, load_dataset  # noqa: F401  offered as fc.Dataset, fc.DataSpec, ...
+from featcache.study.holdout import evaluate  # noqa: F401  offered as fc.evaluate
+from featcache.e2e.config import E2EConfig, head_encoders
+from featcache.e2e.loop import train
+from featcache.deploy.export import export as export_run
+from featcache.stage1.extract import ExtractResult
+from featcache.deploy.predictor import Predictor
+from featcache.runs.catalog import find_run
+from featcache.runs.catalog import predict as predict_submission
+from featcache.stage1.build import run as run_stage1
+from featcache.stage2.ablate import ablate
+from featcache.stage2.experiment import RunError  # noqa: F401  offered as fc.RunError
+from featcache.stage2.experiment import fit_head as fit_stage2
 
 # featcache/__init__.py's __all__ names what `import featcache as fc` offers from here.
 
@@ -105,7 +105,7 @@ def predict(run: str | Path, data, out: str | Path = "submission.csv", cache: st
 def export_model(run: str | Path, out: str | Path, format: str = "openvino", precision: str = "auto",
                  budget_mb: float | None = None, data: str | Path | None = None, runs: str | Path = "runs") -> Path:
     """One self-contained model (photo + caption in, probabilities out) with its thresholds and
-    preprocessing in export.json; int8 calibrates on train rows of `data`. featcache.exported's
+    preprocessing in export.json; int8 calibrates on train rows of `data`. featcache.deploy.exported's
     ExportedModel.load(out) predicts with it on the OpenVINO runtime alone."""
     return export_run(run, out, format, precision, budget_mb, data, runs=runs)[0]
 

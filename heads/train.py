@@ -26,8 +26,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .fusion import CLASSIFIERS, FUSIONS
-from .losses import LOSSES
+from heads.fusion import CLASSIFIERS, FUSIONS
+from heads.losses import LOSSES
 
 
 SHAPE = (512, 1664, 512)  # a head's first layer on a batch: [512, 1664] @ [1664, 512], the product that dominates a fit

@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 
 from featcache.artifacts import ArtifactError, check_features, check_finite
-from featcache.registry import cache_name
+from featcache.encoders.registry import cache_name
 
 CHUNK_BYTES = 1 << 20  # HDF5's sweet spot is ~1 MB chunks
 

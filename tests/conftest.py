@@ -16,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["FEATCACHE_HOME"] = tempfile.mkdtemp(prefix="featcache-home-")
 atexit.register(shutil.rmtree, os.environ["FEATCACHE_HOME"], ignore_errors=True)
 
-from featcache.synth import make_dataset  # noqa: E402
+from featcache.data.synth import make_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,7 @@ def synth_caches(synth_root, tmp_path_factory):
     """Caches of synth_root built by stage 1's extract with random-init encoders: efficientnet_lite0
     (32 px, 2 augmented views) and minilm_l6. Random-init features carry little signal."""
     from featcache.data import load_dataset
-    from featcache.extract import extract
+    from featcache.stage1.extract import extract
 
     cache = tmp_path_factory.mktemp("synth_cache")
     dataset = load_dataset(synth_root)

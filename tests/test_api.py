@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 import featcache as fc
 from cli import app
 from featcache.data import load_dataset
-from featcache.extract import extract
+from featcache.stage1.extract import extract
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"width": 32, "epochs": 2, "batch_size": 128}
@@ -185,9 +185,9 @@ def test_result_commands_print_json_that_parses(synth_root, caches, fitted, tmp_
 
 
 def test_every_api_name_is_the_api_function_even_beside_featcache_modules():
-    import featcache.export  # noqa: F401
-    import featcache.extract  # noqa: F401  a module of the same package, imported first
-    import featcache.finetune  # noqa: F401
+    import featcache.deploy.export  # noqa: F401
+    import featcache.stage1.extract  # noqa: F401  a module of the same package, imported first
+    import featcache.stage1.adapt  # noqa: F401
     from featcache import api
 
     for name in fc.__all__:

@@ -1,4 +1,4 @@
-"""Extraction backends and precisions (featcache.backends): options, fingerprints, OpenVINO
+"""Extraction backends and precisions (featcache.encoders.backends): options, fingerprints, OpenVINO
 against torch fp32, and the fall back to torch for a model that does not convert."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from featcache.backends import Compute, choose, failed_before, openvino_bf16, openvino_installed, runner
+from featcache.encoders.backends import Compute, choose, failed_before, openvino_bf16, openvino_installed, runner
 from featcache.data import load_dataset
-from featcache.encoders import ImageEncoder, create_encoder
-from featcache.extract import extract, fingerprint_spec, spec_hash
-from featcache.registry import get_cfg
-from featcache.weights import WeightsSource
+from featcache.encoders.models import ImageEncoder, create_encoder
+from featcache.stage1.extract import extract, fingerprint_spec, spec_hash
+from featcache.encoders.registry import get_cfg
+from featcache.encoders.weights import WeightsSource
 from stores.features import open_features
 
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")

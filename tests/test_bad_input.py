@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from featcache.synth import make_dataset
+from featcache.data.synth import make_dataset
 
 
 @pytest.fixture(scope="module")

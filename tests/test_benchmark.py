@@ -14,8 +14,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from cli import app
-from featcache import benchmark as bm
-from featcache import report as rp
+from featcache.study import benchmark as bm
+from featcache.study import report as rp
 from stores.results import append_results, read_results
 
 FAST = bm.BenchConfig(threads=1, batch_sizes=(1, 4), min_run_time=0.02, max_run_time=0.1)
@@ -58,9 +58,9 @@ def test_measure_a_tiny_module():
 
 
 def test_cli_json_has_every_column_per_encoder(tmp_path):
-    from featcache.encoders import create_encoder
-    from featcache.registry import get_cfg
-    from featcache.weights import weights_available
+    from featcache.encoders.models import create_encoder
+    from featcache.encoders.registry import get_cfg
+    from featcache.encoders.weights import weights_available
 
     names = ["efficientnet_lite0", "minilm_l6"]
     out = tmp_path / "bench.json"
@@ -194,7 +194,7 @@ def test_report_cli_measures_the_models_it_lacks(tmp_path):
     # A final (end-to-end) model, tiny: it enters Table 1 measured whole, encoders included.
     from featcache.e2e.config import E2EConfig
     from featcache.e2e.loop import train
-    from featcache.synth import make_dataset
+    from featcache.data.synth import make_dataset
 
     data = make_dataset(tmp_path / "data", n_train=32, n_test=4, seed=0, image_size=32)
     final = train(E2EConfig(image_size=32, pretrained=False, epochs=1, batch_size=8, stats_rows=8, max_steps=1), data,
@@ -223,6 +223,6 @@ def test_importing_the_benchmark_prints_no_stray_warning():
     import sys
     from pathlib import Path
 
-    proc = subprocess.run([sys.executable, "-c", "import featcache.benchmark"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", "import featcache.study.benchmark"], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from featcache.data import DataError, LabelSpace, load_dataset, load_image, read_records
 from featcache.outputs import write_predictions
 from featcache.data.split import train_val_split
-from featcache.synth import make_dataset
+from featcache.data.synth import make_dataset
 
 # The real slice: beside the checkout on developer machines and in CI, or wherever FEATCACHE_DATA says.
 SHARED = Path(os.environ.get("FEATCACHE_DATA") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "comp5329")

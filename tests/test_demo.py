@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from featcache.data import load_dataset
-from featcache.demo import DemoConfig, run
+from featcache.study.demo import DemoConfig, run
 
 
 def test_demo_runs_every_step_and_writes_every_file(tmp_path):

@@ -27,7 +27,7 @@ from featcache.e2e.config import E2EConfig
 from featcache.e2e.loop import lr_factor, train
 from featcache.e2e.model import build_model, with_init_head
 from featcache.e2e.predict import predict_proba
-from featcache.synth import make_dataset
+from featcache.data.synth import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 # dropout 0: the head's pooled dropout masks are redrawn in a new process, so only without
@@ -193,9 +193,9 @@ def test_a_head_fitted_on_a_finetuned_cache_starts_from_that_backbone(data, tmp_
     import torch
     from safetensors.torch import save_file
 
-    from featcache import stage1
-    from featcache.encoders import create_encoder
-    from featcache.registry import get_cfg
+    from featcache.stage1 import build as stage1
+    from featcache.encoders.models import create_encoder
+    from featcache.encoders.registry import get_cfg
     from featcache.stage2.experiment import Split, fit_eval, load_features, save_run
     from heads.train import HeadConfig
 

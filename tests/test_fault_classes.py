@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from featcache.data import DataError, load_dataset, load_image
-from featcache.synth import make_dataset
+from featcache.data.synth import make_dataset
 
 CLI_FAST = ["--encoder", "efficientnet_lite0", "--random-init", "--image-size", "32", "--batch-size", "4",
             "--threads", "1", "--num-workers", "0", "--backend", "torch", "--precision", "fp32"]
@@ -105,9 +105,9 @@ def test_float_nan_pixels_do_not_blacken_the_photo(tmp_path):
 
 def test_the_decoder_version_is_in_every_image_cache_fingerprint(small):
     from featcache.data.images import DECODE_VERSION
-    from featcache.extract import fingerprint_spec
-    from featcache.registry import get_cfg
-    from featcache.weights import resolve_weights
+    from featcache.stage1.extract import fingerprint_spec
+    from featcache.encoders.registry import get_cfg
+    from featcache.encoders.weights import resolve_weights
 
     cfg = get_cfg("efficientnet_lite0")
     spec = fingerprint_spec(cfg, resolve_weights(cfg, pretrained=False), load_dataset(small), 0, "float16", None)
@@ -123,7 +123,7 @@ FAST = dict(pretrained=False, image_size=32, batch_size=8, threads=1, num_worker
 @pytest.fixture(scope="module")
 def world(small, tmp_path_factory):
     """(data, cache, runs, run): a head fitted on a random-init efficientnet_lite0 cache."""
-    from featcache.extract import extract
+    from featcache.stage1.extract import extract
     from featcache.stage2.experiment import fit_head
     from heads.train import HeadConfig
 
@@ -258,7 +258,7 @@ def mutate(path: Path, how) -> None:
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(["metrics.json", "config.json", "thresholds.json"]), how=_mutations())
 def test_a_mutated_run_file_is_a_one_line_error_naming_it_or_the_same_result(world, tmp_path_factory, name, how):
-    from featcache.runs import describe
+    from featcache.runs.catalog import describe
     from featcache.stage2.experiment import RunError, load_run
 
     data, cache, runs, run = world
@@ -393,7 +393,7 @@ def test_openvino_telemetry_is_declined():
     pytest.importorskip("openvino_telemetry")
     from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
 
-    from featcache.backends import telemetry_off
+    from featcache.encoders.backends import telemetry_off
 
     telemetry_off()
     assert OptInChecker().check(enable_opt_in_dialog=False) == ConsentCheckResult.DECLINED
@@ -410,7 +410,7 @@ def test_data_check_never_plots_over_its_data(small, tmp_path):
 
 def test_a_tables_files_and_photos_are_inputs_its_folder_is_not(tmp_path):
     from featcache.outputs import OutputError, check_target, inputs_of
-    from featcache.synth import make_table
+    from featcache.data.synth import make_table
 
     ds = load_dataset(make_table(tmp_path / "tab", "csv", 16, 4, seed=0, image_size=16))
     inputs = inputs_of(dataset=ds)

@@ -34,8 +34,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from featcache.data import load_dataset
-from featcache.extract import extract
-from featcache.synth import make_dataset
+from featcache.stage1.extract import extract
+from featcache.data.synth import make_dataset
 from stores.features import StoreError, cache_path, open_features, partial_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ CHILD = textwrap.dedent("""
     import os, signal, sys
     import h5py
     from featcache.data import load_dataset
-    from featcache.extract import extract
+    from featcache.stage1.extract import extract
     kill_at, calls, flush = int(sys.argv[3]), [0], h5py.File.flush
     def flush_or_die(self):
         calls[0] += 1
@@ -210,7 +210,7 @@ SAVE_CHILD = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     from featcache.stage2.experiment import fit_head
-    from featcache.thresholds import Thresholds
+    from featcache.stage2.thresholds import Thresholds
     from heads.train import HeadConfig
     Thresholds.save = lambda self, path: os.kill(os.getpid(), signal.SIGKILL)
     fit_head(sys.argv[1], sys.argv[2], ["efficientnet_lite0"], HeadConfig(width=8, epochs=1), runs=Path(sys.argv[3]))
@@ -231,8 +231,8 @@ def fit_one(data_root: Path, cache: Path, runs: Path) -> Path:
 
 
 def test_a_kill_while_fit_head_saves_leaves_no_usable_run(data_root, clean_cache, tmp_path):
-    from featcache.benchmark import find_runs
-    from featcache.runs import list_runs
+    from featcache.study.benchmark import find_runs
+    from featcache.runs.catalog import list_runs
     from stores.results import read_results
 
     runs = tmp_path / "runs"

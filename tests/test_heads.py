@@ -20,7 +20,7 @@ from cli import app
 from featcache.data import load_dataset
 from featcache.metrics import f1, mean_average_precision
 from featcache.stage2.experiment import Split
-from featcache.thresholds import fit_thresholds
+from featcache.stage2.thresholds import fit_thresholds
 from heads import fusion as fusion_mod
 from heads.fusion import FUSIONS
 from heads.losses import asl, bce, focal
@@ -257,7 +257,7 @@ def test_fit_head_names_a_missing_cache(planted_data, tmp_path):
 
 
 def test_fit_head_is_the_command_as_a_function_and_opens_a_cache_by_its_file_name(planted_data, tmp_path):
-    """`timm:img` lives in timm-img.h5 (featcache.registry.cache_name); the run names the cache by
+    """`timm:img` lives in timm-img.h5 (featcache.encoders.registry.cache_name); the run names the cache by
     that file-safe stem, as run ids and predict do."""
     import shutil
 

@@ -10,8 +10,8 @@ function; relative imports are resolved). The rules:
   version strings; the one exception is `featcache/__init__.py`'s module `__getattr__`, which
   imports `featcache.api` when an attribute is first asked for (`import featcache as fc;
   fc.fit_head`), so importing featcache itself loads nothing else (LAZY_API);
-- no import circles; heads.* import nothing from featcache; featcache.registry and
-  featcache.weights import no torch; every module is in some layer.
+- no import circles; heads.* import nothing from featcache; featcache.encoders.registry and
+  featcache.encoders.weights import no torch; every module is in some layer.
 
 Each failure lists every offending edge on one line: `file:line -> target  (why)`.
 """
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS = ROOT / "docs" / "CONTRACTS.md"
 PROJECT = ("featcache", "heads", "stores", "cli")  # top-level names of project modules
 PACKAGE_DIRS = ("featcache", "heads", "stores")
-NO_TORCH = ("featcache.registry", "featcache.weights")
+NO_TORCH = ("featcache.encoders.registry", "featcache.encoders.weights")
 FLAT = "featcache"  # the package whose top-level modules never import each other within a layer
 LAZY_API = ("featcache", "featcache.api")
 REEXPORTS = ("featcache.data",)  # package __inits__ that re-export their own modules (`from featcache.data import load_dataset`)  # the package whose __getattr__ may import its API module

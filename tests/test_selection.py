@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 
 from featcache.stage2.ablate import format_table, summarize
-from featcache.thresholds import fit_thresholds, out_of_fold, threshold_report
+from featcache.stage2.thresholds import fit_thresholds, out_of_fold, threshold_report
 
 N_VAL, LABELS = 60, 40  # many labels, few validation rows: per-label thresholds overfit
 

@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from featcache.data import load_dataset
-from featcache.extract import extract
-from featcache.synth import make_dataset
+from featcache.stage1.extract import extract
+from featcache.data.synth import make_dataset
 from stores.features import cache_path, open_features, partial_path, shard_path
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from featcache.data import DataError, Dataset, DataSpec, load_dataset
-from featcache.synth import make_dataset, make_table
+from featcache.data.synth import make_dataset, make_table
 
 FAST = dict(pretrained=False, batch_size=64, threads=1, num_workers=0, progress=False, log=lambda m: None,
             backend="torch", precision="fp32")  # no planning or conversion: the features are compared, not timed
@@ -42,7 +42,7 @@ def shapes(tmp_path_factory):
 @pytest.fixture(scope="module")
 def extracted(shapes, tmp_path_factory):
     """Each shape extracted (random-init lite0 at 32 px, minilm_l6) and one head fitted on each."""
-    from featcache.extract import extract
+    from featcache.stage1.extract import extract
     from featcache.stage2.experiment import fit_head
     from heads.train import HeadConfig
 
@@ -147,7 +147,7 @@ def test_one_modality_tables_run_every_stage(modality, tmp_path):
     assert code == 0, err and pl.read_csv(tmp_path / "p.csv").height == 20
     code, out, err = invoke("evaluate", "--run", run, "--data", table, "--json")
     assert code == 0, err and json.loads(out)["rows"] == 120
-    from featcache.predictor import Predictor
+    from featcache.deploy.predictor import Predictor
 
     model = Predictor.load(run)
     rows = load_dataset(table).train[:3]

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from featcache.metrics import f1
-from featcache.thresholds import (CANDIDATES, GRID, Thresholds, _candidate_scores, _folds, _global_scores, apply_thresholds,
+from featcache.stage2.thresholds import (CANDIDATES, GRID, Thresholds, _candidate_scores, _folds, _global_scores, apply_thresholds,
                                   fit_thresholds, out_of_fold_score)
 
 METRICS = ["samples", "micro", "macro"]

@@ -8,11 +8,11 @@ read), spec (how a table is read), comp5329 and tabular (the readers), dataset (
 load_dataset), split (train/validation). The names below are re-exported for users.
 """
 
-from .comp5329 import LABELS_FILE, read_label_space, read_records
-from .dataset import Dataset, load_dataset
-from .images import load_image
-from .records import COCO_NAMES, DataError, LabelSpace, Record, Skip
-from .spec import DataSpec
+from featcache.data.comp5329 import LABELS_FILE, read_label_space, read_records
+from featcache.data.dataset import Dataset, load_dataset
+from featcache.data.images import load_image
+from featcache.data.records import COCO_NAMES, DataError, LabelSpace, Record, Skip
+from featcache.data.spec import DataSpec
 
 __all__ = ["COCO_NAMES", "LABELS_FILE", "DataError", "DataSpec", "Dataset", "LabelSpace", "Record", "Skip",
            "load_dataset", "load_image", "read_label_space", "read_records"]

@@ -18,8 +18,8 @@ import json
 import re
 from pathlib import Path
 
-from .images import Folder, regular_file
-from .records import DataError, LabelSpace, Record, Skip
+from featcache.data.images import Folder, regular_file
+from featcache.data.records import DataError, LabelSpace, Record, Skip
 
 LABELS_FILE = "labels.json"  # optional, in a dataset root: {"<label id>": "<name>", ...}
 FILES = ("train.csv", "test.csv")

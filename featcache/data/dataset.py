@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .comp5329 import is_comp5329, load_comp5329
-from .records import MODALITIES, DataError, LabelSpace, Record, Skip
-from .spec import DataSpec
+from featcache.data.comp5329 import is_comp5329, load_comp5329
+from featcache.data.records import MODALITIES, DataError, LabelSpace, Record, Skip
+from featcache.data.spec import DataSpec
 
 # featcache.data.tabular (polars) is imported where a table is read: a COMP5329 folder's warm
 # cache check never loads it.
@@ -237,12 +237,12 @@ def load_dataset(data, spec: DataSpec | None = None, lenient: bool = False) -> D
                                 "--image-col, --text-col, --labels-col, --id-col and --split-col are for tables")
             return Dataset(**load_comp5329(path, lenient), spec=replace(spec, source=data), val_fraction=spec.val_fraction,
                            split_seed=spec.split_seed)
-        from .tabular import is_table
+        from featcache.data.tabular import is_table
 
         if not is_table(path):
             raise DataError(f"{path}: not a dataset featcache reads (a COMP5329 folder with train.csv and test.csv, "
                             "a CSV/TSV/Parquet/JSONL table, or a saved Hugging Face dataset)")
-    from .tabular import read_table
+    from featcache.data.tabular import read_table
 
     return Dataset(**read_table(data, spec, lenient), spec=replace(spec, source=data), val_fraction=spec.val_fraction,
                    split_seed=spec.split_seed)

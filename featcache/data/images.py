@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .records import DataError, Record
+from featcache.data.records import DataError, Record
 
 DECODE_VERSION = 2  # 2: EXIF orientation, 16/32-bit and float scaled by their range (1: neither)
 _WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits a channel

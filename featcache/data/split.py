@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .records import DataError
+from featcache.data.records import DataError
 
 
 def train_val_split(targets: np.ndarray, val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import polars as pl
 
-from .images import Column, Folder
-from .records import DataError, LabelSpace, Record, Skip
-from .spec import ID_NAMES, IMAGE_NAMES, LABEL_NAMES, SPLIT_NAMES, SPLIT_VALUES, TEXT_NAMES, DataSpec
+from featcache.data.images import Column, Folder
+from featcache.data.records import DataError, LabelSpace, Record, Skip
+from featcache.data.spec import ID_NAMES, IMAGE_NAMES, LABEL_NAMES, SPLIT_NAMES, SPLIT_VALUES, TEXT_NAMES, DataSpec
 
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")

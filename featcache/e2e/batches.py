@@ -1,9 +1,9 @@
-"""Records -> batches on the device, through the one loader (featcache.loader), and the logits of
+"""Records -> batches on the device, through the one loader (featcache.encoders.loader), and the logits of
 every row.
 
 Items come in the model's encoder order (a head may take text first), keyed by their row in
 `records`: a caller indexes its targets with the keys. Augmented views are seeded per (seed,
-epoch, row) by featcache.loader.view_seed; set `loader.dataset.epoch` before each epoch."""
+epoch, row) by featcache.encoders.loader.view_seed; set `loader.dataset.epoch` before each epoch."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..data import DataError, Dataset, Record
-from ..loader import Collate, Inputs, to_device
-from .distributed import Proc, gather
+from featcache.data import DataError, Dataset, Record
+from featcache.encoders.loader import Collate, Inputs, to_device
+from featcache.e2e.distributed import Proc, gather
 
 
 def batches(dataset: Dataset, records: list[Record], model, batch_size: int, proc: Proc, *, shuffle: bool = False,

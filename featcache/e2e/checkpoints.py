@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..encoders import save_weights
+from featcache.encoders.models import save_weights
 
 CHECKPOINTS = "checkpoints"
 KEEP = ("last", "best", "all")

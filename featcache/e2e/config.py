@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..registry import get_cfg
+from featcache.encoders.registry import get_cfg
 
 FREEZE = ("image", "text", "image-early")
 SCHEDULES = ("constant", "cosine")

@@ -25,16 +25,16 @@ from torch import nn
 
 from heads.losses import LOSSES
 
-from .. import tracking
-from ..data import Dataset, DataSpec, Record, load_dataset
-from ..metrics import scores
-from ..data.split import nested_share, split_rows
-from .batches import batches, evaluate, readable, sigmoid
-from .checkpoints import KEEP, load_checkpoint, prune, save_checkpoint
-from .config import E2EConfig
-from .distributed import Proc, barrier, broadcast, default_workers, parallel, start_processes, stop_processes, sum_over_ranks
-from .model import E2EModel, autocast_dtype, build_model, standardise, with_init_head
-from .rundir import finish, new_run_name, read_config, write_config, write_tables
+from featcache import tracking
+from featcache.data import Dataset, DataSpec, Record, load_dataset
+from featcache.metrics import scores
+from featcache.data.split import nested_share, split_rows
+from featcache.e2e.batches import batches, evaluate, readable, sigmoid
+from featcache.e2e.checkpoints import KEEP, load_checkpoint, prune, save_checkpoint
+from featcache.e2e.config import E2EConfig
+from featcache.e2e.distributed import Proc, barrier, broadcast, default_workers, parallel, start_processes, stop_processes, sum_over_ranks
+from featcache.e2e.model import E2EModel, autocast_dtype, build_model, standardise, with_init_head
+from featcache.e2e.rundir import finish, new_run_name, read_config, write_config, write_tables
 
 
 def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path = "runs", resume: str | Path | None = None,

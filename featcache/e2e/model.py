@@ -17,14 +17,14 @@ from torch import nn
 
 from heads.train import Head, HeadConfig, HeadNet
 
-from ..data import Dataset, Record
-from ..encoders import build_encoder
-from ..finetune import finetuned_weights
-from ..registry import cache_name
-from ..resolve import resolve
-from .batches import batches, readable
-from .config import E2EConfig
-from .distributed import Proc
+from featcache.data import Dataset, Record
+from featcache.encoders.models import build_encoder
+from featcache.stage1.adapt import finetuned_weights
+from featcache.encoders.registry import cache_name
+from featcache.encoders.resolve import resolve
+from featcache.e2e.batches import batches, readable
+from featcache.e2e.config import E2EConfig
+from featcache.e2e.distributed import Proc
 
 
 class E2EModel(nn.Module):

@@ -14,14 +14,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..data import Dataset, Record
-from ..thresholds import Thresholds
-from ..weights import WeightsNotFound
-from .batches import batches, evaluate, sigmoid
-from .config import E2EConfig
-from .distributed import Proc
-from .model import E2EModel, autocast_dtype, build_model
-from .rundir import read_config
+from featcache.data import Dataset, Record
+from featcache.stage2.thresholds import Thresholds
+from featcache.encoders.weights import WeightsNotFound
+from featcache.e2e.batches import batches, evaluate, sigmoid
+from featcache.e2e.config import E2EConfig
+from featcache.e2e.distributed import Proc
+from featcache.e2e.model import E2EModel, autocast_dtype, build_model
+from featcache.e2e.rundir import read_config
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[E2EModel, E2EConfig, Thresholds]:

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import Dataset
-from ..encoders import save_weights
-from ..outputs import provenance, replacing, write_text
-from ..registry import cache_name
-from ..thresholds import fit_thresholds, threshold_report
-from .config import E2EConfig
+from featcache.data import Dataset
+from featcache.encoders.models import save_weights
+from featcache.outputs import provenance, replacing, write_text
+from featcache.encoders.registry import cache_name
+from featcache.stage2.thresholds import fit_thresholds, threshold_report
+from featcache.e2e.config import E2EConfig
 
 KIND = "e2e"  # config.json's "kind": what tells an end-to-end run from a stage-2 one
 

@@ -32,10 +32,10 @@ from featcache.data import Dataset, LabelSpace, load_dataset
 from featcache.metrics import AVERAGES, mean_average_precision, per_label_table
 from featcache.artifacts import HEAD_WEIGHTS, ArtifactError, RunConfig, check_head, file_sha256, read_json
 from featcache.outputs import _short, check_apart, os_errors, provenance, replacing, write_text
-from featcache.planner import home
-from featcache.registry import cache_name
+from featcache.encoders.planner import home
+from featcache.encoders.registry import cache_name
 from featcache.data.split import nested_share, split_rows
-from featcache.thresholds import Thresholds, apply_thresholds, fit_thresholds, out_of_fold, threshold_report
+from featcache.stage2.thresholds import Thresholds, apply_thresholds, fit_thresholds, out_of_fold, threshold_report
 from heads.train import Head, HeadConfig
 from stores.features import FeatureSet, StoreError, open_features
 from stores.results import append_results

@@ -17,7 +17,7 @@ import sys
 from dataclasses import replace
 from typing import Callable
 
-from featcache import planner
+from featcache.encoders import planner
 from heads.train import SHAPE, HeadConfig, matmul_rates
 
 _TASKS: list = []  # set before the fork; workers read it from the parent's memory
@@ -41,7 +41,7 @@ def check_jobs(jobs: int | None, tasks: int | None = None, say=None) -> int:
 
 def planned_head(cfg: HeadConfig, say=None) -> HeadConfig:
     """cfg with bf16 decided: as given, or the faster of bf16 and fp32 measured on this machine
-    once (heads.train.matmul_rates) and remembered by featcache.planner."""
+    once (heads.train.matmul_rates) and remembered by featcache.encoders.planner."""
     if cfg.bf16 is not None:
         return cfg
     say = say or (lambda m: print(m, file=sys.stderr))

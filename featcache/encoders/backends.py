@@ -13,7 +13,7 @@ names torch from the start (and its cache fingerprint says torch).
 `auto` is not guessed from CPU flags (an AVX512-BF16 CPU without AMX runs bf16 slower than fp32,
 an AMX one 2-6x faster): `fastest(...)` times each path this machine can run on a few real
 batches, keeps those whose features stay within one fp16 step of torch fp32's (the cache stores
-fp16), and featcache.planner remembers the winner per machine and model. bf16 is timed only where
+fp16), and featcache.encoders.planner remembers the winner per machine and model. bf16 is timed only where
 a bf16 matmul is not emulated (`bf16_matmul_ratio`: an AVX2 CPU emulates it at ~0.01x fp32, where
 one batch would take minutes); OpenVINO bf16 is refused where OpenVINO has no bf16 (it would
 silently run fp32).
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .planner import home
+from featcache.encoders.planner import home
 
 BACKENDS = ("auto", "torch", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -197,10 +197,10 @@ ABANDON = 1.5  # a path this much slower than the best so far is dropped after i
 def fastest(encoder, items: list, paths: list[Compute], device: str, key: str, model: dict, batch_size: int = 32,
             threads: int | None = None, say=print):
     """(runner, compute) of the fastest of `paths` on this machine, timed once on `items` (real
-    photos or captions) and remembered by featcache.planner. A path must give features within one
+    photos or captions) and remembered by featcache.encoders.planner. A path must give features within one
     fp16 step (at the features' scale) of torch fp32's on the same batch: the cache stores fp16,
     so a path that moves a feature further changes what is stored. One path: no timing."""
-    from . import planner
+    from featcache.encoders import planner
 
     if len(paths) == 1:
         return runner(encoder, paths[0], device, key, threads, say)

@@ -6,9 +6,9 @@
     get_cfg("hf:./my-bert#cls")             directory; "#cls" / "#mean" picks the pooling (mean)
 
 An alias is complete. A `timm:` or `hf:` config leaves the fields that the model's own config
-knows (width, input size, normalisation, crop, max length) as None: `featcache.encoders.resolve`
+knows (width, input size, normalisation, crop, max length) as None: `featcache.encoders.models.resolve`
 reads them from timm's pretrained config or the transformers config, as timm's `create_model`
-does. Like the weight lookup (featcache.weights), this module imports no torch: a warm cache of an
+does. Like the weight lookup (featcache.encoders.weights), this module imports no torch: a warm cache of an
 alias is checked without it.
 """
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .data import COCO_NAMES, LABELS_FILE
+from featcache.data import COCO_NAMES, LABELS_FILE
 
 # Nine saturated hues x two shapes: every label has its own look on a grey background.
 COLOURS = [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(k / 9, 0.9, 0.9)) for k in range(9)]
@@ -108,7 +108,7 @@ def make_table(out: str | Path, format: str = "csv", n_train: int = 1000, n_test
     out.mkdir(parents=True, exist_ok=True)
     names = [COCO_NAMES[lab] for lab in sorted(PRIOR)]
     with tempfile.TemporaryDirectory() as tmp:
-        from .data import load_dataset
+        from featcache.data import load_dataset
 
         ds = load_dataset(make_dataset(tmp, n_train, n_test, seed, image_size))
         truth = dict(line.split(",") for line in (Path(tmp) / "test_labels.csv").read_text().splitlines()[1:])

@@ -3,7 +3,7 @@
     encoder = create_encoder("timm:resnet18", pretrained=False)   # any registry name
     cfg, source = resolve("hf:./tiny-bert")                       # config + weights, no model built
 
-`featcache.resolve` completes a timm:/hf: config from the model's own config first.
+`featcache.encoders.resolve` completes a timm:/hf: config from the model's own config first.
 Every encoder maps a batch to float features [B, embed_dim]:
   image: PIL -> resize (squash, or timm's shorter side + centre crop) -> normalise -> backbone ->
          its pooling (global average for the aliases; timm's forward_head(pre_logits=True) for
@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .outputs import replacing
-from .registry import EncoderCfg
-from .resolve import config_dir, quiet_transformers, resolve, timm_model
-from .weights import WeightsNotFound, WeightsSource, how_to_supply, text_tokenizer_source
+from featcache.outputs import replacing
+from featcache.encoders.registry import EncoderCfg
+from featcache.encoders.resolve import config_dir, quiet_transformers, resolve, timm_model
+from featcache.encoders.weights import WeightsNotFound, WeightsSource, how_to_supply, text_tokenizer_source
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
              "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
@@ -38,8 +38,8 @@ def create_encoder(name: str | EncoderCfg, pretrained: bool = True, weights: str
 def describe_aliases() -> list[dict]:
     """Each alias: name, family, modality, width, input, parameters (counted on the meta device:
     nothing is allocated) and the weights source available now."""
-    from .registry import REGISTRY
-    from .weights import weights_available
+    from featcache.encoders.registry import REGISTRY
+    from featcache.encoders.weights import weights_available
 
     rows = []
     for name, cfg in REGISTRY.items():

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from .data import DataError, Dataset, Record
-from .encoders import preprocess_image
-from .registry import EncoderCfg
+from featcache.data import DataError, Dataset, Record
+from featcache.encoders.models import preprocess_image
+from featcache.encoders.registry import EncoderCfg
 
 
 def view_seed(seed: int, epoch: int, row: int) -> int:

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .data import Dataset, load_dataset
-from .metrics import f1
-from .outputs import write_text
+from featcache.data import Dataset, load_dataset
+from featcache.metrics import f1
+from featcache.outputs import write_text
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,12 @@ class DemoConfig:
 
 
 def run(cfg: DemoConfig, echo=print) -> dict:
-    from . import benchmark as bm
-    from . import report as rp
-    from .datacheck import plot_label_distribution, summarize
-    from .extract import extract
-    from .stage2.ablate import ablate, format_table
-    from .runs import predict
+    from featcache.study import benchmark as bm
+    from featcache.study import report as rp
+    from featcache.data.check import plot_label_distribution, summarize
+    from featcache.stage1.extract import extract
+    from featcache.stage2.ablate import ablate, format_table
+    from featcache.runs.catalog import predict
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
@@ -110,7 +110,7 @@ def run(cfg: DemoConfig, echo=print) -> dict:
 def _dataset(cfg: DemoConfig, out: Path, echo) -> Dataset:
     if cfg.data is not None:
         return load_dataset(cfg.data)
-    from .synth import make_dataset
+    from featcache.data.synth import make_dataset
 
     root = out / "data"
     if not (root / "train.csv").exists():

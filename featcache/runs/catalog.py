@@ -23,13 +23,13 @@ from torch import nn
 
 from heads.train import Head
 
-from .data import load_dataset
-from .e2e import predict as e2e_predict
-from .e2e import rundir as e2e_rundir
-from .artifacts import ArtifactError, E2EConfig, Metrics, RunConfig, ThresholdsFile, check_head, read_json
-from .outputs import check_target, inputs_of, write_predictions
-from .stage2.experiment import RunError
-from .stage2.experiment import predict_run as predict_stage2
+from featcache.data import load_dataset
+from featcache.e2e import predict as e2e_predict
+from featcache.e2e import rundir as e2e_rundir
+from featcache.artifacts import ArtifactError, E2EConfig, Metrics, RunConfig, ThresholdsFile, check_head, read_json
+from featcache.outputs import check_target, inputs_of, write_predictions
+from featcache.stage2.experiment import RunError
+from featcache.stage2.experiment import predict_run as predict_stage2
 
 STAGE2, E2E = "stage2", e2e_rundir.KIND
 
@@ -88,7 +88,7 @@ def finished(run_dir: str | Path) -> tuple[dict, dict]:
 
 
 def cached_encoders(run_dir: str | Path, config: dict) -> tuple[list[nn.Module], list]:
-    """A stage-2 run's encoders as its caches were extracted (featcache.extract.encoder_of: their
+    """A stage-2 run's encoders as its caches were extracted (featcache.stage1.extract.encoder_of: their
     configuration and weights, checked by hash), and the torch dtype each cache stores its
     features in: what turns new photos and captions into the features its head was fitted on.
     RunError when a cache is gone, rebuilt since (another fingerprint) or not recorded."""
@@ -96,7 +96,7 @@ def cached_encoders(run_dir: str | Path, config: dict) -> tuple[list[nn.Module],
 
     from stores.features import StoreError, read_attrs
 
-    from .extract import encoder_of
+    from featcache.stage1.extract import encoder_of
 
     run_dir = Path(run_dir)
     if not config.get("caches"):

@@ -10,9 +10,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .data import Dataset, DataError, load_dataset
-from .data.images import Folder, regular_file
-from .outputs import inputs_of, replacing
+from featcache.data import Dataset, DataError, load_dataset
+from featcache.data.images import Folder, regular_file
+from featcache.outputs import inputs_of, replacing
 
 
 def summarize(ds: Dataset, scan_images: bool = True) -> dict:

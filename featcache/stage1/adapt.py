@@ -27,11 +27,11 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .data import DataError, Dataset
-from .outputs import write_text
-from .registry import EncoderCfg, cache_name
-from .data.split import split_rows
-from .weights import WeightsSource, sha256_path
+from featcache.data import DataError, Dataset
+from featcache.outputs import write_text
+from featcache.encoders.registry import EncoderCfg, cache_name
+from featcache.data.split import split_rows
+from featcache.encoders.weights import WeightsSource, sha256_path
 
 
 @dataclass(frozen=True)
@@ -128,9 +128,9 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from .encoders import build_encoder, save_weights
-    from .loader import Collate, Inputs, to_device
-    from .metrics import scores
+    from featcache.encoders.models import build_encoder, save_weights
+    from featcache.encoders.loader import Collate, Inputs, to_device
+    from featcache.metrics import scores
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
     records = [dataset.train[i] for i in train_idx]
@@ -197,7 +197,7 @@ def _predict(encoder, head, dataset: Dataset, cfg: EncoderCfg, records, batch_si
     import torch
     from torch.utils.data import DataLoader
 
-    from .loader import Collate, Inputs, to_device
+    from featcache.encoders.loader import Collate, Inputs, to_device
 
     probs = torch.zeros(len(records), head.out_features)
     encoder.eval()

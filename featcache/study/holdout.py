@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, load_dataset
-from .metrics import per_label_table, scores
-from .predictor import Predictor
+from featcache.data import DataError, load_dataset
+from featcache.metrics import per_label_table, scores
+from featcache.deploy.predictor import Predictor
 
 
 def evaluate(run: str | Path, data, runs: str | Path = "runs", batch_size: int = 32) -> dict:

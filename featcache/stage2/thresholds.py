@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import ThresholdsFile, read_json
-from .metrics import AVERAGES, scores
-from .outputs import write_text
+from featcache.artifacts import ThresholdsFile, read_json
+from featcache.metrics import AVERAGES, scores
+from featcache.outputs import write_text
 
 GRID = np.round(np.arange(0.02, 0.985, 0.01), 2)  # candidate thresholds
 CANDIDATES = ("flat", "global", "shrunk", "per-label")  # simplest first: auto's ties go to the earlier

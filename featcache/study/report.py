@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .outputs import check_out_dir, inputs_of, replacing, write_text
+from featcache.outputs import check_out_dir, inputs_of, replacing, write_text
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def export_results(root: Path, say=None) -> pl.DataFrame:
     format and precision as the variant (a model of its own in Table 1), the validation F1 export
     measured from the exported model. An export written without data has none: left out, and
     `say` (default stderr) names it."""
-    from .exported import list_exports, read_meta
+    from featcache.deploy.exported import list_exports, read_meta
 
     rows, unscored = [], []
     for d in list_exports(root):
@@ -199,8 +199,8 @@ def build(results: Path, runs: Path, bench: Path | None, out: Path, cfg: ReportC
     table1.md/.csv and pareto.png to out."""
     from stores.results import read_results
 
-    from . import benchmark as bm
-    from .runs import e2e_results
+    from featcache.study import benchmark as bm
+    from featcache.runs.catalog import e2e_results
 
     # Before anything is read or measured: never into the runs it reads, onto a file, or where it cannot write.
     out = check_out_dir(out, inputs_of(runs=runs, files=[results, *([bench] if bench else [])]))

@@ -4,7 +4,7 @@
 
 The cache's fingerprint hashes everything that changes a feature (encoder, weight file bytes,
 preprocessing, dataset, fine-tuning, views, dtype, featcache version) and nothing that does not
-(batch size, workers, device). The compute path (backend and precision, featcache.backends) is
+(batch size, workers, device). The compute path (backend and precision, featcache.encoders.backends) is
 part of it, except for torch fp32, the reference path, so caches built before backends existed
 stay valid; with `auto` options a complete cache that differs only in its compute path is used
 as it is (it was built by one path, so nothing is mixed). It is computed without building the model, so a warm cache
@@ -37,15 +37,15 @@ import numpy as np
 from stores.features import (FeatureWriter, StoreError, cache_path, merge_shards, read_attrs, shard_path,
                              shard_status)
 
-from . import __version__
-from .backends import Compute, candidates, choose, failed_before, model_key, resolve_device
-from .data import Dataset, DataError
-from .data.images import DECODE_VERSION
-from .outputs import check_out_dir, inputs_of
-from .planner import home
-from .registry import EncoderCfg, cache_name
-from .resolve import resolve
-from .weights import WeightsSource, text_tokenizer_source
+from featcache import __version__
+from featcache.encoders.backends import Compute, candidates, choose, failed_before, model_key, resolve_device
+from featcache.data import Dataset, DataError
+from featcache.data.images import DECODE_VERSION
+from featcache.outputs import check_out_dir, inputs_of
+from featcache.encoders.planner import home
+from featcache.encoders.registry import EncoderCfg, cache_name
+from featcache.encoders.resolve import resolve
+from featcache.encoders.weights import WeightsSource, text_tokenizer_source
 
 VIEW_AUGMENT = "hflip, rotate<=10deg, random-resized-crop(scale 0.6-1)"
 
@@ -90,7 +90,7 @@ def encoder_of(path: Path, attrs: dict):
     """The encoder a cache was extracted with, in eval mode: its configuration (name, input size)
     and the same weights file, checked by its hash, so a new photo or caption is embedded as the
     cache's rows were. StoreError when those weights are gone or changed."""
-    from .encoders import build_encoder
+    from featcache.encoders.models import build_encoder
 
     config = json.loads(attrs["config"])
     spec, source = config["fingerprint_spec"], config["weights_source"]
@@ -126,9 +126,9 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
             finetuned: dict | None = None, chunk_batches: int = 8, progress: bool = True,
             log=None, shard: int = 0, num_shards: int = 1, backend: str = "auto",
             precision: str = "auto") -> ExtractResult:
-    """`finetuned`: the spec of stage-1 fine-tuned `weights` (featcache.stage1 trains them); the
+    """`finetuned`: the spec of stage-1 fine-tuned `weights` (featcache.stage1.build trains them); the
     cache is then `<name>_ft`, and the spec is part of its fingerprint. `backend` (auto, torch,
-    openvino) and `precision` (auto, fp32, bf16, fp16): featcache.backends.choose."""
+    openvino) and `precision` (auto, fp32, bf16, fp16): featcache.encoders.backends.choose."""
     t0 = time.perf_counter()
     messages: list[str] = []
 
@@ -191,7 +191,7 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
 
     if (hit := warm()) is not None:
         return hit
-    # auto options: the paths are timed here once (featcache.backends.fastest), after the warm check
+    # auto options: the paths are timed here once (featcache.encoders.backends.fastest), after the warm check
     paths = candidates(backend, precision, device)
     if compute.backend == "torch":  # torch asked for, or the model did not convert before
         paths = [p for p in paths if p.backend == "torch"] or [compute]
@@ -251,8 +251,8 @@ def _model(cfg: EncoderCfg, source: WeightsSource, compute: Compute, device: str
     """(encoder module, batch -> features, the compute actually used): OpenVINO converts here, so a
     model that does not convert is known before anything is written. `plan`: (paths, dataset,
     model id, batch size); several paths are timed on the dataset's first items (backends.fastest)."""
-    from .backends import fastest, runner
-    from .encoders import build_encoder
+    from featcache.encoders.backends import fastest, runner
+    from featcache.encoders.models import build_encoder
 
     encoder = build_encoder(cfg, source)
     paths, dataset, model, batch_size = plan or ([compute], None, "", 0)
@@ -331,7 +331,7 @@ def merge(path: Path, num_shards: int | None = None, force: bool = False, say=pr
 
 
 class Work:
-    """Work row w -> (w, [model input], error or None), as featcache.loader's items. Clean rows
+    """Work row w -> (w, [model input], error or None), as featcache.encoders.loader's items. Clean rows
     first (train then test), then the views: view k of train row r is r's epoch-(k + 1) view."""
 
     def __init__(self, dataset: Dataset, cfg: EncoderCfg, views: int):
@@ -348,7 +348,7 @@ class Work:
         return w if w < self.n else (w - self.n) % self.n_train
 
     def record(self, w: int):
-        from .loader import view_seed  # torch: only once there is work (a warm cache never gets here)
+        from featcache.encoders.loader import view_seed  # torch: only once there is work (a warm cache never gets here)
 
         if w < self.n:
             return self.records[w], None
@@ -356,7 +356,7 @@ class Work:
         return self.records[r], view_seed(0, v + 1, r)  # a view's seed depends only on (view, row)
 
     def __getitem__(self, w: int):
-        from .loader import item
+        from featcache.encoders.loader import item
 
         rec, seed = self.record(w)
         return item(self.dataset, [self.cfg], rec, w, seed)
@@ -380,7 +380,7 @@ def _run(dataset, cfg, encoder, run, compute, path, attrs, views, dtype, batch_s
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from .loader import Collate, to_device
+    from featcache.encoders.loader import Collate, to_device
 
     work = Work(dataset, cfg, views)
     ids = [r.image_id for r in work.records]

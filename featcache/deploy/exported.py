@@ -6,10 +6,10 @@ for photos, the `tokenizers` library for captions. No torch, no transformers, no
     labels = model.predict(images, captions)         # label ids per row: tuned thresholds + fallback
     predict_submission("exports/lite0-minilm-int8", data, "submission.csv")
 
-The directory (featcache.export writes it): the model (model.xml + model.bin, or model.onnx), one
+The directory (featcache.deploy.export writes it): the model (model.xml + model.bin, or model.onnx), one
 tokenizer directory per text encoder, and export.json: inputs, preprocessing, label ids, tuned
 thresholds, format, precision, size, the source run and the split its validation rows come from.
-A photo is resized as the encoder was fed in training (featcache.encoders.preprocess_image) and
+A photo is resized as the encoder was fed in training (featcache.encoders.models.preprocess_image) and
 goes in as float RGB 0..255, [B, 3, S, S]; the model normalises it. A caption goes in as
 input_ids and attention_mask [B, T], padded to the longest caption of the batch.
 """
@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import Dataset, Record, load_dataset, load_image
-from .artifacts import ExportMeta
-from .artifacts import validate as check_artifact
-from .outputs import check_target, inputs_of, write_predictions
+from featcache.data import Dataset, Record, load_dataset, load_image
+from featcache.artifacts import ExportMeta
+from featcache.artifacts import validate as check_artifact
+from featcache.outputs import check_target, inputs_of, write_predictions
 
 EXPORT_FILE = "export.json"
-MB = 1e6  # decimal megabytes, as featcache.benchmark counts sizes (a "100 MB" budget)
-# The example caption of featcache.encoders' example_batch: the same token count as the torch benchmark.
+MB = 1e6  # decimal megabytes, as featcache.study.benchmark counts sizes (a "100 MB" budget)
+# The example caption of featcache.encoders.models' example_batch: the same token count as the torch benchmark.
 EXAMPLE_CAPTION = "a man riding a horse on top of a green field near a red bus"
-# PIL's filters by the names EncoderCfg.interpolation uses (featcache.encoders imports torch, so not from there).
+# PIL's filters by the names EncoderCfg.interpolation uses (featcache.encoders.models imports torch, so not from there).
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
              "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 
@@ -69,7 +69,7 @@ def list_exports(root: str | Path) -> list[Path]:
 
 
 def pixels(image: Image.Image, prep: dict) -> np.ndarray:
-    """float32 [3, S, S], RGB 0..255: featcache.encoders.preprocess_image without torch (the same PIL
+    """float32 [3, S, S], RGB 0..255: featcache.encoders.models.preprocess_image without torch (the same PIL
     calls, so the same pixels; tests/test_export.py checks it)."""
     image = image if image.mode == "RGB" else image.convert("RGB")
     size, resample = prep["input_size"], _RESAMPLE[prep["interpolation"]]
@@ -84,7 +84,7 @@ def pixels(image: Image.Image, prep: dict) -> np.ndarray:
 
 
 def apply_thresholds(probs: np.ndarray, values, fallback: bool = True) -> np.ndarray:
-    """featcache.thresholds.apply_thresholds, here so a predictor needs no scikit-learn (tests check
+    """featcache.stage2.thresholds.apply_thresholds, here so a predictor needs no scikit-learn (tests check
     they agree): boolean predictions; with fallback an image with none gets its top label."""
     preds = probs >= np.asarray(values, dtype=probs.dtype)
     if fallback and len(probs):
@@ -156,7 +156,7 @@ class ExportedModel:
     @classmethod
     def load(cls, model_dir: str | Path, threads: int | None = None) -> ExportedModel:
         """threads: OpenVINO's inference threads (default: all cores)."""
-        from .backends import _core  # one Core per process: several have crashed test suites
+        from featcache.encoders.backends import _core  # one Core per process: several have crashed test suites
 
         model_dir = Path(model_dir)
         meta = read_meta(model_dir)
@@ -218,7 +218,7 @@ def rows(model: ExportedModel, dataset: Dataset, records: list[Record], batch_si
 
 def predict_submission(model_dir: str | Path, data, out: str | Path, batch_size: int = 32, proba: bool = False) -> Path:
     """The dataset's rows to predict, in order, >= 1 label each (the fallback on, as
-    `featcache.runs.predict`); with `proba`, a probability column per label."""
+    `featcache.runs.catalog.predict`); with `proba`, a probability column per label."""
     model = ExportedModel.load(model_dir)
     dataset = load_dataset(data)
     check_target(out, inputs_of(dataset=dataset, files=[model_dir]) + [model_dir])  # before any work
@@ -229,7 +229,7 @@ def predict_submission(model_dir: str | Path, data, out: str | Path, batch_size:
 def validation_records(meta: dict, dataset: Dataset) -> list[Record]:
     """The validation rows of the source run's split (featcache.data.split, its seed and share), on the
     dataset it was trained on (refused otherwise: the same ImageIDs would be other rows)."""
-    from .data.split import split_rows
+    from featcache.data.split import split_rows
 
     split = meta["split"]
     want = split.get("dataset_fingerprint")
@@ -245,8 +245,8 @@ def validate(model: ExportedModel, dataset: Dataset, batch_size: int = 32) -> tu
     sample/micro/macro F1 with the exported thresholds (tuned on these rows, so optimistic, as a
     run's "tuned"), mAP, and tuned_out_of_fold (thresholds re-tuned on held-out halves, as every
     ranking in the study uses)."""
-    from .metrics import scores
-    from .thresholds import out_of_fold
+    from featcache.metrics import scores
+    from featcache.stage2.thresholds import out_of_fold
 
     records = validation_records(model.meta, dataset)
     probs = rows(model, dataset, records, batch_size)

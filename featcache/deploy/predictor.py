@@ -21,12 +21,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .data import load_image
-from .e2e import predict as e2e_predict
-from .e2e.model import E2EModel
-from .runs import E2E, cached_encoders, find_run, finished, kind_of
-from .stage2.experiment import load_run
-from .thresholds import Thresholds
+from featcache.data import load_image
+from featcache.e2e import predict as e2e_predict
+from featcache.e2e.model import E2EModel
+from featcache.runs.catalog import E2E, cached_encoders, find_run, finished, kind_of
+from featcache.stage2.experiment import load_run
+from featcache.stage2.thresholds import Thresholds
 
 
 @dataclass

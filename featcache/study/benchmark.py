@@ -35,8 +35,8 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils.benchmark import Timer  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count  # noqa: E402
 
-from .outputs import replacing, write_text
-from .tables import render
+from featcache.outputs import replacing, write_text
+from featcache.tables import render
 
 MB = 1e6  # decimal megabytes, as a file manager and a "100 MB" limit count them
 
@@ -122,9 +122,9 @@ def measure(module: nn.Module, make_batch, cfg: BenchConfig) -> dict:
 # --- what gets measured ---------------------------------------------------------------------------
 
 def encoder_row(name: str, cfg: BenchConfig) -> dict:
-    from featcache.encoders import create_encoder
-    from featcache.registry import get_cfg
-    from featcache.weights import weights_available
+    from featcache.encoders.models import create_encoder
+    from featcache.encoders.registry import get_cfg
+    from featcache.encoders.weights import weights_available
 
     real = weights_available(get_cfg(name)) != "-"
     enc = create_encoder(name, pretrained=real)
@@ -141,8 +141,8 @@ def input_size(enc: nn.Module) -> str:
 
 def run_row(run_dir: Path, cfg: BenchConfig, runs: Path = Path("runs")) -> dict:
     """A fitted head (input: cached features) or an end-to-end model (input: an image and a
-    caption through its encoders, then its head), as featcache.runs loads it."""
-    from featcache.runs import E2E, kind_of, load_model
+    caption through its encoders, then its head), as featcache.runs.catalog loads it."""
+    from featcache.runs.catalog import E2E, kind_of, load_model
     from featcache.stage2.experiment import RunError
 
     name = run_dir.relative_to(runs).as_posix() if run_dir.is_relative_to(runs) else run_dir.name
@@ -164,7 +164,7 @@ def export_row(export_dir: Path, cfg: BenchConfig, runs: Path = Path("runs"), da
     rows with `data`, else as export measured it the same way when it wrote the model. Its size is
     what it is whatever the precision, so size_mb_fp16 repeats it."""
     from featcache.data import load_dataset
-    from featcache.exported import ExportedModel, model_mb, validate
+    from featcache.deploy.exported import ExportedModel, model_mb, validate
 
     if cfg.device != "cpu":
         raise ValueError(f"{export_dir}: an exported model runs on the CPU (OpenVINO); benchmark it with --device cpu")
@@ -186,12 +186,12 @@ def export_row(export_dir: Path, cfg: BenchConfig, runs: Path = Path("runs"), da
 
 def find_runs(runs: Path, which: str) -> list[Path]:
     """The runs `--heads` selects: 'all', 'none' or comma-separated run ids (paths under runs/,
-    nested ones too) of runs with a model (featcache.runs.list_runs: fitted heads, finished
+    nested ones too) of runs with a model (featcache.runs.catalog.list_runs: fitted heads, finished
     end-to-end runs) and of exported models under runs/ (featcache export)."""
     if which == "none":
         return []
-    from featcache.exported import list_exports
-    from featcache.runs import list_runs
+    from featcache.deploy.exported import list_exports
+    from featcache.runs.catalog import list_runs
 
     found = list_runs(runs, say=lambda m: print(m, file=sys.stderr)) + list_exports(runs)
     if which == "all":
@@ -206,7 +206,7 @@ def find_runs(runs: Path, which: str) -> list[Path]:
 def benchmark(encoders: list[str], run_dirs: list[Path], cfg: BenchConfig, runs: Path = Path("runs"),
               progress=None, data: Path | None = None) -> pl.DataFrame:
     """One row per encoder name and run directory (an export directory too: `data` re-measures its F1)."""
-    from featcache.exported import EXPORT_FILE
+    from featcache.deploy.exported import EXPORT_FILE
 
     if not encoders and not run_dirs:
         raise ValueError("nothing to benchmark: no encoders and no fitted heads")
@@ -231,7 +231,7 @@ def run(encoders: str, heads: str, cfg: BenchConfig, runs: Path = Path("runs"), 
     """`benchmark`: encoders 'all' (the aliases), 'none' or comma-separated names (any registry name:
     timm:/hf: too); heads as `find_runs`. Writes the JSON to `save` and the table to `csv` when given;
     `data` re-measures the exports' validation F1 on it."""
-    from featcache.registry import get_cfg, list_aliases
+    from featcache.encoders.registry import get_cfg, list_aliases
 
     names = list_aliases() if encoders == "all" else [] if encoders == "none" else [n for n in encoders.split(",") if n]
     for name in names:

@@ -1,6 +1,6 @@
 """Export a run for a small device: its encoders and head as ONE model (photo + caption in,
 probabilities out) in OpenVINO IR (fp32, fp16, int8) or ONNX (fp32), with what a predictor needs
-beside it; featcache.exported predicts from the directory without torch.
+beside it; featcache.deploy.exported predicts from the directory without torch.
 
     out, meta = export("runs/<id>", "runs/exports/lite0-minilm-int8", precision="int8", data=data)
     out, meta = export("runs/<id>", "runs/exports/small", budget_mb=100, data=data)  # fp32, else fp16, else int8
@@ -31,15 +31,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .data import Dataset, load_dataset
-from .exported import EXAMPLE_CAPTION, EXPORT_FILE, ExportedModel, Preprocessor, model_mb
-from .exported import validate as validate_export
-from .outputs import OutputError, check_out_dir, inputs_of, os_errors, sweep_stale, write_text
-from .runs import E2E, cached_encoders, find_run, finished, kind_of, load_model
-from .data.split import split_rows
-from .stage2.experiment import RunError
-from .thresholds import Thresholds
+from featcache import __version__
+from featcache.data import Dataset, load_dataset
+from featcache.deploy.exported import EXAMPLE_CAPTION, EXPORT_FILE, ExportedModel, Preprocessor, model_mb
+from featcache.deploy.exported import validate as validate_export
+from featcache.outputs import OutputError, check_out_dir, inputs_of, os_errors, sweep_stale, write_text
+from featcache.runs.catalog import E2E, cached_encoders, find_run, finished, kind_of, load_model
+from featcache.data.split import split_rows
+from featcache.stage2.experiment import RunError
+from featcache.stage2.thresholds import Thresholds
 
 FORMATS = {"openvino": ("fp32", "fp16", "int8"), "onnx": ("fp32",)}
 PRECISIONS = ("fp32", "fp16", "int8")  # most precise first: a budget takes the first that fits
@@ -52,7 +52,7 @@ STAGE2_VAL_FRACTION = 0.2
 class ExportConfig:
     format: str = "openvino"
     precision: str = "auto"  # auto: fp32, or under a budget the most precise that fits
-    budget_mb: float | None = None  # MB of 10^6 bytes, as featcache.benchmark counts
+    budget_mb: float | None = None  # MB of 10^6 bytes, as featcache.study.benchmark counts
     calibration_rows: int = 300  # int8: train rows of the run's split
     calibration_seed: int = 0
     validate: bool = True  # with data: score the exported model on the run's validation rows
@@ -88,7 +88,7 @@ class Composed(nn.Module):
         self.encoders, self.head = nn.ModuleList(encoders), head
         self.head.bf16 = False  # fp32 throughout: the export's precision is chosen when it is saved
         # A stage-2 head was fitted on features stored as float16: rounded the same way here, a row
-        # scores as `predict` scores it from the cache (as featcache.predictor does).
+        # scores as `predict` scores it from the cache (as featcache.deploy.predictor does).
         self.dtypes = [None if d in (None, torch.float32) else d for d in (dtypes or [None] * len(encoders))]
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -169,7 +169,7 @@ def load_source(run: str | Path) -> Source:
 def export(run: str | Path, out: str | Path, format: str = "openvino", precision: str = "auto",
            budget_mb: float | None = None, data: str | Path | None = None, *, runs: str | Path = "runs",
            calibration_rows: int = 300, validate: bool = True, force: bool = False, say=None) -> tuple[Path, dict]:
-    """Write the run's model (a directory, or a run id under `runs`: featcache.runs.find_run) to the
+    """Write the run's model (a directory, or a run id under `runs`: featcache.runs.catalog.find_run) to the
     directory `out` (created, or a previous export replaced): (out, the export.json written).
     ValueError (OutputError, RunError) naming the file or option when the run, the options, the data
     or `out` do not do; under a budget that nothing fits, the sizes of every precision tried. int8
@@ -309,7 +309,7 @@ def _quiet():
 def _to_openvino(module: Composed, specs: list[dict]):
     import openvino as ov
 
-    from .backends import telemetry_off
+    from featcache.encoders.backends import telemetry_off
 
     telemetry_off()
     types = {"float32": ov.Type.f32, "int64": ov.Type.i64}

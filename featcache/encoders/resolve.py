@@ -16,8 +16,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from .registry import MAX_TEXT_LENGTH, EncoderCfg, get_cfg
-from .weights import WeightsNotFound, WeightsSource, how_to_supply, local_dir, resolve_weights, text_tokenizer_source
+from featcache.encoders.registry import MAX_TEXT_LENGTH, EncoderCfg, get_cfg
+from featcache.encoders.weights import WeightsNotFound, WeightsSource, how_to_supply, local_dir, resolve_weights, text_tokenizer_source
 
 
 def resolve(name: str | EncoderCfg, weights: str | Path | None = None, pretrained: bool = True,

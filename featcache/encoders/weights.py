@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .registry import MINILM, EncoderCfg, Package
+from featcache.encoders.registry import MINILM, EncoderCfg, Package
 
 
 class WeightsNotFound(RuntimeError):
