@@ -305,7 +305,7 @@ def merge_shards_cmd(
     as_json: bool = json_option(),
 ):
     """Merge the shards of a sharded extract into <cache>/<name>.h5 (the last shard to finish does this itself)."""
-    from featcache.stage1.extract import merge
+    from featcache.stage1.shards import merge
     from featcache.encoders.registry import cache_name
     from stores.features import StoreError, cache_path
 

@@ -12,7 +12,8 @@ import torch
 from featcache.encoders.backends import Compute, choose, failed_before, openvino_bf16, openvino_installed, runner
 from featcache.data import load_dataset
 from featcache.encoders.models import ImageEncoder, create_encoder
-from featcache.stage1.extract import extract, fingerprint_spec, spec_hash
+from featcache.stage1.extract import extract
+from featcache.stage1.fingerprint import fingerprint_spec, spec_hash
 from featcache.encoders.registry import get_cfg
 from featcache.encoders.weights import WeightsSource
 from stores.features import open_features

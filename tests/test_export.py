@@ -32,7 +32,7 @@ from featcache.data import load_dataset  # noqa: E402
 from featcache.deploy.exported import (EXPORT_FILE, ExportedModel, apply_thresholds, model_mb, pixels,  # noqa: E402
                                 predict_submission, read_meta, rows)
 from featcache.outputs import OutputError  # noqa: E402
-from featcache.stage2.experiment import RunError, Split  # noqa: E402
+from featcache.stage2.experiment import RunError  # noqa: E402
 from featcache.data.synth import make_dataset  # noqa: E402
 from featcache.stage2.thresholds import Thresholds  # noqa: E402
 

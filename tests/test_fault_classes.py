@@ -105,7 +105,7 @@ def test_float_nan_pixels_do_not_blacken_the_photo(tmp_path):
 
 def test_the_decoder_version_is_in_every_image_cache_fingerprint(small):
     from featcache.data.images import DECODE_VERSION
-    from featcache.stage1.extract import fingerprint_spec
+    from featcache.stage1.fingerprint import fingerprint_spec
     from featcache.encoders.registry import get_cfg
     from featcache.encoders.weights import resolve_weights
 

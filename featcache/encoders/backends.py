@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache.encoders.planner import home
+from featcache.encoders.planner import cpus, home
 
 BACKENDS = ("auto", "torch", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -220,7 +220,7 @@ def _time_paths(encoder, items, paths, device, key, batch_size, threads, say) ->
     import torch
 
     t_plan = time.perf_counter()
-    torch.set_num_threads(threads or _cpus())
+    torch.set_num_threads(threads or cpus())
     # parity and warm-up on a few items (a slow path's untimed batch costs little), timing on full batches
     check = encoder.collate(items[:PARITY_ITEMS])
     batches = [encoder.collate(items[i:i + batch_size]) for i in range(0, len(items), batch_size)][:PLAN_BATCHES]
@@ -266,10 +266,6 @@ def _to(batch, device: str):
     if not device.startswith("cuda"):
         return batch
     return {k: v.to(device) for k, v in batch.items()} if isinstance(batch, dict) else batch.to(device)
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class TorchRunner:

@@ -13,7 +13,6 @@ Every encoder maps a batch to float features [B, embed_dim]:
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

@@ -32,6 +32,7 @@ def plans_file() -> Path:
 
 
 def cpus() -> int:
+    """The cores this process may run on (a container's or taskset's limit, not the machine's)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

@@ -88,7 +88,7 @@ def finished(run_dir: str | Path) -> tuple[dict, dict]:
 
 
 def cached_encoders(run_dir: str | Path, config: dict) -> tuple[list[nn.Module], list]:
-    """A stage-2 run's encoders as its caches were extracted (featcache.stage1.extract.encoder_of: their
+    """A stage-2 run's encoders as its caches were extracted (featcache.stage1.origin.encoder_of: their
     configuration and weights, checked by hash), and the torch dtype each cache stores its
     features in: what turns new photos and captions into the features its head was fitted on.
     RunError when a cache is gone, rebuilt since (another fingerprint) or not recorded."""
@@ -96,7 +96,7 @@ def cached_encoders(run_dir: str | Path, config: dict) -> tuple[list[nn.Module],
 
     from stores.features import StoreError, read_attrs
 
-    from featcache.stage1.extract import encoder_of
+    from featcache.stage1.origin import encoder_of
 
     run_dir = Path(run_dir)
     if not config.get("caches"):

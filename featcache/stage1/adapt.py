@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from filelock import FileLock
 from featcache.data import DataError, Dataset
 from featcache.outputs import write_text
 from featcache.encoders.registry import EncoderCfg, cache_name
+from featcache.encoders.planner import cpus
 from featcache.data.split import split_rows
 from featcache.encoders.weights import WeightsSource, sha256_path
 
@@ -132,7 +132,7 @@ def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: Finetune
     from featcache.encoders.loader import Collate, Inputs, to_device
     from featcache.metrics import scores
 
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.set_num_threads(threads or cpus())
     records = [dataset.train[i] for i in train_idx]
     val_records = [dataset.train[i] for i in val_idx]
     targets = torch.from_numpy(dataset.targets(records))
