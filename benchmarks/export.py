@@ -88,7 +88,7 @@ def main() -> None:
     args = p.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="featcache-export-"))
     load = os.getloadavg()[0]
-    run = args.run or fit_head(args.data, args.cache, ENCODERS, HeadConfig(fusion="late"), runs=out / "runs")[0]
+    run = args.run or fit_head(args.data, ENCODERS, cache=args.cache, head=HeadConfig(fusion="late"), runs=out / "runs")[0]
     metrics = json.loads((run / "metrics.json").read_text())
     dataset = load_dataset(args.data)
     cfg = bm.BenchConfig(threads=1, batch_sizes=(1, 32))

@@ -1,15 +1,16 @@
 """featcache: cache encoder features once, compare fusion heads in seconds.
 
-    import featcache as fc      # the Python API (featcache/api.py): fc.extract_features,
-    fc.load("runs/<id>")        # fc.fit_head, fc.study, fc.fine_tune, fc.load, fc.predict
+    import featcache as fc      # the Python API (featcache/api.py): fc.extract, fc.fit_head,
+    fc.load("runs/<id>")        # fc.ablate, fc.finetune, fc.predict, fc.export, fc.load ...
 
 Importing featcache loads nothing else: the API is imported when one of its names is first used,
 so `import featcache.encoders.registry` (no torch) stays light.
 """
 
 __version__ = "0.1.0"
-__all__ = ["DataError", "DataSpec", "Dataset", "Predictor", "RunError", "evaluate", "export_model", "extract_features", "fine_tune", "fit_head",
-           "load", "load_dataset", "predict", "study"]
+__all__ = ["ConfigError", "DataError", "DataSpec", "Dataset", "Predictor", "RunError", "ablate", "benchmark", "check_data",
+           "demo", "evaluate", "export", "export_model", "extract", "extract_features", "fine_tune", "finetune", "fit_head",
+           "learning_curve", "load", "load_dataset", "make_data", "merge_shards", "predict", "report"]
 
 
 def __getattr__(name: str):

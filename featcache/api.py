@@ -1,111 +1,152 @@
-"""The Python API: the functions the command line calls, with a model to predict with at the end.
+"""The Python API: the functions the command line calls, by the same names, with a model to predict
+with at the end.
 
     import featcache as fc
-    fc.extract_features(data, "efficientnet_lite0")               # stage 1: the HDF5 cache
-    fc.extract_features(data, "minilm_l6")
+    fc.extract(data, "efficientnet_lite0")                        # stage 1: the HDF5 cache
+    fc.extract(data, "minilm_l6")
     model = fc.fit_head(data, ["efficientnet_lite0", "minilm_l6"])  # stage 2: a head, saved as a run
     model.metrics["tuned_out_of_fold"]                             # the honest validation F1
-    model.predict(["photo.jpg"], ["a dog lying on a couch"])       # -> [(label ids,)]
-    table = fc.study(data, ["efficientnet_lite0", "minilm_l6"])    # every encoder and fusion, ranked
-    final = fc.fine_tune(data, init_head=model.run_dir)            # end to end from the chosen head
-    fc.predict(final.run_dir, data, "submission.csv")               # the Kaggle submission
-    fc.export_model(final.run_dir, "model-int8", precision="int8", data=data)  # one model for a small device
+    model.predict(["photo.jpg"], ["a dog lying on a couch"])       # -> [(label names,)]
+    table, raw, out = fc.ablate(data, ["efficientnet_lite0", "minilm_l6"])  # every encoder and fusion, ranked
+    final = fc.finetune(data, init_head=model.run_dir)             # end to end from the chosen head
+    fc.predict(final.run_dir, data, out="submission.csv")           # the Kaggle submission
+    fc.export(final.run_dir, "model-int8", data, precision="int8")  # one model for a small device
     model = fc.load("runs/<id>")                                   # any saved run, by path or id
 
-(`extract_features`, `fine_tune` and `export_model`, not `extract`, `finetune` and `export`:
-those names are featcache's modules.) `data` is anything `fc.load_dataset` takes: a COMP5329
-folder, a table file (CSV, TSV, Parquet, JSONL) or a folder holding one, a saved Hugging Face
-dataset, a DataFrame or `datasets.Dataset`, a `fc.DataSpec` naming its columns, or a loaded
-`fc.Dataset` (`fc.Dataset.from_table(src, image=..., text=[...], labels=..., sep=...)`).
-`fc.evaluate(run, data)` scores a run on any labelled table. Errors name the file and row
-(DataError), the cache (StoreError) or the run (RunError).
+Each function's options are the fields of its config (featcache.*.config: ExtractConfig,
+FitConfig, AblateConfig, CurveConfig, E2EConfig and TrainOptions, ExportConfig, PredictConfig,
+BenchConfig, ReportConfig, DemoConfig, SynthConfig), checked when the config is made: a bad value
+gets the same one-line ConfigError here as on the command line. `data` is anything
+`fc.load_dataset` takes: a COMP5329 folder, a table file (CSV, TSV, Parquet, JSONL) or a folder
+holding one, a saved Hugging Face dataset, a DataFrame or `datasets.Dataset`, a `fc.DataSpec`
+naming its columns, or a loaded `fc.Dataset`. Errors name the file and row (DataError), the cache
+(StoreError), the run (RunError) or the option (ConfigError).
+
+Renamed in this release (the old names stay one release): extract_features -> extract,
+fine_tune -> finetune, export_model -> export, study -> ablate (returns (table, raw, out) as the
+command writes them).
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
-import polars as pl
-
-from heads.train import HeadConfig
-
-from featcache.data import Dataset, DataError, DataSpec, load_dataset  # noqa: F401  offered as fc.Dataset, fc.DataSpec, ...
-from featcache.study.holdout import evaluate  # noqa: F401  offered as fc.evaluate
-from featcache.e2e.config import E2EConfig, head_encoders
-from featcache.e2e.loop import train
-from featcache.deploy.export import export as export_run
-from featcache.stage1.extract import ExtractResult
+from featcache.data import Dataset, DataError, DataSpec, load_dataset  # noqa: F401  offered as fc.Dataset, ...
+from featcache.data.check import check_data  # noqa: F401  offered as fc.check_data (`data check`)
+from featcache.data.synth import make_data  # noqa: F401  offered as fc.make_data (`make-data`)
+from featcache.deploy.config import PredictConfig
+from featcache.deploy.export import export  # noqa: F401  offered as fc.export
 from featcache.deploy.predictor import Predictor
+from featcache.e2e.config import E2EConfig, TrainOptions, head_encoders
+from featcache.e2e.loop import train
+from featcache.e2e.rundir import read_config
+from featcache.options import ConfigError, flat, from_flat, known
 from featcache.runs.catalog import find_run
-from featcache.runs.catalog import predict as predict_submission
-from featcache.stage1.build import run as run_stage1
-from featcache.stage2.ablate import ablate
+from featcache.runs.catalog import predict as predict_rows
+from featcache.stage1.build import extract_features as extract
+from featcache.stage2.ablate import ablate  # noqa: F401  offered as fc.ablate
+from featcache.stage2.curve import learning_curve  # noqa: F401  offered as fc.learning_curve
 from featcache.stage2.experiment import RunError  # noqa: F401  offered as fc.RunError
-from featcache.stage2.experiment import fit_head as fit_stage2
+from featcache.stage2.experiment import fit_head as fit_and_save
+from featcache.study.benchmark import run_benchmark as benchmark  # noqa: F401  offered as fc.benchmark
+from featcache.study.demo import run_demo  # noqa: F401
+from featcache.study.holdout import evaluate  # noqa: F401  offered as fc.evaluate
+from featcache.study.report import build_report as report  # noqa: F401  offered as fc.report
+from featcache.workspace import RUNS
 
 # featcache/__init__.py's __all__ names what `import featcache as fc` offers from here.
 
 
-def extract_features(data: str | Path | Dataset, encoder: str, cache: str | Path = "cache", **options) -> ExtractResult:
-    """Run `encoder` (an alias, timm:<name> or hf:<repo or dir>) once over every train and test
-    row into <cache>/<name>.h5; a warm cache returns at once. `options`: those of `extract`
-    (batch_size, backend, precision, views, lenient, force, weights, finetune={"epochs": N}, ...)."""
-    return run_stage1(data, encoder, cache, **options)
-
-
-def fit_head(data: str | Path, encoders: list[str], cache: str | Path = "cache", runs: str | Path = "runs", *,
-             train_fraction: float = 1.0, metric: str = "samples", threshold_mode: str = "auto",
-             **head) -> Predictor:
+def fit_head(data, encoders: list[str] | None = None, *, config: str | Path | None = None, **options) -> Predictor:
     """Fit one fusion head on the cached `encoders` (their features fused; one: unimodal), tune its
-    thresholds on the validation part and save the run; the fitted model. `head`: HeadConfig's
-    fields (fusion="late", classifier, loss, lr, epochs, width, dropout, seed, ...)."""
-    unknown = sorted(set(head) - {f.name for f in fields(HeadConfig)})
-    if unknown:
-        raise TypeError(f"fit_head: unknown option(s) {', '.join(unknown)}; HeadConfig has "
-                        f"{', '.join(f.name for f in fields(HeadConfig))}")
-    run_dir, _ = fit_stage2(data, cache, list(encoders), HeadConfig(**head), train_fraction=train_fraction,
-                            metric=metric, threshold_mode=threshold_mode, runs=Path(runs))
+    thresholds on the validation part and save the run; the fitted model. `options`: FitConfig's,
+    flat (fusion="late", classifier, loss, lr, epochs, width, dropout, seed, train_fraction, metric,
+    threshold_mode, cache, runs); `config`: replay a run's config.json. The command line's fit-head
+    is featcache.stage2.experiment.fit_head, which this calls."""
+    run_dir, _ = fit_and_save(data, encoders, config=config, **options)
     return Predictor.load(run_dir)
 
 
-def study(data: str | Path, candidates: list[str] | None = None, cache: str | Path = "cache",
-          runs: str | Path = "runs", **options) -> pl.DataFrame:
-    """The ablation: each candidate cache alone and every image+text pair with each fusion, several
-    seeds; the summary ranked by out-of-fold F1 (`within_noise` marks ties with the first). Runs
-    and the table, raw rows and chart go under runs/ablate-<time>/. `options`: fusions, seeds,
-    grid, metric, threshold_mode, out, progress, track."""
-    table, _, _ = ablate(data, cache, candidates, runs=Path(runs), **options)
-    return table
+def finetune(data=None, *, resume: str | Path | None = None, config: str | Path | None = None,
+             **options) -> Path:
+    """Train image + text backbones and the head end to end; the run directory. `options`:
+    E2EConfig's fields, flat (image_encoder, text_encoder, fusion, ..., init_head: a stage-2 run to
+    start from; its defaults are the best measured recipe) and TrainOptions' (runs, run_name,
+    device, keep, track, ...). `resume`: continue a run after its last checkpoint (its config and
+    data; `epochs` may raise its epoch count). `config`: train again with a run's config.json, the
+    options given overriding it."""
+    train_keys = set(TrainOptions.__dataclass_fields__)
+    how = {k: v for k, v in options.items() if k in train_keys}
+    what = {k: v for k, v in options.items() if k not in train_keys}
+    runs = Path(how.get("runs", RUNS))
+    if resume is not None:
+        unknown = set(what) - {"epochs"}
+        if unknown:
+            raise ConfigError(f"{', '.join(sorted(unknown))}: a resumed run trains with its own config (only epochs "
+                              f"may be raised)")
+        return train(None, data, resume=find_run(resume, runs), epochs=what.get("epochs"), **how)
+    if data is None:
+        raise ConfigError("no dataset: pass data (--data DIR, or set FEATCACHE_DATA)")
+    if what.get("init_head"):  # the head's encoders, unless named here
+        what["init_head"] = str(find_run(what["init_head"], runs))
+        what = {**head_encoders(what["init_head"]), **what}
+    replayed = flat(E2EConfig.from_dict(read_config(Path(config).parent if Path(config).name == "config.json"
+                                                    else config)["config"])) if config else {}
+    return train(from_flat(E2EConfig, {**replayed, **what}), data, **how)
 
 
-def fine_tune(data: str | Path, runs: str | Path = "runs", *, run_name: str | None = None, device: str = "auto",
-             keep: tuple[str, ...] = ("best", "last"), track: str | None = None, **config) -> Predictor:
-    """Train image + text backbones and the head end to end (E2EConfig's fields: image_encoder,
-    text_encoder, init_head=a stage-2 run to start from, epochs, ...; its defaults are the best
-    measured recipe); the trained model."""
-    if config.get("init_head"):  # the head's encoders, unless named here
-        config = {**head_encoders(config["init_head"]), **config, "init_head": str(find_run(config["init_head"], runs))}
-    run_dir = train(E2EConfig(**config), data, runs, run_name=run_name, device=device, keep=tuple(keep), track=track)
-    return Predictor.load(run_dir)
+def predict(run: str | Path, data, **options) -> Path:
+    """The dataset's rows to predict, in order (COMP5329: the Kaggle submission for test.csv): the id
+    column and the labels as the data writes them, in `out` (PredictConfig: out, proba). `run`: a
+    run directory or id under `runs`; or an exported model directory (its predictor alone)."""
+    from featcache.deploy.exported import EXPORT_FILE, predict_submission
+    from featcache.workspace import Workspace
+
+    where = Workspace(**{k: options.pop(k) for k in ("cache", "runs") if k in options})
+    cfg = PredictConfig(**known(PredictConfig, options))
+    if (Path(run) / EXPORT_FILE).is_file():
+        return predict_submission(run, data, cfg.out, proba=cfg.proba)
+    return predict_rows(find_run(run, where.runs), data, where.cache, cfg.out, cfg.proba)
 
 
-def load(run: str | Path, runs: str | Path = "runs") -> Predictor:
+def load(run: str | Path, runs: str | Path = RUNS) -> Predictor:
     """A saved run (fit-head, ablate, finetune) by directory or id, as a model that takes photos and captions."""
     return Predictor.load(run, runs)
 
 
-def predict(run: str | Path, data, out: str | Path = "submission.csv", cache: str | Path = "cache",
-            runs: str | Path = "runs", proba: bool = False) -> Path:
-    """The dataset's rows to predict, in order (COMP5329: the Kaggle submission for test.csv): the id
-    column and the labels as the data writes them; `proba`: a probability column per label."""
-    return predict_submission(find_run(run, runs), data, cache, out, proba)
+def demo(**options) -> dict:
+    """The whole study on one dataset (DemoConfig's options): data -> extract -> ablate -> chosen model
+    -> submission -> size and latency -> Table 1 and plots."""
+    from featcache.study.config import DemoConfig
+
+    echo = options.pop("echo", print)
+    return run_demo(DemoConfig(**known(DemoConfig, options)), echo=echo)
 
 
-def export_model(run: str | Path, out: str | Path, format: str = "openvino", precision: str = "auto",
-                 budget_mb: float | None = None, data: str | Path | None = None, runs: str | Path = "runs") -> Path:
-    """One self-contained model (photo + caption in, probabilities out) with its thresholds and
-    preprocessing in export.json; int8 calibrates on train rows of `data`. featcache.deploy.exported's
-    ExportedModel.load(out) predicts with it on the OpenVINO runtime alone."""
-    return export_run(run, out, format, precision, budget_mb, data, runs=runs)[0]
+def merge_shards(encoder: str, **options) -> Path:
+    """Merge the shards of a sharded extract into <cache>/<name>.h5 (the last shard to finish does
+    this itself). `options`: cache, force. StoreError when some shard is missing or unfinished."""
+    from featcache.encoders.registry import cache_name
+    from featcache.stage1.shards import merge
+    from featcache.workspace import Workspace
+    from stores.features import StoreError, cache_path
 
+    force = options.pop("force", False)
+    path = cache_path(Workspace(**known(Workspace, options)).cache, cache_name(encoder))
+    if not merge(path, force=force):
+        raise StoreError(f"{path}: some shards are missing or unfinished (listed above)")
+    return path
+
+
+# One release of the old names (README: "Renamed in this release").
+extract_features = extract
+
+
+def fine_tune(data=None, **options) -> Predictor:
+    """The old name of `finetune` (one release): the trained model rather than its directory."""
+    return Predictor.load(finetune(data, **options), options.get("runs", RUNS))
+
+
+def export_model(run: str | Path, out: str | Path, data=None, **options) -> Path:
+    """The old name of `export` (one release): the export's directory alone."""
+    return export(run, out, data, **options)[0]

@@ -12,6 +12,8 @@ never a KeyError or a broadcast error far from it. Extra keys are allowed (newer
 
 from __future__ import annotations
 
+from featcache.errors import UserError
+
 import hashlib
 import json
 import math
@@ -24,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 HEAD_WEIGHTS = "head.safetensors"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(UserError, ValueError):
     """An artifact that does not match its schema; the message names the file."""
 
 

@@ -18,6 +18,8 @@ and the reason in one line (`os_error`), never a traceback.
 
 from __future__ import annotations
 
+from featcache.errors import UserError
+
 import contextlib
 import errno
 import functools
@@ -40,7 +42,7 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()  # what open() gives a new file: every output gets it
 
 
-class OutputError(ValueError):
+class OutputError(UserError, ValueError):
     """An output cannot be written where asked; the message names it and says what was kept."""
 
 
@@ -327,3 +329,10 @@ def provenance() -> dict:
     return {"command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else None,
             "python": sys.version.split()[0], "versions": versions, "git": git}
 
+
+def count_rows(path: Path) -> int:
+    """Rows of a CSV or Parquet file written here (predictions), without reading it whole."""
+    import polars as pl
+
+    frame = pl.scan_parquet(path) if Path(path).suffix in (".parquet", ".pq") else pl.scan_csv(path)
+    return frame.select(pl.len()).collect().item()

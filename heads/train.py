@@ -15,7 +15,7 @@ import functools
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from heads.config import HeadConfig
 from heads.fusion import CLASSIFIERS, FUSIONS
 from heads.losses import LOSSES
 
@@ -59,46 +60,16 @@ def matmul_rates(threads: int = 1, seconds: float = 0.15) -> dict[str, float]:
 
 
 @functools.cache
+def resolved(cfg: HeadConfig) -> HeadConfig:
+    """The config with bf16 decided: as given, or whichever of bf16 and fp32 measures faster here."""
+    return cfg if cfg.bf16 is not None else replace(cfg, bf16=faster_bf16(cfg.threads))
+
+
 def faster_bf16(threads: int = 1) -> bool:
     """bf16 autocast where it measures faster than fp32 here (once per process; featcache's
     planner remembers it across processes and passes it as HeadConfig.bf16)."""
     rates = matmul_rates(threads)
     return rates["bf16"] > rates["fp32"]
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    fusion: str = "late"  # the best measured on the shared slice (docs/experiments.md); one encoder: an MLP
-    classifier: str = "mlp"
-    loss: str = "bce"
-    width: int = 512  # MLP hidden width; the common width of gated/bilinear/attention
-    dropout: float = 0.5
-    lr: float = 3e-3
-    weight_decay: float = 0.05
-    epochs: int = 8  # the cosine schedule's length...
-    # ...capped at this many optimizer steps (0: no cap). A head converges in a number of steps,
-    # not of passes: 8 epochs of 8,000 rows are 128 steps; on 24,000 rows the cap ends at 2.7 epochs.
-    max_steps: int = 128
-    # ...and stretched to at least this many: on a small dataset 8 epochs are a handful of steps,
-    # too few for the gated/bilinear/attention fusions to converge (early stopping still guards).
-    min_steps: int = 64
-    batch_size: int = 512
-    patience: int = 3  # epochs without a better validation score before stopping
-    seed: int = 0
-    # One thread: while another process uses the second core, two OpenMP threads spin-wait and
-    # run ~8x slower than one. Studies run one fit per core instead (featcache.stage2).
-    threads: int = 1
-    # bf16 autocast: None = whichever of bf16 and fp32 measures faster on this machine (faster_bf16),
-    # resolved when the head is built, so a saved head records what it trained in.
-    bf16: bool | None = None
-
-    def resolved(self) -> HeadConfig:
-        return self if self.bf16 is not None else replace(self, bf16=faster_bf16(self.threads))
-
-    def __post_init__(self):
-        for name, table in (("fusion", FUSIONS), ("classifier", CLASSIFIERS), ("loss", LOSSES)):
-            if getattr(self, name) not in table:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(table)}")
 
 
 class HeadNet(nn.Module):
@@ -109,7 +80,7 @@ class HeadNet(nn.Module):
 
     def __init__(self, dims: list[int], num_labels: int, cfg: HeadConfig):
         super().__init__()
-        self.dims, self.num_labels, self.bf16 = list(dims), num_labels, bool(cfg.resolved().bf16)
+        self.dims, self.num_labels, self.bf16 = list(dims), num_labels, bool(resolved(cfg).bf16)
         for i, d in enumerate(dims):
             self.register_buffer(f"mean{i}", torch.zeros(d))
             self.register_buffer(f"std{i}", torch.ones(d))
@@ -134,7 +105,7 @@ class HeadNet(nn.Module):
 
 class Head:
     def __init__(self, cfg: HeadConfig = HeadConfig()):
-        self.cfg = cfg.resolved()
+        self.cfg = resolved(cfg)
         self.net: HeadNet | None = None
         self.history: list[dict] = []
         self.best_epoch = self.steps_run = -1
@@ -167,8 +138,8 @@ class Head:
         # Cosine decay to 0 over the step budget: large early steps, a settled end, few epochs.
         per_epoch = -(-len(y_t) // cfg.batch_size)
         steps = cfg.epochs * per_epoch
-        if cfg.max_steps:  # the default budget; max_steps=0 means exactly `epochs` epochs
-            steps = min(max(steps, cfg.min_steps), cfg.max_steps)
+        if cap := cfg.step_cap():  # the default schedule's budget (HeadConfig.step_cap)
+            steps = min(max(steps, cfg.min_steps), cap)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k / steps, 1.0))))
         loss_fn = LOSSES[cfg.loss]
         n, best, best_state, bad = len(y_t), -np.inf, None, 0

@@ -22,6 +22,8 @@ attribute, never the file's structure: a kill between flushes leaves a readable 
 
 from __future__ import annotations
 
+from featcache.errors import UserError
+
 import json
 import os
 from dataclasses import dataclass, field
@@ -36,7 +38,7 @@ from featcache.encoders.registry import cache_name
 CHUNK_BYTES = 1 << 20  # HDF5's sweet spot is ~1 MB chunks
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """A cache file that is missing, incomplete, corrupt, or built from a different configuration."""
 
 

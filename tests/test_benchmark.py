@@ -90,7 +90,8 @@ def test_cli_json_has_every_column_per_encoder(tmp_path):
 
 def test_heads_are_found_and_measured_and_an_incomplete_run_is_left_out_by_name(tmp_path, capsys):
     from heads.planted import make_planted
-    from heads.train import Head, HeadConfig
+    from heads.train import Head
+    from heads.config import HeadConfig
 
     xs, y = make_planted(64, dims=(32, 16))
     head = Head(HeadConfig(width=8, epochs=1)).fit(xs, y)
@@ -161,7 +162,7 @@ def test_report_picks_the_best_model_under_the_budget(tmp_path, budget, best, fp
     assert rows["efficientnet_lite0_ft / concat/mlp/bce"]["pareto_size"]
     picked = rp.best_under_budget(t)
     assert (picked and picked["model"]) == best
-    assert rp.chart(t, tmp_path / "pareto.png", cfg).stat().st_size > 10_000
+    assert rp.pareto_chart(t, tmp_path / "pareto.png", cfg).stat().st_size > 10_000
 
 
 def test_seeds_average_refits_replace_and_other_settings_stay_apart(tmp_path):
@@ -183,7 +184,8 @@ def test_report_names_what_was_not_benchmarked(tmp_path):
 
 def test_report_cli_measures_the_models_it_lacks(tmp_path):
     from heads.planted import make_planted
-    from heads.train import Head, HeadConfig
+    from heads.train import Head
+    from heads.config import HeadConfig
 
     runs_dir = tmp_path / "runs"
     runs = write_results(runs_dir / "results.parquet", SPECS[:3])

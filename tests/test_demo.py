@@ -5,12 +5,13 @@ from __future__ import annotations
 import polars as pl
 
 from featcache.data import load_dataset
-from featcache.study.demo import DemoConfig, run
+from featcache.study.config import DemoConfig
+from featcache.study.demo import run_demo
 
 
 def test_demo_runs_every_step_and_writes_every_file(tmp_path):
     lines = []
-    result = run(DemoConfig(out=tmp_path / "demo", n_train=160, n_test=24, seeds=1, pretrained=False,
+    result = run_demo(DemoConfig(out=tmp_path / "demo", n_train=160, n_test=24, seeds=1, pretrained=False,
                             batch_sizes=(1,)), echo=lines.append)
     files = result["files"]
     for what, path in files.items():
@@ -30,6 +31,6 @@ def test_demo_runs_every_step_and_writes_every_file(tmp_path):
     assert any("fusion concat" in line for line in lines) and any("best under" in line for line in lines)
     # A second run finds the caches warm.
     again = []
-    run(DemoConfig(out=tmp_path / "demo", n_train=160, n_test=24, seeds=1, pretrained=False, batch_sizes=(1,)),
+    run_demo(DemoConfig(out=tmp_path / "demo", n_train=160, n_test=24, seeds=1, pretrained=False, batch_sizes=(1,)),
         echo=again.append)
     assert sum(line.endswith("warm cache, model not loaded") for line in again) == 2, [line for line in again if "cache" in line]

@@ -28,13 +28,14 @@ from featcache.e2e.loop import lr_factor, train
 from featcache.e2e.model import build_model, with_init_head
 from featcache.e2e.predict import predict_proba
 from featcache.data.synth import make_dataset
+from heads.config import HeadArch
 
 ROOT = Path(__file__).resolve().parents[1]
 # dropout 0: the head's pooled dropout masks are redrawn in a new process, so only without
 # dropout can a resumed run be compared bit for bit with an uninterrupted one. The cosine schedule
 # makes the resumed run's lr depend on where it resumes.
 CFG = E2EConfig(image_size=32, pretrained=False, epochs=3, batch_size=8, lr=1e-3, stats_rows=32, max_steps=3,
-                    dropout=0.0, schedule="cosine")
+                head=HeadArch(dropout=0.0), schedule="cosine")
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +156,8 @@ def test_init_head_from_a_stage2_run_and_freezing(data, tmp_path):
     weights and standardisation; frozen parts get no gradient and keep batch-norm in eval mode."""
     import torch
 
-    from heads.train import Head, HeadConfig
+    from heads.train import Head
+    from heads.config import HeadConfig
 
     rng = np.random.default_rng(0)
     xs, y = [rng.normal(size=(40, 384)).astype(np.float32), rng.normal(2, 3, size=(40, 1280)).astype(np.float32)], \
@@ -165,7 +167,7 @@ def test_init_head_from_a_stage2_run_and_freezing(data, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"encoders": ["minilm_l6", "efficientnet_lite0"]}))
     cfg = replace(CFG, init_head=str(tmp_path), freeze=("text", "image-early"))
     cfg, order, net, weights = with_init_head(cfg, 18)
-    assert order == ["minilm_l6", "efficientnet_lite0"] and (cfg.classifier, cfg.width) == ("mlp", 32) and not weights
+    assert order == ["minilm_l6", "efficientnet_lite0"] and (cfg.head.classifier, cfg.head.width) == ("mlp", 32) and not weights
     with pytest.raises(ValueError, match="split seed 0"):  # another split would validate on the head's train rows
         with_init_head(replace(CFG, init_head=str(tmp_path), split_seed=1), 18)
     with_init_head(replace(CFG, init_head=str(tmp_path), seed=1), 18)  # another model seed: the same split
@@ -193,17 +195,17 @@ def test_a_head_fitted_on_a_finetuned_cache_starts_from_that_backbone(data, tmp_
     import torch
     from safetensors.torch import save_file
 
-    from featcache.stage1 import build as stage1
+    from featcache.stage1.build import extract_features
     from featcache.encoders.models import create_encoder
     from featcache.encoders.registry import get_cfg
     from featcache.stage2.experiment import Split, fit_eval, load_features, save_run
-    from heads.train import HeadConfig
+    from heads.config import HeadConfig
 
     dataset, cache = load_dataset(data), tmp_path / "cache"
     fast = dict(pretrained=False, image_size=32, batch_size=8, threads=1, num_workers=0, progress=False,
                 log=lambda m: None)
-    stage1.run(dataset, "efficientnet_lite0", cache, finetune={"epochs": 1, "lr": 1e-3}, **fast)
-    stage1.run(dataset, "minilm_l6", cache, **fast)
+    extract_features(dataset, "efficientnet_lite0", cache=cache, adapt_epochs=1, adapt_lr=1e-3, **fast)
+    extract_features(dataset, "minilm_l6", cache=cache, **fast)
     features = load_features(cache, ["efficientnet_lite0_ft", "minilm_l6"], dataset)
     result = fit_eval(features, Split.of(dataset), HeadConfig(fusion="late", width=32, epochs=1, bf16=False))
     run = save_run(result, tmp_path / "head", dataset.label_space)

@@ -75,7 +75,7 @@ def _tiny_bert(out: Path) -> Path:
 def world(tmp_path_factory) -> World:
     from featcache.stage1.extract import extract
     from featcache.stage2.experiment import fit_head
-    from heads.train import HeadConfig
+    from heads.config import HeadConfig
 
     root = tmp_path_factory.mktemp("export")
     data = make_dataset(root / "data", n_train=120, n_test=30, seed=4, image_size=48)
@@ -86,7 +86,7 @@ def world(tmp_path_factory) -> World:
     extract(dataset, IMAGE, cache, pretrained=False, image_size=32, **pinned)
     extract(dataset, tiny, cache, **pinned)
     head = HeadConfig(fusion="late", epochs=4, width=16, threads=1)
-    fitted = {what: fit_head(data, cache, names, head, runs=runs)[0]
+    fitted = {what: fit_head(data, names, cache=cache, head=head, runs=runs)[0]
               for what, names in [("pair", [IMAGE, tiny]), ("image", [IMAGE]),
                                   ("text", [tiny])]}
     return World(data, cache, runs, tiny, **fitted)
@@ -101,8 +101,8 @@ def exports(world) -> dict[tuple[str, str], Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ex, "_calibration_inputs", lambda meta, stage, ds, ids: handed.extend(ids) or real(meta, stage, ds, ids))
         for fmt, precision in FORMATS:
-            out[fmt, precision] = ex.export(world.pair, world.runs / "exports" / f"{fmt}-{precision}", fmt, precision,
-                                            data=world.data, calibration_rows=CALIBRATION, say=quiet)[0]
+            out[fmt, precision] = ex.export(world.pair, world.runs / "exports" / f"{fmt}-{precision}", format=fmt,
+                                            precision=precision, data=world.data, calibration_rows=CALIBRATION, say=quiet)[0]
     out["handed to calibration"] = handed
     return out
 
@@ -327,8 +327,8 @@ def test_benchmark_measures_an_export_and_report_chooses_it_under_the_budget(wor
                                        "throughput": {"1": 1.0}} for p in parts]}
     (tmp_path / "bench.json").write_text(json.dumps(doc))
     sizes = {p: read_meta(exports["openvino", p])["size_mb"] for p in ("fp16", "int8")}
-    cfg = rp.ReportConfig(budget_mb=(sizes["int8"] + sizes["fp16"]) / 2)
-    table, best = rp.build(world.runs / "results.parquet", world.runs, tmp_path / "bench.json", tmp_path / "report", cfg)
+    cfg = rp.ReportConfig(budget_mb=(sizes["int8"] + sizes["fp16"]) / 2, runs=world.runs)
+    table, best, _ = rp.build_report(cfg, bench=tmp_path / "bench.json", out=tmp_path / "report")
     variants = table.filter(pl.col("model").str.contains(" / late/mlp/bce / "))["model"].str.split(" / ").list.last()
     assert sorted(variants) == ["onnx fp32", "openvino fp16", "openvino fp32", "openvino int8"]
     assert best["model"].endswith("/ late/mlp/bce / openvino int8")

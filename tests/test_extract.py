@@ -20,7 +20,7 @@ import torch
 
 from featcache.encoders import models as encoders
 
-from featcache.stage1 import build as stage1
+from featcache.stage1.build import extract_features
 from featcache.data import DataError, load_dataset
 from featcache.encoders.models import create_encoder
 from featcache.stage1.extract import extract
@@ -47,8 +47,7 @@ def dataset(data_root):
 
 def run(dataset, cache, name="efficientnet_lite0", finetune_epochs=0, lr=None, **kw):
     """Stage 1 as the CLI runs it: fine-tuning first when asked, then extraction."""
-    finetune = {"epochs": finetune_epochs, "lr": lr} if finetune_epochs else None
-    return stage1.run(dataset, name, cache, finetune=finetune, **{**FAST, **kw})
+    return extract_features(dataset, name, cache=cache, adapt_epochs=finetune_epochs, adapt_lr=lr, **{**FAST, **kw})
 
 
 def test_features_are_the_model_outputs_for_every_train_and_test_id(dataset, tmp_path):
@@ -269,6 +268,7 @@ def test_two_concurrent_fine_tunings_train_once(dataset, tmp_path, monkeypatch):
     import threading
 
     from featcache.stage1 import adapt as finetune
+    from featcache.stage1.config import AdaptConfig
     from featcache.encoders.weights import resolve_weights
 
     calls = []
@@ -282,9 +282,9 @@ def test_two_concurrent_fine_tunings_train_once(dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(finetune, "train", fake_train)
     cfg = get_cfg("efficientnet_lite0")
     source = resolve_weights(cfg, None, False)
-    ft = finetune.FinetuneCfg(epochs=1, lr=1e-3)
+    ft = AdaptConfig(epochs=1, lr=1e-3)
     said = []
-    threads = [threading.Thread(target=finetune.ensure_finetuned, args=(dataset, cfg, source, ft, tmp_path),
+    threads = [threading.Thread(target=finetune.ensure_adapted, args=(dataset, cfg, source, ft, tmp_path),
                                 kwargs={"say": said.append}) for _ in range(2)]
     for t in threads:
         t.start()
@@ -315,13 +315,14 @@ def test_cli_encoders_and_extract(data_root, tmp_path):
 @pytest.mark.parametrize("freeze_bn", [True, False])
 def test_finetune_keeps_batchnorm_statistics_unless_told_otherwise(dataset, tmp_path, freeze_bn):
     from featcache.stage1 import adapt as finetune
+    from featcache.stage1.config import AdaptConfig
     from featcache.encoders.models import build_encoder, load_state_dict
     from featcache.encoders.weights import resolve_weights
 
     cfg = replace(get_cfg("efficientnet_lite0"), input_size=32)
     source = resolve_weights(cfg, None, False)
-    ft = finetune.FinetuneCfg(epochs=1, lr=1e-2, batch_size=4, freeze_bn=freeze_bn)
-    tuned, _ = finetune.ensure_finetuned(dataset, cfg, source, ft, tmp_path, threads=1, num_workers=0, say=lambda m: None)
+    ft = AdaptConfig(epochs=1, lr=1e-2, batch_size=4, freeze_bn=freeze_bn)
+    tuned, _ = finetune.ensure_adapted(dataset, cfg, source, ft, tmp_path, threads=1, num_workers=0, say=lambda m: None)
     before, after = build_encoder(cfg, source).state_dict(), load_state_dict(tuned.path)
     stats = [k for k in before if k.endswith("running_mean")]
     weights = [k for k in before if k.endswith("conv_stem.weight")]
@@ -357,7 +358,7 @@ def test_a_cache_built_with_lenient_is_usable_later_and_its_skipped_rows_are_rep
     import shutil
 
     from featcache.stage2.experiment import fit_head
-    from heads.train import HeadConfig
+    from heads.config import HeadConfig
 
     root = tmp_path / "data"
     shutil.copytree(data_root, root)
@@ -365,7 +366,7 @@ def test_a_cache_built_with_lenient_is_usable_later_and_its_skipped_rows_are_rep
     dataset = load_dataset(root)
     run(dataset, tmp_path / "c", lenient=True)
     run(dataset, tmp_path / "c", name="minilm_l6")
-    _, result = fit_head(root, tmp_path / "c", ["efficientnet_lite0", "minilm_l6"], HeadConfig(width=8, epochs=1),
+    _, result = fit_head(root, ["efficientnet_lite0", "minilm_l6"], cache=tmp_path / "c", head=HeadConfig(width=8, epochs=1),
                          runs=tmp_path / "runs")
     assert result.metrics["n_train"] + result.metrics["n_val"] == len(dataset.train) - 1
     assert "skipped 1 train.csv rows absent from the caches efficientnet_lite0, minilm_l6" in capsys.readouterr().err

@@ -125,12 +125,12 @@ def world(small, tmp_path_factory):
     """(data, cache, runs, run): a head fitted on a random-init efficientnet_lite0 cache."""
     from featcache.stage1.extract import extract
     from featcache.stage2.experiment import fit_head
-    from heads.train import HeadConfig
+    from heads.config import HeadConfig
 
     base = tmp_path_factory.mktemp("world")
     cache, runs = base / "cache", base / "runs"
     extract(load_dataset(small), "efficientnet_lite0", cache, **FAST)
-    run = fit_head(small, cache, ["efficientnet_lite0"], HeadConfig(width=8, epochs=1), runs=runs)[0]
+    run = fit_head(small, ["efficientnet_lite0"], cache=cache, head=HeadConfig(width=8, epochs=1), runs=runs)[0]
     return small, cache, runs, run
 
 

@@ -211,9 +211,9 @@ SAVE_CHILD = textwrap.dedent("""
     from pathlib import Path
     from featcache.stage2.experiment import fit_head
     from featcache.stage2.thresholds import Thresholds
-    from heads.train import HeadConfig
+    from heads.config import HeadConfig
     Thresholds.save = lambda self, path: os.kill(os.getpid(), signal.SIGKILL)
-    fit_head(sys.argv[1], sys.argv[2], ["efficientnet_lite0"], HeadConfig(width=8, epochs=1), runs=Path(sys.argv[3]))
+    fit_head(sys.argv[1], ["efficientnet_lite0"], cache=sys.argv[2], head=HeadConfig(width=8, epochs=1), runs=Path(sys.argv[3]))
 """)
 
 
@@ -225,9 +225,9 @@ def kill_in_save(data_root: Path, cache: Path, runs: Path) -> int:
 
 def fit_one(data_root: Path, cache: Path, runs: Path) -> Path:
     from featcache.stage2.experiment import fit_head
-    from heads.train import HeadConfig
+    from heads.config import HeadConfig
 
-    return fit_head(data_root, cache, [ENC], HeadConfig(width=8, epochs=1), runs=runs)[0]
+    return fit_head(data_root, [ENC], cache=cache, head=HeadConfig(width=8, epochs=1), runs=runs)[0]
 
 
 def test_a_kill_while_fit_head_saves_leaves_no_usable_run(data_root, clean_cache, tmp_path):
@@ -315,7 +315,7 @@ class Evil:
 
 
 def test_every_torch_load_is_weights_only():
-    calls = [(p, line) for p in [*ROOT.glob("featcache/*.py"), *ROOT.glob("heads/*.py"), *ROOT.glob("stores/*.py"),
+    calls = [(p, line) for p in [*ROOT.glob("featcache/**/*.py"), *ROOT.glob("heads/*.py"), *ROOT.glob("stores/*.py"),
                                  ROOT / "cli.py"]
              for line in p.read_text().splitlines() if "torch.load(" in line]
     assert calls, "no torch.load found: update this test"

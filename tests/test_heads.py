@@ -25,7 +25,8 @@ from heads import fusion as fusion_mod
 from heads.fusion import FUSIONS
 from heads.losses import asl, bce, focal
 from heads.planted import make_planted
-from heads.train import Head, HeadConfig, _pick_views
+from heads.train import Head, _pick_views
+from heads.config import HeadConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,7 +126,7 @@ def test_save_load_gives_the_same_probabilities(planted, tmp_path):
 
 
 def test_bad_config_and_inputs_are_clear_errors():
-    with pytest.raises(ValueError, match="unknown fusion 'sum'"):
+    with pytest.raises(ValueError, match="fusion='sum': choose from "):
         HeadConfig(fusion="sum")
     with pytest.raises(ValueError, match="rows differ"):
         Head(HeadConfig(epochs=1)).fit([np.zeros((5, 3), np.float32)], np.zeros((4, 2), np.float32))
@@ -272,7 +273,7 @@ def test_fit_head_is_the_command_as_a_function_and_opens_a_cache_by_its_file_nam
     shutil.copy(cache / "txt.h5", colon / "txt.h5")
     with h5py.File(colon / "timm-img.h5", "r+") as f:
         f.attrs["encoder"] = "timm:img"
-    run_dir, result = fit_head(root, colon, ["timm:img", "txt"], HeadConfig(**{**FAST, "epochs": 2}), runs=tmp_path / "runs")
+    run_dir, result = fit_head(root, ["timm:img", "txt"], cache=colon, head=HeadConfig(**{**FAST, "epochs": 2}), runs=tmp_path / "runs")
     assert run_dir.parent == tmp_path / "runs" and (run_dir / "head.safetensors").exists()
     assert pl.read_parquet(tmp_path / "runs" / "results.parquet")["run"].to_list() == [run_dir.name]
     assert result.fingerprints == {"timm-img": "planted-img-v1", "txt": "planted-txt-v1"}

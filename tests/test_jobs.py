@@ -12,7 +12,7 @@ from featcache.stage2.ablate import ablate_features
 from featcache.stage2.curve import curve_points
 from featcache.stage2.experiment import Split, load_features
 from featcache.stage2.pool import check_jobs
-from heads.train import HeadConfig
+from heads.config import HeadConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = HeadConfig(width=32, max_steps=12, min_steps=6, bf16=False)

@@ -11,7 +11,8 @@ from featcache.encoders import planner
 from featcache.encoders.backends import Compute, bf16_matmul_ratio, candidates, choose, fastest
 from featcache.encoders.models import create_encoder
 from featcache.stage2.pool import planned_head
-from heads.train import HeadConfig, matmul_rates
+from heads.train import matmul_rates
+from heads.config import HeadConfig
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from featcache.stage2.ablate import format_table, summarize
+from featcache.stage2.ablate import format_ablation, summarize_ablation
 from featcache.stage2.thresholds import fit_thresholds, out_of_fold, threshold_report
 
 N_VAL, LABELS = 60, 40  # many labels, few validation rows: per-label thresholds overfit
@@ -52,10 +52,10 @@ def test_a_model_that_overfits_its_thresholds_is_first_in_sample_and_not_out_of_
     in_sample = raw.group_by(pl.col("encoders").list.join("+")).agg(pl.col("sample_f1").mean()).sort(
         "sample_f1", descending=True)
     assert in_sample["encoders"][0] == "sharp"  # what the old ranking would have chosen
-    table = summarize(raw)
+    table = summarize_ablation(raw)
     assert table["encoders"].to_list() == ["blunt", "sharp"]
     assert table["tuned_out_of_fold"].is_sorted(descending=True)
-    text = format_table(table)
+    text = format_ablation(table)
     assert "in-sample tuning would have picked sharp" in text
     assert f"only {N_VAL} validation rows" in text  # too few rows for the ranking to mean much
 
@@ -67,12 +67,12 @@ def test_models_the_rows_cannot_tell_apart_are_marked_and_a_clear_loser_is_not()
     twin = np.clip(0.5 * y + 0.5 * rng.random(y.shape), 0, 1)  # as good, its errors on other rows
     poor = np.clip(0.1 * y + 0.9 * rng.random(y.shape), 0, 1)
     raw = pl.DataFrame([_row(n, 0, y, p, mode="flat") for n, p in (("good", good), ("twin", twin), ("poor", poor))])
-    table = summarize(raw)
+    table = summarize_ablation(raw)
     ties = dict(zip(table["encoders"], table["within_noise"]))
     assert ties["good"] and ties["twin"] and not ties["poor"]
     first = table.row(0, named=True)
     assert first["oof_low"] <= first["tuned_out_of_fold"] <= first["oof_high"]
-    assert "2 configurations are within the noise of the first" in format_table(table)
+    assert "2 configurations are within the noise of the first" in format_ablation(table)
 
 
 def test_without_per_row_scores_the_seed_spread_decides():
@@ -82,7 +82,7 @@ def test_without_per_row_scores_the_seed_spread_decides():
     scores = {"a": [0.850, 0.852, 0.848], "b": [0.849, 0.853, 0.846], "c": [0.80, 0.801, 0.799]}
     raw = pl.DataFrame([{**base, "encoders": [k], "seed": s, "tuned_out_of_fold": v}
                         for k, vs in scores.items() for s, v in enumerate(vs)])
-    table = summarize(raw)
+    table = summarize_ablation(raw)
     assert table["encoders"].to_list() == ["a", "b", "c"]
     assert table["within_noise"].to_list() == [True, True, False]
     assert table["oof_low"].is_nan().all()

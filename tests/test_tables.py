@@ -44,7 +44,7 @@ def extracted(shapes, tmp_path_factory):
     """Each shape extracted (random-init lite0 at 32 px, minilm_l6) and one head fitted on each."""
     from featcache.stage1.extract import extract
     from featcache.stage2.experiment import fit_head
-    from heads.train import HeadConfig
+    from heads.config import HeadConfig
 
     out = {}
     for name, spec in ((n, s) for n, s in shapes.items() if n != "parquet"):
@@ -52,7 +52,7 @@ def extracted(shapes, tmp_path_factory):
         ds = load_dataset(spec)
         extract(ds, "efficientnet_lite0", cache, image_size=32, **FAST)
         extract(ds, "minilm_l6", cache, **FAST)
-        run_dir, result = fit_head(spec, cache, ["efficientnet_lite0", "minilm_l6"], HeadConfig(epochs=3), runs=runs)
+        run_dir, result = fit_head(spec, ["efficientnet_lite0", "minilm_l6"], cache=cache, head=HeadConfig(epochs=3), runs=runs)
         out[name] = (ds, cache, runs, run_dir, result)
     return out
 
@@ -75,11 +75,11 @@ def test_every_shape_gives_identical_features_and_metrics(extracted, shapes):
         assert result.metrics["tuned"] == ref.metrics["tuned"], name
     # Parquet: the same rows as the CSV, so the same fingerprint and the CSV's caches, warm.
     from featcache.stage2.experiment import fit_head
-    from heads.train import HeadConfig
+    from heads.config import HeadConfig
 
     _, csv_cache, csv_runs, _, csv_result = extracted["csv"]
     assert load_dataset(shapes["parquet"]).fingerprint() == extracted["csv"][0].fingerprint()
-    _, result = fit_head(shapes["parquet"], csv_cache, ["efficientnet_lite0", "minilm_l6"], HeadConfig(epochs=3),
+    _, result = fit_head(shapes["parquet"], ["efficientnet_lite0", "minilm_l6"], cache=csv_cache, head=HeadConfig(epochs=3),
                          runs=csv_runs)
     assert result.metrics["tuned"] == csv_result.metrics["tuned"] == ref.metrics["tuned"]
 

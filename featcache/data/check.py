@@ -13,9 +13,10 @@ from tqdm import tqdm
 from featcache.data import Dataset, DataError, load_dataset
 from featcache.data.images import Folder, regular_file
 from featcache.outputs import inputs_of, replacing
+from featcache.tables import render
 
 
-def summarize(ds: Dataset, scan_images: bool = True) -> dict:
+def summarize_data(ds: Dataset, scan_images: bool = True) -> dict:
     counts = Counter(lab for r in ds.train for lab in r.labels)
     per_image = Counter(len(r.labels) for r in ds.train)
     caption_words = np.array([len(r.caption.split()) for r in ds.train + ds.test] or [0])
@@ -95,12 +96,34 @@ def plot_label_distribution(summary: dict, path: str | Path) -> Path:
     return path
 
 
-def check(data, lenient: bool = False, plot: str | Path | None = None) -> dict:
+def check_data(data, lenient: bool = False, plot: str | Path | None = None) -> dict:
     """`data check`: the summary of the dataset at `data`, with its label chart written to `plot`."""
     dataset = load_dataset(data, lenient=lenient)
     if plot:
         inputs_of(dataset=dataset).refuse(Path(plot))  # before any work: never over or into the data
-    summary = summarize(dataset)
+    summary = summarize_data(dataset)
     if plot:
         summary["plot"] = str(plot_label_distribution(summary, plot))
     return summary
+
+
+def format_summary(summary: dict) -> str:
+    """`data check` as a person reads it: counts, the columns it read, skips, labels, captions, images."""
+    lines = [f"{summary['root']}: {summary['train_rows']} labelled rows, {summary['test_rows']} rows to predict, "
+             f"{summary['skipped_rows']} skipped; modalities: {' and '.join(summary['modalities'])}"]
+    read = summary["read_as"]
+    if "table" in read:
+        lines.append(f"read as: id {read['id']}, image {read['image']}, text {read['text']}, labels {read['labels']} "
+                     f"(separator {read['label_sep']!r}), split {read['split']}"
+                     + (f"; detected: {', '.join(read['detected'])}" if read["detected"] else ""))
+    lines += [f"  skipped {s['file']}:{s['line']}: {s['reason']}" for s in summary["skipped"]]
+    lines.append(render([{"label": lab, "name": summary["label_names"][lab], "count": n,
+                          "freq": f"{summary['label_frequency'][lab]:.2%}"} for lab, n in summary["label_counts"].items()]))
+    lines.append(f"labels per image: {summary['labels_per_image']} (mean {summary['mean_labels_per_image']})")
+    lines.append(f"caption words: {summary['caption_words']}, multi-line captions: {summary['multiline_captions']}")
+    if "image_size" in summary:
+        lines.append(f"images: {summary['images_found']} found, {len(summary['images_missing'])} missing, "
+                     f"{len(summary['images_unreadable'])} unreadable; sizes {summary['image_size']}; modes {summary['image_modes']}")
+    if summary.get("plot"):
+        lines.append(f"chart: {summary['plot']}")
+    return "\n".join(lines)

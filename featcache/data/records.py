@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from featcache.errors import UserError
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,7 +18,7 @@ COCO_NAMES = {
 MODALITIES = ("image", "text")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message names the file and, where there is one, the row."""
 
 

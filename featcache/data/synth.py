@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import colorsys
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from featcache.data import COCO_NAMES, LABELS_FILE
+from featcache.options import check_fields, known, option
 
 # Nine saturated hues x two shapes: every label has its own look on a grey background.
 COLOURS = [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(k / 9, 0.9, 0.9)) for k in range(9)]
@@ -83,6 +85,28 @@ def make_dataset(root: str | Path, n_train: int = 1000, n_test: int = 200, seed:
 
 
 TABLE_FORMATS = ("csv", "tsv", "parquet", "jsonl", "hf")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    format: str = option("comp5329", "comp5329 (train.csv, test.csv, labels.json, data/), or a table of the same rows: "
+                                     "csv, tsv, parquet, jsonl or hf (a saved Hugging Face dataset).",
+                         choices=("comp5329", *TABLE_FORMATS))
+    n_train: int = option(1000, "Labelled rows.", range=(1, None))
+    n_test: int = option(200, "Unlabelled rows (their labels go to test_labels.csv).", range=(0, None))
+    seed: int = option(0, "Same seed, same bytes.", range=(0, None))
+    image_size: int = option(64, "Side of the square images in pixels.", range=(8, 4096))
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+def make_data(out: str | Path, **options) -> Path:
+    """Generated data with learnable signal (SynthConfig's options): the COMP5329 layout, with the
+    real files' CSV faults, or the same rows as a table. Returns the folder (or the table's path)."""
+    cfg = SynthConfig(**known(SynthConfig, options))
+    sizes = dict(n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed, image_size=cfg.image_size)
+    return make_dataset(out, **sizes) if cfg.format == "comp5329" else make_table(out, cfg.format, **sizes)
 
 
 def make_table(out: str | Path, format: str = "csv", n_train: int = 1000, n_test: int = 200, seed: int = 0,

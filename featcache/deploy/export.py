@@ -35,47 +35,17 @@ from featcache import __version__
 from featcache.data import Dataset, load_dataset
 from featcache.deploy.exported import EXAMPLE_CAPTION, EXPORT_FILE, ExportedModel, Preprocessor, model_mb
 from featcache.deploy.exported import validate as validate_export
+from featcache.deploy.config import ExportConfig
+from featcache.options import known
 from featcache.outputs import OutputError, check_out_dir, inputs_of, os_errors, sweep_stale, write_text
 from featcache.runs.catalog import E2E, cached_encoders, find_run, finished, kind_of, load_model
 from featcache.data.split import split_rows
 from featcache.stage2.experiment import RunError
 from featcache.stage2.thresholds import Thresholds
 
-FORMATS = {"openvino": ("fp32", "fp16", "int8"), "onnx": ("fp32",)}
-PRECISIONS = ("fp32", "fp16", "int8")  # most precise first: a budget takes the first that fits
 MODEL_FILE = {"openvino": "model.xml", "onnx": "model.onnx"}
 # fit-head's split is Split.of(dataset) with its default share (featcache.stage2.experiment).
 STAGE2_VAL_FRACTION = 0.2
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    format: str = "openvino"
-    precision: str = "auto"  # auto: fp32, or under a budget the most precise that fits
-    budget_mb: float | None = None  # MB of 10^6 bytes, as featcache.study.benchmark counts
-    calibration_rows: int = 300  # int8: train rows of the run's split
-    calibration_seed: int = 0
-    validate: bool = True  # with data: score the exported model on the run's validation rows
-
-    def __post_init__(self):
-        supported = "; ".join(f"--format {f}: {', '.join(p)}" for f, p in FORMATS.items())
-        if self.format not in FORMATS:
-            raise ValueError(f"--format {self.format!r}: expected {' or '.join(FORMATS)}")
-        if self.precision not in ("auto", *PRECISIONS):
-            raise ValueError(f"--precision {self.precision!r}: expected auto, {', '.join(PRECISIONS)}")
-        if self.precision != "auto" and self.precision not in FORMATS[self.format]:
-            raise ValueError(f"--format {self.format} --precision {self.precision} is not supported ({supported}): "
-                             "half and int8 weights are OpenVINO's")
-        if self.budget_mb is not None and not self.budget_mb > 0:
-            raise ValueError(f"--budget-mb {self.budget_mb}: a size budget must be above 0 MB")
-        if self.calibration_rows < 1:
-            raise ValueError(f"calibration_rows {self.calibration_rows}: int8 needs at least one calibration row")
-
-    def candidates(self) -> tuple[str, ...]:
-        """The precisions to try, most precise first."""
-        if self.precision != "auto":
-            return (self.precision,)
-        return FORMATS[self.format] if self.budget_mb is not None else ("fp32",)
 
 
 class Composed(nn.Module):
@@ -166,33 +136,31 @@ def load_source(run: str | Path) -> Source:
 
 # --- the export -----------------------------------------------------------------------------------
 
-def export(run: str | Path, out: str | Path, format: str = "openvino", precision: str = "auto",
-           budget_mb: float | None = None, data: str | Path | None = None, *, runs: str | Path = "runs",
-           calibration_rows: int = 300, validate: bool = True, force: bool = False, say=None) -> tuple[Path, dict]:
+def export(run: str | Path, out: str | Path, data=None, *, say=None, **options) -> tuple[Path, dict]:
     """Write the run's model (a directory, or a run id under `runs`: featcache.runs.catalog.find_run) to the
     directory `out` (created, or a previous export replaced): (out, the export.json written).
     ValueError (OutputError, RunError) naming the file or option when the run, the options, the data
     or `out` do not do; under a budget that nothing fits, the sizes of every precision tried. int8
     needs `data` (calibration); so do the validation figures. `out` replaces a previous export
     only when it holds nothing else (export.json lists the files it wrote); with `force` the
-    files it lists are replaced and everything else in `out` is kept."""
-    cfg = ExportConfig(format, precision, budget_mb, calibration_rows, validate=validate)
+    files it lists are replaced and everything else in `out` is kept. `options`: ExportConfig's."""
+    cfg = ExportConfig(**known(ExportConfig, options))
     say = say or (lambda m: print(m, file=sys.stderr))  # progress: the slow steps, a precision over the budget
     if cfg.precision == "int8" and data is None:
         raise ValueError("--precision int8 is calibrated on train rows of the run's split: pass the dataset (--data)")
-    run, out = find_run(run, runs), Path(out)
+    run, out = find_run(run, cfg.runs), Path(out)
     kind_of(run)  # not a run: one line, before anything is built
     dataset = load_dataset(data) if data is not None else None
     # Before any work: never into (or over a folder holding) the run, its caches or the dataset,
     # onto a file, where it cannot write, or over files featcache did not write.
     check_out_dir(out, inputs_of(dataset=dataset, caches=_inputs(run)[1:], run_dirs=[run]), whole=True)
-    keep = _foreign(out, force)
+    keep = _foreign(out, cfg.force)
     source = load_source(run)
     if dataset is not None:
         _check_dataset(source, dataset)
     stage = _stage_dir(out)
     try:
-        meta = write(source, stage, cfg, dataset, say)
+        meta = write_export(source, stage, cfg, dataset, say)
         if dataset is not None and cfg.validate:
             say(f"{out}: scoring the exported model on the run's validation rows")
             model = ExportedModel.load(stage)
@@ -207,7 +175,7 @@ def export(run: str | Path, out: str | Path, format: str = "openvino", precision
     return out, meta
 
 
-def write(source: Source, stage: Path, cfg: ExportConfig, dataset: Dataset | None, say) -> dict:
+def write_export(source: Source, stage: Path, cfg: ExportConfig, dataset: Dataset | None, say) -> dict:
     """The model files, tokenizers and export.json in `stage`; the first precision that fits."""
     specs, encoders = _describe(source.module, stage)
     meta = {"format": cfg.format, "model": MODEL_FILE[cfg.format], "inputs": specs,
@@ -434,3 +402,9 @@ def _put_in_place(stage: Path, out: Path, keep: list[str] = ()) -> None:
             os.replace(old, out)
         raise OutputError(f"{out}: cannot put the export in place ({e.strerror or e}); {kept}") from None
     shutil.rmtree(old, ignore_errors=True)
+
+
+def describe_export(path: Path, meta: dict) -> str:
+    v = meta.get("validation")
+    return (f"{path}: {meta['format']} {meta['precision']}, {meta['size_mb']:.1f} MB"
+            + (f", validation sample-F1 {v['sample_f1']:.4f} ({v['tuned_out_of_fold']:.4f} out of fold)" if v else ""))

@@ -1,7 +1,7 @@
 """checkpoints/epoch-N/ of an end-to-end run: model.safetensors (and ema.safetensors when the run
 keeps a moving average), optimizer.pt (optimizer + grad scaler, loaded with weights_only=True: a
 foreign pickle is refused without running it) and state.json (epoch, history, per-step losses).
-Which are kept is the run's choice (`keep`, KEEP): the latest (`resume` continues after it; kept
+Which are kept is the run's choice (`keep`, TrainOptions.keep): the latest (`resume` continues after it; kept
 while the run trains), the best by validation mAP (threshold-free, as stage 2 early-stops on it),
 or all of them."""
 
@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 from featcache.encoders.models import save_weights
 
 CHECKPOINTS = "checkpoints"
-KEEP = ("last", "best", "all")
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, scaler, state: dict, ema=None,

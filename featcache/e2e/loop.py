@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,24 +30,26 @@ from featcache.data import Dataset, DataSpec, Record, load_dataset
 from featcache.metrics import scores
 from featcache.data.split import nested_share, split_rows
 from featcache.e2e.batches import batches, evaluate, readable, sigmoid
-from featcache.e2e.checkpoints import KEEP, load_checkpoint, prune, save_checkpoint
-from featcache.e2e.config import E2EConfig
+from featcache.e2e.checkpoints import load_checkpoint, prune, save_checkpoint
+from featcache.e2e.config import E2EConfig, TrainOptions
+from featcache.options import known
+from featcache.options import flat
 from featcache.e2e.distributed import Proc, barrier, broadcast, default_workers, parallel, start_processes, stop_processes, sum_over_ranks
 from featcache.e2e.model import E2EModel, autocast_dtype, build_model, standardise, with_init_head
 from featcache.e2e.rundir import finish, new_run_name, read_config, write_config, write_tables
 
 
-def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path = "runs", resume: str | Path | None = None,
-          epochs: int | None = None, run_name: str | None = None, device: str = "auto", num_workers: int | None = None,
-          threads: int | None = None, log_every: int = 20, log=None, keep: tuple[str, ...] = ("best", "last"),
-          track: str | None = None, progress: bool = True) -> Path:
+def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path | None = None,
+          resume: str | Path | None = None, epochs: int | None = None, log=None, **options) -> Path:
     """Train an end-to-end run, or resume one (cfg and data then come from the run; `epochs` may
-    raise its epoch count). Returns the run directory. `keep`: the checkpoints kept (checkpoints.KEEP);
-    `track`: "tensorboard" writes the losses and validation scores under run_dir/tensorboard."""
-    bad = [k for k in keep if k not in KEEP]
-    if bad or not keep:
-        raise ValueError(f"--keep {','.join(keep)}: choose from {', '.join(KEEP)}")
-    proc = start_processes(device, threads)
+    raise its epoch count). Returns the run directory. `options`: TrainOptions' (run_name, device,
+    workers, threads, keep: the checkpoints kept, track: "tensorboard" writes the losses and
+    validation scores under run_dir/tensorboard, ...)."""
+    opts = TrainOptions(**known(TrainOptions, {**options, **({"runs": Path(runs)} if runs is not None else {})}))
+    run_name, num_workers, log_every, keep, track, progress = (opts.run_name, opts.num_workers, opts.log_every,
+                                                               opts.keep, opts.track, opts.progress)
+    runs, track = opts.runs, tracking.tracking_kind(track)  # the option, else $FEATCACHE_TRACK
+    proc = start_processes(opts.device, opts.threads)
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     saved = read_config(resume) if resume else None
     if saved:
@@ -93,7 +95,7 @@ def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path = "ru
             metrics = finish(run_dir, trainer.scored, cfg, val_part.y, probs, state, say)
             prune(run_dir, state, keep, finished=True)
             if tb is not None:
-                tb.hparams(asdict(cfg), {k: metrics[k] for k in ("sample_f1", "map", "tuned_out_of_fold")})
+                tb.hparams(flat(cfg), {k: metrics[k] for k in ("sample_f1", "map", "tuned_out_of_fold")})
     stop_processes(proc)
     return run_dir
 
@@ -222,7 +224,7 @@ class Trainer:
 
     def step(self, inputs: list, y: torch.Tensor) -> float:
         with torch.autocast(self.proc.device.type, dtype=self.amp, enabled=self.amp is not None):
-            loss = LOSSES[self.cfg.loss](self.net(inputs).float(), y)
+            loss = LOSSES[self.cfg.head.loss](self.net(inputs).float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)

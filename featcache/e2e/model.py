@@ -9,17 +9,18 @@ one, the buffers take the train statistics of the first `stats_rows` train rows 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from heads.train import Head, HeadConfig, HeadNet
+from heads.train import Head, HeadNet
+from heads.config import HeadConfig
 
 from featcache.data import Dataset, Record
 from featcache.encoders.models import build_encoder
-from featcache.stage1.adapt import finetuned_weights
+from featcache.stage1.adapt import adapted_weights
 from featcache.encoders.registry import cache_name
 from featcache.encoders.resolve import resolve
 from featcache.e2e.batches import batches, readable
@@ -64,8 +65,7 @@ def build_model(cfg: E2EConfig, num_labels: int, order: list[str], head: HeadNet
     encoders = [build_encoder(*resolve(name, (weights or {}).get(name), cfg.pretrained, cfg.image_size)) for name in order]
     if head is None:
         head = HeadNet([e.embed_dim for e in encoders], num_labels,
-                       HeadConfig(fusion=cfg.fusion, classifier=cfg.classifier, loss=cfg.loss, width=cfg.width,
-                                  dropout=cfg.dropout))
+                       HeadConfig(**asdict(cfg.head)))
     head.bf16 = False  # precision is this package's choice (cfg.precision), on any device
     model = E2EModel(encoders, head, cfg.freeze_bn)
     for enc in model.encoders:
@@ -112,7 +112,8 @@ def with_init_head(cfg: E2EConfig, num_labels: int) -> tuple[E2EConfig, list[str
     hc = head.cfg
     with torch.no_grad():
         floor_std(head.net)
-    return replace(cfg, fusion=hc.fusion, classifier=hc.classifier, width=hc.width, dropout=hc.dropout), \
+    return replace(cfg, head=replace(cfg.head, fusion=hc.fusion, classifier=hc.classifier, width=hc.width,
+                                      dropout=hc.dropout)), \
         [by_stem[base] for base in bases], head.net, weights
 
 
@@ -131,7 +132,7 @@ def _finetuned(cfg: E2EConfig, saved: dict, stem: str) -> Path:
     if stem not in saved.get("caches", {}):
         raise ValueError(f"--init-head {cfg.init_head}: fitted on {stem}, but its config.json does not say "
                          f"which cache directory (written before featcache recorded it); fit the head again")
-    return finetuned_weights(Path(saved["caches"][stem]).parent, stem, saved["fingerprints"][stem])
+    return adapted_weights(Path(saved["caches"][stem]).parent, stem, saved["fingerprints"][stem])
 
 
 @torch.no_grad()

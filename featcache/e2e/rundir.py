@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from featcache.outputs import provenance, replacing, write_text
 from featcache.encoders.registry import cache_name
 from featcache.stage2.thresholds import fit_thresholds, threshold_report
 from featcache.e2e.config import E2EConfig
+from featcache.options import flat
 
 KIND = "e2e"  # config.json's "kind": what tells an end-to-end run from a stage-2 one
 
@@ -34,7 +35,7 @@ def write_config(run_dir: Path, cfg: E2EConfig, order: list[str], dataset: Datas
     """Creates the run directory (never an existing one) with its config.json; `facts` (rows,
     parameters, world size, weights started from) are recorded as given."""
     run_dir.mkdir(parents=True, exist_ok=False)
-    config = {"kind": KIND, "config": asdict(cfg), "encoders": order, "num_labels": dataset.label_space.num_labels,
+    config = {"kind": KIND, "config": flat(cfg), "encoders": order, "num_labels": dataset.label_space.num_labels,
               "label_ids": list(dataset.label_space.ids), "label_names": list(dataset.label_space.names),
               "data": dataset.name, "data_spec": dataset.spec.to_dict() if dataset.spec else None, **facts, **provenance()}
     write_text(run_dir / "config.json", json.dumps(config, indent=1))
@@ -99,3 +100,9 @@ def write_tables(run_dir: Path, state: dict) -> None:
     with replacing(run_dir / "val_f1.png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def describe_finished(run_dir: Path, metrics: dict) -> str:
+    return (f"{run_dir}: validation sample-F1 {metrics['at_0.5']['sample_f1']:.4f} at 0.5, "
+            f"{metrics['tuned']['sample_f1']:.4f} tuned, {metrics['tuned_out_of_fold']:.4f} out of fold; "
+            f"history.csv, loss.png, val_f1.png")

@@ -50,6 +50,15 @@ def describe_aliases() -> list[dict]:
     return rows
 
 
+def format_aliases(rows: list[dict]) -> str:
+    """describe_aliases() as the `encoders` table."""
+    from featcache.tables import render
+
+    return render([{**r, "params": f"{r['params'] / 1e6:.1f}M"} for r in rows],
+                  {"name": "name", "family": "family", "modality": "modality", "embed_dim": "dim", "input": "input",
+                   "params": "params", "weights": "weights"})
+
+
 def search_timm(pattern: str, pretrained: bool = False) -> list[str]:
     """timm's model names matching a pattern ('*' wildcards; a bare word matches anywhere)."""
     import timm

@@ -14,6 +14,8 @@ alias is checked without it.
 
 from __future__ import annotations
 
+from featcache.errors import UserError
+
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -125,7 +127,7 @@ HOW_TO_NAME = ("Use an alias (python cli.py encoders lists them), timm:<name>[.<
                "for any Hugging Face text encoder (add #cls for [CLS] pooling; mean by default).")
 
 
-class UnknownEncoder(ValueError):
+class UnknownEncoder(UserError, ValueError):
     """A name that is neither an alias nor a timm:/hf: name; the message says how to name one."""
 
 

@@ -12,6 +12,8 @@ Offline with none of these, `WeightsNotFound` lists every way to supply them.
 
 from __future__ import annotations
 
+from featcache.errors import UserError
+
 import hashlib
 import importlib.util
 import os
@@ -23,7 +25,7 @@ from pathlib import Path
 from featcache.encoders.registry import MINILM, EncoderCfg, Package
 
 
-class WeightsNotFound(RuntimeError):
+class WeightsNotFound(UserError, RuntimeError):
     """No source holds the encoder's weights; the message lists every way to supply them."""
 
 

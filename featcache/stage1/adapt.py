@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from filelock import FileLock
@@ -32,52 +32,23 @@ from featcache.encoders.registry import EncoderCfg, cache_name
 from featcache.encoders.planner import cpus
 from featcache.data.split import split_rows
 from featcache.encoders.weights import WeightsSource, sha256_path
+from featcache.stage1.config import AdaptConfig
 
 
-@dataclass(frozen=True)
-class FinetuneCfg:
-    epochs: int
-    lr: float
-    batch_size: int = 32
-    # The linear head starts from scratch: at the backbone's small lr it would take most of the
-    # run just to learn the label priors, and the backbone would bend to make up for it.
-    head_lr: float = 1e-3
-    weight_decay: float = 0.01
-    seed: int = 0  # split seed and training seed
-    val_fraction: float = 0.2
-    freeze_bn: bool = True  # BatchNorm running statistics stay as loaded (affine weights still train)
-    augment: bool = True  # images: the study's flip / rotation / resized crop, a fresh draw each epoch
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"fine-tuning {name} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0 or not self.head_lr > 0:
-            raise ValueError(f"fine-tuning learning rates must be > 0, got lr {self.lr}, head_lr {self.head_lr}")
-
-    @staticmethod
-    def default_lr(is_text: bool) -> float:
-        # Measured on the shared slice (text-only / image-only head, validation sample-F1):
-        # minilm_l6 2e-5: 0.8669, 5e-5: 0.8678 (2 epochs), 1e-4: 0.8700 (3 epochs);
-        # efficientnet_lite0 1e-4 (BN moving, no augmentation): 0.7996, 3e-5 (this recipe): 0.8275,
-        # 1e-4 with this recipe's frozen BN and augmentation: 0.8296 (mAP 0.6799 vs 0.6801: a tie).
-        return 1e-4 if is_text else 3e-5
-
-
-def finetune_spec(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: FinetuneCfg, train_idx) -> dict:
+def adapt_spec(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: AdaptConfig, train_idx) -> dict:
     train_ids = "\n".join(dataset.train[i].image_id for i in train_idx)
     return {**asdict(ft), "encoder": cfg.name, "preprocessing": cfg.preprocessing(), "base_weights_sha256": source.sha256(),
             "dataset": dataset.fingerprint(), "train_rows": len(train_idx),
             "train_ids_sha256": hashlib.sha256(train_ids.encode()).hexdigest()[:16]}
 
 
-def ensure_finetuned(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: FinetuneCfg, out_dir: Path,
+def ensure_adapted(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: AdaptConfig, out_dir: Path,
                      device: str = "cpu", num_workers: int | None = None, threads: int | None = None,
                      say=print, lenient: bool = False) -> tuple[WeightsSource, dict]:
     """The fine-tuned weights (trained now unless a file with the same spec exists) and the spec
     with the weights' sha256, for the fingerprint."""
     train_idx, val_idx = split_rows(dataset, ft.val_fraction, ft.seed)
-    spec = finetune_spec(dataset, cfg, source, ft, train_idx)
+    spec = adapt_spec(dataset, cfg, source, ft, train_idx)
     stem = cache_name(cfg.name)
     weights, sidecar = weights_file(out_dir, cfg.name), out_dir / f"{stem}_ft.json"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +58,7 @@ def ensure_finetuned(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, f
         if reuse:
             say(f"{weights}: reusing fine-tuned weights")
         else:
-            history = train(dataset, cfg, source, ft, weights, device, num_workers, threads, say, lenient, train_idx, val_idx)
+            history = train_backbone(dataset, cfg, source, ft, weights, device, num_workers, threads, say, lenient, train_idx, val_idx)
         sha256 = sha256_path(weights)  # of the file as it is now, reused or just written
         if not reuse:
             write_text(sidecar, json.dumps({"spec": spec, "sha256": sha256, "history": history}, indent=1))
@@ -98,7 +69,7 @@ def weights_file(cache_dir: str | Path, encoder: str) -> Path:
     return Path(cache_dir) / f"{cache_name(encoder)}_ft.safetensors"
 
 
-def finetuned_weights(cache_dir: str | Path, cache_name: str, fingerprint: str) -> Path:
+def adapted_weights(cache_dir: str | Path, cache_name: str, fingerprint: str) -> Path:
     """The fine-tuned backbone whose features are the cache `cache_name` ("<encoder>_ft") with
     this fingerprint: what a head fitted on that cache expects its backbone to be. ValueError,
     naming the file, if the cache was rebuilt since or the weights file is not the one it used."""
@@ -121,7 +92,7 @@ def finetuned_weights(cache_dir: str | Path, cache_name: str, fingerprint: str) 
     return weights
 
 
-def train(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: FinetuneCfg, out: Path, device: str,
+def train_backbone(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft: AdaptConfig, out: Path, device: str,
           num_workers: int | None, threads: int | None, say, lenient: bool, train_idx, val_idx) -> list[dict]:
     """Writes the fine-tuned backbone to `out`; returns the per-epoch history."""
     import torch

@@ -26,6 +26,8 @@ from featcache.encoders.registry import EncoderCfg, cache_name
 from featcache.encoders.resolve import resolve
 from featcache.encoders.weights import WeightsSource
 from featcache.outputs import check_out_dir, inputs_of
+from featcache.options import from_flat
+from featcache.stage1.config import ExtractConfig
 from featcache.stage1.fingerprint import (compute_of, fingerprint_spec, model_spec, spec_hash, warm_attrs,
                                           with_compute)
 from featcache.stage1.locks import exclusive
@@ -50,17 +52,20 @@ class ExtractResult:
     skipped: list[dict] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
+    def summary(self) -> str:
+        state = "warm, not recomputed" if self.warm else f"{self.items_per_s:.1f} items/s on {self.compute}"
+        line = f"{self.path}: {self.rows} rows, fingerprint {self.fingerprint} ({state}, {self.seconds:.2f} s)"
+        if self.skipped:
+            line += f"\nskipped {len(self.skipped)} items: " + ", ".join(s["image_id"] for s in self.skipped[:20])
+        return line
 
-def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch_size: int = 32,
-            device: str = "auto", num_workers: int | None = None, threads: int | None = None,
-            weights: str | Path | None = None, pretrained: bool = True, image_size: int | None = None,
-            views: int = 0, force: bool = False, lenient: bool = False, dtype: str = "float16",
-            finetuned: dict | None = None, chunk_batches: int = 8, progress: bool = True,
-            log=None, shard: int = 0, num_shards: int = 1, backend: str = "auto",
-            precision: str = "auto") -> ExtractResult:
-    """`finetuned`: the spec of stage-1 adapted `weights` (featcache.stage1.build trains them); the
-    cache is then `<name>_ft`, and the spec is part of its fingerprint. `backend` (auto, torch,
-    openvino) and `precision` (auto, fp32, bf16, fp16): featcache.encoders.backends.choose."""
+
+def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path | None = None, *,
+            config: ExtractConfig | None = None, finetuned: dict | None = None, log=None, **options) -> ExtractResult:
+    """`config`, or ExtractConfig's fields as `options` (`cache_dir`: its cache). `finetuned`: the spec
+    of stage-1 adapted weights (featcache.stage1.build trains them); the cache is then `<name>_ft`,
+    and the spec is part of its fingerprint. backend and precision: featcache.encoders.backends.choose."""
+    opt = config or from_flat(ExtractConfig, {**options, **({"cache": Path(cache_dir)} if cache_dir is not None else {})})
     t0 = time.perf_counter()
     messages: list[str] = []
 
@@ -68,28 +73,26 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
         messages.append(message)
         (log or (lambda m: print(m, file=sys.stderr)))(message)
 
-    if not 0 <= shard < num_shards:
-        raise ValueError(f"--shard {shard} is not in 0..{num_shards - 1} (--num-shards {num_shards})")
-    check_out_dir(cache_dir, inputs_of(dataset=dataset))  # before any work: a directory, not in the data
-    device = resolve_device(device)
-    compute, auto = choose(backend, precision, device), backend == precision == "auto"
-    cfg, source = resolve(encoder_name, weights, pretrained, image_size)
+    check_out_dir(opt.cache, inputs_of(dataset=dataset))  # before any work: a directory, not in the data
+    device = resolve_device(opt.device)
+    compute, auto = choose(opt.backend, opt.precision, device), opt.backend == opt.precision == "auto"
+    cfg, source = resolve(encoder_name, opt.weights, opt.pretrained, opt.image_size)
     if not dataset.has(cfg.modality):
         raise DataError(f"{dataset.name}: has no {cfg.modality} column, and {cfg.name} is an {cfg.modality} encoder "
                         f"(the data has {' and '.join(dataset.modalities)})")
-    if views and cfg.is_text:
+    if opt.views and cfg.is_text:
         raise ValueError(f"{cfg.name}: --views applies to image encoders only")
     name = cache_name(cfg.name) + ("_ft" if finetuned else "")
-    spec = fingerprint_spec(cfg, source, dataset, views, dtype, finetuned)  # hashes the weights: once
+    spec = fingerprint_spec(cfg, source, dataset, opt.views, opt.dtype, finetuned)  # hashes the weights: once
     key = model_key(model_spec(spec)) if compute.backend == "openvino" else ""
     if key and (why := failed_before(key)):
         say(f"{cfg.name}: did not convert to OpenVINO before ({why}); running it on torch {compute.precision}")
         compute = Compute("torch", compute.precision)
     spec = with_compute(spec, compute)
     fingerprint = spec_hash(spec)
-    path = cache_path(cache_dir, name)
+    path = cache_path(opt.cache, name)
 
-    def warm(rebuild: bool = force) -> ExtractResult | None:
+    def warm(rebuild: bool = opt.force) -> ExtractResult | None:
         attrs = warm_attrs(path, spec, fingerprint, auto=auto, rebuild=rebuild, say=say)
         if attrs is None:
             return None
@@ -100,11 +103,11 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
     if (hit := warm()) is not None:
         return hit
     # auto options: the paths are timed here once (featcache.encoders.backends.fastest), after the warm check
-    paths = candidates(backend, precision, device)
+    paths = candidates(opt.backend, opt.precision, device)
     if compute.backend == "torch":  # torch asked for, or the model did not convert before
         paths = [p for p in paths if p.backend == "torch"] or [compute]
-    encoder, run, used = _model(cfg, source, compute, device, key, threads, say,
-                                plan=(paths, dataset, spec_hash(model_spec(spec)), batch_size))
+    encoder, run, used = _model(cfg, source, compute, device, key, opt.threads, say,
+                                plan=(paths, dataset, spec_hash(model_spec(spec)), opt.batch_size))
     if used != compute:  # it did not convert: the features will be torch's, and so is the fingerprint
         compute, spec = used, with_compute(spec, used)
         fingerprint = spec_hash(spec)
@@ -112,26 +115,28 @@ def extract(dataset: Dataset, encoder_name: str, cache_dir: str | Path, *, batch
             return hit
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    out = shard_path(path, shard, num_shards) if num_shards > 1 else path
+    sharded = opt.num_shards > 1
+    out = shard_path(path, opt.shard, opt.num_shards) if sharded else path
     with exclusive(out, say) as waited:
         # the other process finished it while we waited: use it, even under --force (it is new)
-        if (hit := warm(rebuild=force and not waited)) is not None:
+        if (hit := warm(rebuild=opt.force and not waited)) is not None:
             return hit
         config = {"fingerprint_spec": spec, "encoder_cfg": json.loads(json.dumps(asdict(cfg), default=str)),
                   "weights_source": {"kind": source.kind, "path": str(source.path) if source.path else None},
-                  "run": {"batch_size": batch_size, "device": device, "num_workers": num_workers, "threads": threads,
-                          "compute": str(compute)},
+                  "run": {"batch_size": opt.batch_size, "device": device, "num_workers": opt.num_workers,
+                          "threads": opt.threads, "compute": str(compute)},
                   "dataset_root": str(dataset.root)}
         attrs = {"fingerprint": fingerprint, "fingerprint_spec": json.dumps(spec, sort_keys=True),
                  "config": json.dumps(config, sort_keys=True), "encoder": cfg.name, "modality": cfg.modality,
                  "featcache_version": __version__}
-        rows = shard_rows(Work(dataset, cfg, views).total, batch_size * chunk_batches, shard, num_shards)
-        if num_shards > 1 and shard_done(out, fingerprint, rows):
+        rows = shard_rows(Work(dataset, cfg, opt.views).total, opt.batch_size * opt.chunk_batches, opt.shard,
+                          opt.num_shards)
+        if sharded and shard_done(out, fingerprint, rows):
             result = ExtractResult(name, out, fingerprint, 0, True, time.perf_counter() - t0, messages=messages)
         else:
-            result = _run(dataset, cfg, encoder, run, compute, out, attrs, views, dtype, batch_size, chunk_batches, device,
-                          num_workers, threads, lenient, progress, say, messages, t0, rows if num_shards > 1 else None)
-    if num_shards > 1 and merge(path, num_shards, force=force, say=say):
+            result = _run(dataset, cfg, opt, encoder, run, compute, device, out, attrs, say, messages, t0,
+                          rows if sharded else None)
+    if sharded and merge(path, opt.num_shards, force=opt.force, say=say):
         result.path = path
     return result
 
@@ -154,38 +159,38 @@ def _model(cfg: EncoderCfg, source: WeightsSource, compute: Compute, device: str
     return encoder, run, used
 
 
-def _run(dataset, cfg, encoder, run, compute, path, attrs, views, dtype, batch_size, chunk_batches, device, num_workers,
-         threads, lenient, progress, say, messages, t0, rows=None) -> ExtractResult:
+def _run(dataset: Dataset, cfg: EncoderCfg, opt: ExtractConfig, encoder, run, compute: Compute, device: str,
+         path: Path, attrs: dict, say, messages: list[str], t0: float, rows=None) -> ExtractResult:
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     from featcache.encoders.loader import Collate, to_device
 
-    work = Work(dataset, cfg, views)
+    work = Work(dataset, cfg, opt.views)
     ids = [r.image_id for r in work.records]
-    writer, message = FeatureWriter.open(path, ids, cfg.embed_dim, work.n_train, views, attrs, dtype, rows)
+    writer, message = FeatureWriter.open(path, ids, cfg.embed_dim, work.n_train, opt.views, attrs, opt.dtype, rows)
     say(message)
     try:
         start, stop = writer.rows_done, writer.hi
         # OpenVINO schedules its own threads; torch's are tuned batch by batch unless given
-        tuner = None if threads or device != "cpu" or compute.backend != "torch" else ThreadTuner(cpus())
-        torch.set_num_threads(threads or (tuner.current if tuner else cpus()))
-        chunk = batch_size * chunk_batches
+        tuner = None if opt.threads or device != "cpu" or compute.backend != "torch" else ThreadTuner(cpus())
+        torch.set_num_threads(opt.threads or (tuner.current if tuner else cpus()))
+        chunk, batch_size, num_workers = opt.batch_size * opt.chunk_batches, opt.batch_size, opt.num_workers
         if num_workers is None:  # images: decode in a worker while the model runs; text: tokenising is cheap
             num_workers = 0 if cfg.is_text else max(1, min(4, cpus() - 1))
         loader = DataLoader(work, batch_sampler=plan_batches(work, start, chunk, batch_size, stop), num_workers=num_workers,
                             collate_fn=Collate([encoder]), pin_memory=device.startswith("cuda"),
                             prefetch_factor=4 if num_workers else None)
         unit = "caption" if cfg.is_text else "img"
-        bar = tqdm(total=stop - writer.lo, initial=start - writer.lo, unit=unit, desc=path.stem, disable=not progress, smoothing=0.1)
+        bar = tqdm(total=stop - writer.lo, initial=start - writer.lo, unit=unit, desc=path.stem, disable=not opt.progress, smoothing=0.1)
         buffer = np.zeros((chunk, cfg.embed_dim), np.float32)
         chunk_start, left, skips = start, min(chunk, stop - start), []
         t_run = time.perf_counter()
         with torch.inference_mode():
             for ok, batch, errors in loader:
                 for w, err in errors:
-                    if not lenient:
+                    if not opt.lenient:
                         raise DataError(err)
                     skips.append({"row": work.row(w), "image_id": ids[work.row(w)], "work_row": w, "reason": err})
                 if ok:
@@ -218,7 +223,7 @@ def _run(dataset, cfg, encoder, run, compute, path, attrs, views, dtype, batch_s
         say(f"{path}: skipped {len(skipped)} unreadable items (absent from the cache): "
             + "; ".join(s["reason"] for s in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     rows = f"work rows {writer.lo}..{writer.hi} of {work.total}" if writer.is_shard else f"{work.n} rows"
-    say(f"{path}: {rows} x {cfg.embed_dim} ({views} views) in {time.perf_counter() - t0:.1f} s, {rate:.1f} {unit}/s "
+    say(f"{path}: {rows} x {cfg.embed_dim} ({opt.views} views) in {time.perf_counter() - t0:.1f} s, {rate:.1f} {unit}/s "
         f"on {compute}")
     return ExtractResult(path.stem, path, attrs["fingerprint"], work.n - len({s["row"] for s in skipped}), False,
                          time.perf_counter() - t0, rate, str(compute), start, skipped, messages)

@@ -1,7 +1,7 @@
 """The study as one command: every encoder alone, every image+text pair with each fusion, the seed
 report's hyper-parameter grids, several seeds each; a table (mean ± std over seeds) and a chart.
 
-    table, raw, out_dir = ablate(data, cache, ["efficientnet_lite0", "minilm_l6"], seeds=3)
+    table, raw, out_dir = ablate(data, ["efficientnet_lite0", "minilm_l6"], cache=cache, seeds=3)
 
 is the ablate command; `ablate_features` runs the same plan on features already loaded.
 
@@ -36,13 +36,15 @@ import numpy as np
 import polars as pl
 
 from featcache import tracking
+from featcache.options import known
+from featcache.stage2.config import AblateConfig
 from featcache.data import LabelSpace, load_dataset
 from featcache.outputs import check_out_dir, inputs_of, replacing, write_study, write_text
 from featcache.tables import render
 from featcache.stage2.experiment import Split, fit_eval, load_features, results_row, save_run
 from featcache.stage2.pool import check_jobs, fits, planned_head
 from heads.fusion import FUSIONS
-from heads.train import HeadConfig
+from heads.config import HeadConfig
 from stores.features import FeatureSet, StoreError, open_features
 from stores.results import append_results
 
@@ -92,13 +94,14 @@ def of_dataset(cache: str | Path, dataset) -> list[str]:
     return names
 
 
-def ablate(data: str | Path, cache: str | Path, encoders: list[str] | None = None, *, fusions: list[str] | None = None,
-           seeds: int = 3, grid: str | None = None, metric: str = "samples", threshold_mode: str = "auto",
-           runs: Path = Path("runs"), out: Path | None = None, progress: bool = True,
-           track: str | None = None, jobs: int | None = None) -> tuple[pl.DataFrame, pl.DataFrame, Path]:
-    """The ablate command: the plan over the named caches (None: every *.h5 in `cache`) on the
-    dataset's split; runs under `out` (default runs/ablate-<time>), their rows appended to
-    runs/results.parquet; `jobs` fits at a time (default: one per core). Returns (summary, raw rows, out)."""
+def ablate(data, encoders: list[str] | None = None, *, progress: bool = True,
+           **options) -> tuple[pl.DataFrame, pl.DataFrame, Path]:
+    """The ablate command: the plan over the named caches (None: every *.h5 in the cache of `data`)
+    on the dataset's split; runs under `out` (default <runs>/ablate-<time>), their rows appended to
+    <runs>/results.parquet; `jobs` fits at a time (default: one per core). `options`: AblateConfig's.
+    Returns (summary, raw rows, out)."""
+    cfg = AblateConfig(**known(AblateConfig, options))
+    cache, runs, out, jobs = cfg.cache, cfg.runs, cfg.out, cfg.jobs
     check_jobs(jobs, say=lambda m: None)  # a bad --jobs before any work (its note comes with the fits)
     dataset = load_dataset(data)
     out = check_out_dir(out, inputs_of(dataset=dataset, caches=[cache], runs=runs) + [Path(cache)]) if out else None  # before any fit
@@ -108,10 +111,10 @@ def ablate(data: str | Path, cache: str | Path, encoders: list[str] | None = Non
     features = load_features(cache, names, dataset)
     runs = Path(runs)
     out = Path(out) if out else runs / f"ablate-{datetime.now():%Y%m%d-%H%M%S}"
-    table, raw = ablate_features(features, Split.of(dataset).present_in(features), dataset.label_space, out, fusions=fusions, seeds=seeds,
-                                 grid=grid, metric=metric, threshold_mode=threshold_mode,
-                                 results=runs / "results.parquet", runs_root=runs, progress=progress, track=track,
-                                 jobs=jobs)
+    table, raw = ablate_features(features, Split.of(dataset).present_in(features), dataset.label_space, out,
+                                 fusions=list(cfg.fusions) if cfg.fusions else None, seeds=cfg.seeds, grid=cfg.grid,
+                                 metric=cfg.metric, threshold_mode=cfg.threshold_mode, results=runs / "results.parquet",
+                                 runs_root=runs, progress=progress, track=tracking.tracking_kind(cfg.track), jobs=jobs)
     return table, raw, out
 
 
@@ -172,16 +175,16 @@ def ablate_features(features: list[FeatureSet], split: Split, label_space: Label
     raw = pl.DataFrame(rows, infer_schema_length=None)
     if results is not None:  # one scalar row per fit; the per-row scores stay in the study's raw.parquet
         append_results(results, [{k: v for k, v in r.items() if k != "val_out_of_fold"} for r in rows])
-    table = summarize(raw)
+    table = summarize_ablation(raw)
     write_study(out_dir, raw, table)
-    chart(table, out_dir / "chart.png")
+    ablation_chart(table, out_dir / "chart.png")
     write_text(out_dir / "plan.json", json.dumps({"base": base.__dict__, "fusions": fusions, "seeds": seeds,
                                                    "grid": grid, "metric": metric, "threshold_mode": threshold_mode,
                                                    "time": datetime.now().isoformat(timespec="seconds")}, indent=1))
     return table, raw
 
 
-def summarize(raw: pl.DataFrame, resamples: int = 2000) -> pl.DataFrame:
+def summarize_ablation(raw: pl.DataFrame, resamples: int = 2000) -> pl.DataFrame:
     """Mean and std over seeds per (encoders, fusion, variant), ranked by the honest score: F1 with
     thresholds tuned on other validation rows (tuned_out_of_fold), never by the in-sample tuned F1
     (on 300 real rows that ranked gated first at 0.855, which scored 0.734 out of fold).
@@ -201,7 +204,7 @@ def summarize(raw: pl.DataFrame, resamples: int = 2000) -> pl.DataFrame:
 
 
 def _noise(raw: pl.DataFrame, table: pl.DataFrame, resamples: int) -> dict[str, pl.Series]:
-    """oof_low, oof_high and within_noise for the table's rows (see summarize)."""
+    """oof_low, oof_high and within_noise for the table's rows (see summarize_ablation)."""
     n = len(table)
     low, high, tie = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, bool)
     per_row = _per_row_scores(raw, table)
@@ -232,7 +235,7 @@ def _per_row_scores(raw: pl.DataFrame, table: pl.DataFrame) -> np.ndarray | None
 SMALL_VALIDATION = 500  # rows; below this, tuned thresholds overfit and a ranking moves with the split
 
 
-def format_table(table: pl.DataFrame) -> str:
+def format_ablation(table: pl.DataFrame) -> str:
     """The ranking, best first, and what it can and cannot tell apart."""
     rows = [{**r, "tie": "≈" if r["within_noise"] else "",
              "oof": f"{r['tuned_out_of_fold']:.4f} ± {r['tuned_out_of_fold_std']:.4f}",
@@ -270,7 +273,7 @@ def ranking_notes(table: pl.DataFrame) -> list[str]:
     return notes
 
 
-def chart(table: pl.DataFrame, path: Path) -> Path:
+def ablation_chart(table: pl.DataFrame, path: Path) -> Path:
     """Horizontal bars: out-of-fold F1 (the ranking) with its 95% interval, or the seed std without
     one; the in-sample tuned F1 as a hollow marker beside it; best on top."""
     import matplotlib
@@ -305,3 +308,10 @@ def chart(table: pl.DataFrame, path: Path) -> Path:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return path
+
+
+def best_run(table: pl.DataFrame, raw: pl.DataFrame) -> str:
+    """The run of the ranking's first row, seed 0: the one to predict with or fine-tune from."""
+    first = table.row(0, named=True)
+    return raw.filter((pl.col("encoders").list.join("+") == first["encoders"]) & (pl.col("fusion") == first["fusion"])
+                      & (pl.col("variant") == first["variant"])).sort("seed")["run"][0]

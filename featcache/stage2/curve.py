@@ -16,7 +16,7 @@ fitted to each seed's curve alone gives the spread (±) of that value. It is a g
 measurement: it reads only what the measured points imply, and the further past them, the less
 it holds.
 
-    table, fits, raw, out_dir = learning_curve(data, cache, [["efficientnet_lite0"], ["efficientnet_lite0", "minilm_l6"]])
+    table, fits, raw, out_dir = learning_curve(data, [["efficientnet_lite0"], ["efficientnet_lite0", "minilm_l6"]], cache=cache)
 
 is the learning-curve command; `curve_points` measures the points on features already loaded.
 """
@@ -32,34 +32,37 @@ import numpy as np
 import polars as pl
 
 from featcache.data import load_dataset
+from featcache.options import known
+from featcache.stage2.config import FRACTIONS, CurveConfig
 from featcache.tables import render
 from featcache.outputs import check_out_dir, inputs_of, replacing, write_study, write_text
 from featcache.stage2.experiment import Split, fit_eval, load_features
 from featcache.stage2.pool import check_jobs, planned_head
 from featcache.stage2 import pool
-from heads.train import HeadConfig
+from heads.config import HeadConfig
 from stores.features import FeatureSet
 
-FRACTIONS = (0.0625, 0.125, 0.25, 0.5, 1.0)
+
 METRICS = ["sample_f1", "tuned_out_of_fold", "sample_f1_05_fallback", "map"]
 
 
-def learning_curve(data: str | Path, cache: str | Path, encoder_sets: list[list[str]], *, base: HeadConfig = HeadConfig(),
-                   fractions: tuple[float, ...] = FRACTIONS, seeds: int = 3, extrapolate_to: tuple[int, ...] = (24_000,),
-                   target: float | None = None, metric: str = "samples", threshold_mode: str = "auto",
-                   runs: Path = Path("runs"), out: Path | None = None, progress: bool = True,
-                   jobs: int | None = None) -> tuple[pl.DataFrame, dict, pl.DataFrame, Path]:
-    """The learning-curve command: one curve per encoder set (a set of several is fused by
-    base.fusion) on the dataset's split, written under `out` (default runs/curve-<time>); `jobs`
-    fits at a time (default: one per core). Returns (summary, fitted laws, raw points, out)."""
+def learning_curve(data, encoder_sets: list[list[str]], *, base: HeadConfig | None = None, progress: bool = True,
+                   **options) -> tuple[pl.DataFrame, dict, pl.DataFrame, Path]:
+    """The learning-curve command: one curve per encoder set (a set of several is fused by the
+    fusion option, or `base`'s) on the dataset's split, written under `out` (default
+    <runs>/curve-<time>); `jobs` fits at a time (default: one per core). `options`: CurveConfig's.
+    Returns (summary, fitted laws, raw points, out)."""
+    cfg = CurveConfig(**known(CurveConfig, options))
+    base = replace(base or HeadConfig(), **({"fusion": cfg.fusion} if cfg.fusion else {}))
+    cache, runs, out, jobs = cfg.cache, cfg.runs, cfg.out, cfg.jobs
     check_jobs(jobs, say=lambda m: None)  # a bad --jobs before any work (its note comes with the fits)
     # Before any fit: never into the dataset or the cache, a file, or a folder that cannot be written.
     dataset = load_dataset(data)
     out = check_out_dir(out or Path(runs) / f"curve-{datetime.now():%Y%m%d-%H%M%S}", inputs_of(dataset=dataset, caches=[cache]) + [Path(cache)])
     sets = [load_features(cache, names, dataset) for names in encoder_sets]
-    raw = curve_points(sets, Split.of(dataset).present_in([fs for s in sets for fs in s]), base, fractions, seeds, metric,
-                       threshold_mode, progress, jobs)
-    table, fits = write(raw, out, list(extrapolate_to), target)
+    raw = curve_points(sets, Split.of(dataset).present_in([fs for s in sets for fs in s]), base, cfg.fractions, cfg.seeds,
+                       cfg.metric, cfg.threshold_mode, progress, jobs)
+    table, fits = write_curve(raw, out, list(cfg.extrapolate), cfg.target)
     return table, fits, raw, out
 
 
@@ -77,7 +80,7 @@ def curve_points(feature_sets: list[list[FeatureSet]], split: Split, base: HeadC
     def fit(task):
         fsets, fraction, seed = task
         part = split.share(fraction, seed)
-        cfg = replace(base, seed=seed, min_steps=max(base.min_steps, base.max_steps))
+        cfg = replace(base, seed=seed, min_steps=max(base.min_steps, base.step_cap()))
         return len(part.ids_train), fit_eval(fsets, part, cfg, metric, threshold_mode)
 
     with tqdm(total=len(tasks), disable=not progress, desc="learning curve", unit="fit") as bar:
@@ -92,7 +95,7 @@ def curve_points(feature_sets: list[list[FeatureSet]], split: Split, base: HeadC
     return pl.DataFrame(rows)
 
 
-def summarize(raw: pl.DataFrame) -> pl.DataFrame:
+def summarize_curve(raw: pl.DataFrame) -> pl.DataFrame:
     """Mean and std over seeds per (encoders, rows)."""
     aggs = [pl.len().alias("seeds")]
     for m in METRICS:
@@ -138,7 +141,7 @@ def extrapolate(raw: pl.DataFrame, at: list[int]) -> dict[str, dict]:
     return out
 
 
-def format_table(table: pl.DataFrame, fits: dict[str, dict]) -> str:
+def format_curve(table: pl.DataFrame, fits: dict[str, dict]) -> str:
     rows = [{**r, "tuned": f"{r['sample_f1']:.4f} ± {r['sample_f1_std']:.4f}"} for r in table.iter_rows(named=True)]
     lines = [render(rows, {"encoders": "encoders", "rows": "rows", "seeds": "n", "tuned": "sample-F1 tuned",
                            "tuned_out_of_fold": "out of fold", "sample_f1_05_fallback": "@0.5+fb", "map": "mAP"})]
@@ -153,7 +156,7 @@ def format_table(table: pl.DataFrame, fits: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def chart(table: pl.DataFrame, fits: dict[str, dict], path: Path, target: float | None = None) -> Path:
+def curve_chart(table: pl.DataFrame, fits: dict[str, dict], path: Path, target: float | None = None) -> Path:
     """Tuned sample-F1 (mean ± std over seeds) against training rows, log x, each fitted law dashed
     out to the largest extrapolation point."""
     import matplotlib
@@ -183,12 +186,12 @@ def chart(table: pl.DataFrame, fits: dict[str, dict], path: Path, target: float 
     return path
 
 
-def write(raw: pl.DataFrame, out_dir: Path, at: list[int], target: float | None = None) -> tuple[pl.DataFrame, dict]:
+def write_curve(raw: pl.DataFrame, out_dir: Path, at: list[int], target: float | None = None) -> tuple[pl.DataFrame, dict]:
     """raw.parquet, table.csv/.parquet, fits.json and curve.png under out_dir; returns (table, fits)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = summarize(raw)
+    table = summarize_curve(raw)
     fits = extrapolate(raw, at)
     write_study(out_dir, raw, table)
     write_text(out_dir / "fits.json", json.dumps(fits, indent=1))
-    chart(table, fits, out_dir / "curve.png", target)
+    curve_chart(table, fits, out_dir / "curve.png", target)
     return table, fits

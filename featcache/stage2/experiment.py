@@ -17,6 +17,8 @@ data.
 
 from __future__ import annotations
 
+from featcache.errors import UserError
+
 import json
 import shutil
 import sys
@@ -35,13 +37,16 @@ from featcache.outputs import _short, check_apart, os_errors, provenance, replac
 from featcache.encoders.planner import home
 from featcache.encoders.registry import cache_name
 from featcache.data.split import nested_share, split_rows
-from featcache.stage2.thresholds import Thresholds, apply_thresholds, fit_thresholds, out_of_fold, threshold_report
-from heads.train import Head, HeadConfig
+from featcache.options import ConfigError, from_flat
+from featcache.stage2.config import FitConfig
+from featcache.stage2.thresholds import Thresholds, metrics_table, apply_thresholds, fit_thresholds, out_of_fold, threshold_report
+from heads.train import Head
+from heads.config import HeadConfig
 from stores.features import FeatureSet, StoreError, open_features
 from stores.results import append_results
 
 
-class RunError(RuntimeError):
+class RunError(UserError, RuntimeError):
     """A run directory that cannot be used; the message names the run."""
 
 
@@ -139,16 +144,26 @@ def fit_eval(features: list[FeatureSet], split: Split, cfg: HeadConfig, metric: 
                      [str(fs.encoder) for fs in features], oof_rows)
 
 
-def fit_head(data: str | Path, cache: str | Path, encoders: list[str], cfg: HeadConfig, *, train_fraction: float = 1.0,
-             metric: str = "samples", threshold_mode: str = "auto", runs: Path = Path("runs")) -> tuple[Path, FitResult]:
-    """The fit-head command: fit one head on the dataset's split (its train rows, or a nested share
-    of them), save the run as runs/<run id>/ and append its row to runs/results.parquet.
-    RunError when the run cannot be written; a run that could not be saved whole is removed."""
+def fit_head(data, encoders: list[str] | None = None, *, config: str | Path | None = None,
+             **options) -> tuple[Path, FitResult]:
+    """The fit-head command: fit one head on the cached `encoders` (cache names; fused) on the
+    dataset's split (its train rows, or a nested share of them), save the run as <runs>/<run id>/
+    and append its row to <runs>/results.parquet. `options`: FitConfig's, flat (HeadConfig's fields,
+    train_fraction, metric, threshold_mode, cache, runs); `config`: a run's config.json (or its
+    directory) to replay, the options given overriding it. RunError when the run cannot be
+    written; a run that could not be saved whole is removed."""
+    saved = replay_options(Path(config) if Path(config).name == "config.json" else Path(config) / "config.json") \
+        if config else {}
+    encoders = list(encoders or saved.pop("encoders", None) or [])
+    if not encoders:
+        raise ConfigError("no encoders: name the caches to fuse (--encoders a,b), or replay a run (--config)")
+    opts = from_flat(FitConfig, {**{k: v for k, v in saved.items() if k != "encoders"}, **options})
+    cfg, cache, runs = opts.head, opts.cache, opts.runs
     check_apart(cache=cache, runs=runs)  # before any work: directories, neither inside the other
     dataset = load_dataset(data)
     features = load_features(cache, encoders, dataset)
-    split = Split.of(dataset).present_in(features).share(train_fraction)
-    result = fit_eval(features, split, cfg, metric, threshold_mode, list(dataset.label_space.names))
+    split = Split.of(dataset).present_in(features).share(opts.train_fraction)
+    result = fit_eval(features, split, cfg, opts.metric, opts.threshold_mode, list(dataset.label_space.names))
     rid = run_id(result.encoders, cfg)
     run_dir = Path(runs) / rid
     try:
@@ -162,16 +177,16 @@ def fit_head(data: str | Path, cache: str | Path, encoders: list[str], cfg: Head
 
 
 def replay_options(config_file: str | Path) -> dict:
-    """fit_head's arguments that made a run, from its config.json (`fit-head --config`): encoders,
-    the head's whole config, train_fraction, metric, threshold_mode. The same data and caches then
+    """fit_head's options that made a run, from its config.json (`fit-head --config`): encoders,
+    the head's whole config, train_fraction, metric, threshold_mode (those it recorded). The same data and caches then
     give the same metrics: a head's fit is deterministic for its seed and thread count."""
     path = Path(config_file)
     try:
         saved = json.loads(path.read_text())
         names = {f.name for f in fields(HeadConfig)}
-        cfg = HeadConfig(**{k: v for k, v in saved["head"].items() if k in names})
-        return {"encoders": list(saved["encoders"]), "cfg": cfg, "train_fraction": saved.get("train_fraction", 1.0),
-                "metric": saved.get("metric", "samples"), "threshold_mode": saved.get("threshold_mode", "auto")}
+        head = {k: v for k, v in saved["head"].items() if k in names}
+        kept = {k: saved[k] for k in ("train_fraction", "metric", "threshold_mode") if k in saved}
+        return {"encoders": list(saved["encoders"]), "head": HeadConfig(**head), **kept}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise RunError(f"{path}: not a fit-head run's config.json ({type(e).__name__}: {e})") from None
 
@@ -267,3 +282,16 @@ def predict_run(run_dir: str | Path, dataset: Dataset, cache_dir: str | Path) ->
         raise RunError(f"test rows of {dataset.root} missing from a cache: {e.args[0]}") from None
     probs = head.predict_proba(xs)
     return probs, apply_thresholds(probs, np.array(thresholds.values), fallback=True)  # >= 1 label each
+
+
+def describe_fit(run_dir: Path, result: FitResult) -> str:
+    """fit-head's report: the head, its rows, its metrics, auto's candidates, the time it took."""
+    m, cfg = result.metrics, result.head.cfg
+    lines = [f"{run_dir}: {' + '.join(result.encoders)} / {cfg.fusion} / {cfg.classifier} / {cfg.loss}, seed {cfg.seed}, "
+             f"{m['n_train']} train / {m['n_val']} validation rows", metrics_table(m)]
+    if m["thresholds"]["candidates_out_of_fold"]:
+        lines.append("auto's candidates out of fold: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in m["thresholds"]["candidates_out_of_fold"].items()) + f" -> {m['thresholds']['chosen']}")
+    lines.append(f"fit {m['fit_seconds']:.2f} s ({m['epochs_run']} epochs, best {m['best_epoch']}), "
+                 f"thresholds {m['tune_seconds']:.2f} s")
+    return "\n".join(lines)

@@ -18,7 +18,8 @@ from dataclasses import replace
 from typing import Callable
 
 from featcache.encoders import planner
-from heads.train import SHAPE, HeadConfig, matmul_rates
+from heads.train import SHAPE, matmul_rates
+from heads.config import HeadConfig
 
 _TASKS: list = []  # set before the fork; workers read it from the parent's memory
 _FIT: Callable | None = None

@@ -292,3 +292,19 @@ def threshold_report(y_true: np.ndarray, probs: np.ndarray, th: Thresholds, metr
             else out_of_fold_score(y_true, probs, metric=metric, mode=mode),
             "thresholds": {"metric": metric, "mode": mode, "chosen": th.chosen,
                            "candidates_out_of_fold": th.candidates_out_of_fold, "values": list(th.values)}}
+
+
+def metrics_table(m: dict) -> str:
+    """A run's metrics.json (fit-head, runs show): F1s and mAP at 0.5, with the fallback, tuned in-sample,
+    and the out-of-fold figure of the metric the thresholds were tuned for."""
+    from featcache.tables import render
+
+    th = m.get("thresholds") or {}
+    mode, chosen = th.get("mode"), th.get("chosen")
+    tuned = f"tuned ({'auto: ' + chosen if mode == 'auto' and chosen else mode}, in-sample)"
+    rows = [{"thresholds": name, **{k: m[key][k] for k in ("sample_f1", "micro_f1", "macro_f1", "map")}}
+            for name, key in [("at 0.5", "at_0.5"), ("at 0.5 + fallback", "at_0.5_fallback"), (tuned, "tuned")]]
+    rows.append({"thresholds": "tuned, out of fold (compare runs by this)",
+                 AVERAGES[th.get("metric", "samples")]: m.get("tuned_out_of_fold")})
+    return render(rows, {"thresholds": "thresholds", "sample_f1": "sample-F1", "micro_f1": "micro-F1",
+                         "macro_f1": "macro-F1", "map": "mAP"})

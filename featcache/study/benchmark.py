@@ -18,10 +18,8 @@ import copy
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -36,33 +34,10 @@ from torch.utils.benchmark import Timer  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count  # noqa: E402
 
 from featcache.outputs import replacing, write_text
+from featcache.study.config import BenchConfig
 from featcache.tables import render
 
 MB = 1e6  # decimal megabytes, as a file manager and a "100 MB" limit count them
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    device: str = "cpu"
-    threads: int = 1  # one: a second OpenMP thread spin-waits whenever another process holds the other core
-    batch_sizes: tuple[int, ...] = (1, 32)
-    # Seconds per timed cell: adaptive_autorange stops once IQR/median < 10% (>= 4 samples, >= min_run_time)
-    # or at max_run_time; a call slower than that still runs twice (the first is the discarded warm-up).
-    min_run_time: float = 0.5
-    max_run_time: float = 2.0
-
-    def header(self) -> dict:
-        dev = (torch.cuda.get_device_name(self.device) if self.device.startswith("cuda")
-               else f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} logical cores")
-        return {"device": f"{self.device} ({dev})", "dtype": "float32", "torch": torch.__version__,
-                "threads": self.threads, "batch_sizes": list(self.batch_sizes),
-                "run_time_s": [self.min_run_time, self.max_run_time],
-                "load_avg_1m": os.getloadavg()[0],  # other processes inflate latency and IQR: take the header first
-                "units": {"size": "MB (10^6 bytes) of safetensors weights; exports: their files on disk",
-                          "latency": "ms per batch of 1", "throughput": "items/s at batch N",
-                          "compute": "GFLOPs/item (FlopCounterMode, batch 1; not counted for exports)",
-                          "f1": "exports: validation sample-F1 of the exported model (its tuned thresholds; "
-                                "tuned_out_of_fold: thresholds re-tuned on held-out halves)"}}
 
 
 # --- measurements ---------------------------------------------------------------------------------
@@ -226,13 +201,18 @@ def benchmark(encoders: list[str], run_dirs: list[Path], cfg: BenchConfig, runs:
     return pl.DataFrame(rows).with_columns(params_m=pl.col("params") / 1e6)
 
 
-def run(encoders: str, heads: str, cfg: BenchConfig, runs: Path = Path("runs"), save: Path | None = None,
-        csv: Path | None = None, progress=None, data: Path | None = None) -> tuple[pl.DataFrame, dict]:
-    """`benchmark`: encoders 'all' (the aliases), 'none' or comma-separated names (any registry name:
-    timm:/hf: too); heads as `find_runs`. Writes the JSON to `save` and the table to `csv` when given;
-    `data` re-measures the exports' validation F1 on it."""
+def run_benchmark(cfg: BenchConfig, save: Path | None = None, csv: Path | None = None, progress=None,
+                  data: Path | None = None) -> tuple[pl.DataFrame, dict]:
+    """`benchmark`: cfg.encoders 'all' (the aliases), 'none' or comma-separated names (any registry
+    name: timm:/hf: too); cfg.heads 'all', 'none' or runs by directory or id. Writes the JSON to
+    `save` and the table to `csv` when given; `data` re-measures the exports' validation F1 on it."""
     from featcache.encoders.registry import get_cfg, list_aliases
+    from featcache.runs.catalog import find_run
 
+    encoders, heads, runs = cfg.encoders, cfg.heads, cfg.runs
+    if heads not in ("all", "none"):  # ids or directories, as every command takes a run
+        found = [find_run(h, runs) for h in heads.split(",") if h]
+        heads = ",".join(d.relative_to(runs).as_posix() if d.is_relative_to(runs) else str(d) for d in found)
     names = list_aliases() if encoders == "all" else [] if encoders == "none" else [n for n in encoders.split(",") if n]
     for name in names:
         get_cfg(name)  # an unknown name: UnknownEncoder, before anything is measured

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,30 +16,16 @@ import polars as pl
 
 from featcache.data import Dataset, load_dataset
 from featcache.metrics import f1
+from featcache.study.config import DemoConfig
 from featcache.outputs import write_text
 
 
-@dataclass(frozen=True)
-class DemoConfig:
-    out: Path = Path("demo_out")
-    data: Path | None = None  # None: generate a dataset under out/data
-    n_train: int = 2000
-    n_test: int = 400
-    data_seed: int = 0
-    image_encoder: str = "efficientnet_lite0"
-    text_encoder: str = "minilm_l6"
-    seeds: int = 3  # head seeds per configuration: mean and spread
-    pretrained: bool = True  # False: random-init encoders (tests only)
-    batch_sizes: tuple[int, ...] = (1, 16)
-    budget_mb: float = 100.0
-
-
-def run(cfg: DemoConfig, echo=print) -> dict:
+def run_demo(cfg: DemoConfig, echo=print) -> dict:
     from featcache.study import benchmark as bm
     from featcache.study import report as rp
-    from featcache.data.check import plot_label_distribution, summarize
+    from featcache.data.check import plot_label_distribution, summarize_data
     from featcache.stage1.extract import extract
-    from featcache.stage2.ablate import ablate, format_table
+    from featcache.stage2.ablate import ablate, format_ablation
     from featcache.runs.catalog import predict
 
     t0 = time.perf_counter()
@@ -49,7 +34,7 @@ def run(cfg: DemoConfig, echo=print) -> dict:
 
     echo("== 1/6 data")
     ds = _dataset(cfg, out, echo)
-    summary = summarize(ds)
+    summary = summarize_data(ds)
     files["label chart"] = plot_label_distribution(summary, out / "labels.png")
     echo(f"{ds.root}: {summary['train_rows']} train, {summary['test_rows']} test rows, {summary['skipped_rows']} skipped")
 
@@ -63,11 +48,11 @@ def run(cfg: DemoConfig, echo=print) -> dict:
 
     echo("== 3/6 ablate: each encoder alone, each fusion of both, several head seeds")
     runs = out / "runs"
-    table, raw, _ = ablate(ds, cache, [cfg.image_encoder, cfg.text_encoder], seeds=cfg.seeds, runs=runs,
+    table, raw, _ = ablate(ds, [cfg.image_encoder, cfg.text_encoder], cache=cache, seeds=cfg.seeds, runs=runs,
                            out=runs / "ablate")
     files["ablation table"] = runs / "ablate" / "table.csv"
     files["ablation chart"] = runs / "ablate" / "chart.png"
-    echo(format_table(table))
+    echo(format_ablation(table))
 
     echo("== 4/6 the chosen model: the first of the ranking (out-of-fold validation F1, mean over seeds), seed 0")
     best = table.row(0, named=True)
@@ -91,8 +76,8 @@ def run(cfg: DemoConfig, echo=print) -> dict:
     echo(bm.table(bench, header, markdown=True))
 
     echo("== 6/6 Table 1 and Pareto chart")
-    t1, best_small = rp.build(runs / "results.parquet", runs, files["benchmark"], out / "report",
-                              rp.ReportConfig(budget_mb=cfg.budget_mb))
+    t1, best_small, _ = rp.build_report(rp.ReportConfig(budget_mb=cfg.budget_mb, runs=runs), bench=files["benchmark"],
+                                        out=out / "report")
     files["table 1"], files["pareto chart"] = out / "report" / "table1.md", out / "report" / "pareto.png"
     echo(rp.markdown(t1.head(8)))
     if best_small:

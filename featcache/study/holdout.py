@@ -44,3 +44,16 @@ def evaluate(run: str | Path, data, runs: str | Path = "runs", batch_size: int =
     return {"run": str(model.run_dir), "data": dataset.name, "rows": len(records),
             "tuned": scores(y, probs, preds), "at_0.5": scores(y, probs),
             "per_label": per_label_table(y, probs, preds, list(model.label_names))}
+
+
+def format_evaluation(result: dict) -> str:
+    """`evaluate` as tables: the run's thresholds and 0.5, then per label."""
+    from featcache.tables import render
+
+    return "\n".join([
+        f"{result['run']} on {result['data']}: {result['rows']} labelled rows",
+        render([{"thresholds": "the run's (tuned)", **result["tuned"]}, {"thresholds": "at 0.5", **result["at_0.5"]}],
+               {"thresholds": "thresholds", "sample_f1": "sample-F1", "micro_f1": "micro-F1", "macro_f1": "macro-F1",
+                "map": "mAP"}),
+        render(result["per_label"], {"label": "label", "precision": "precision", "recall": "recall", "f1": "F1",
+                                     "support": "support", "predicted": "predicted", "ap": "AP"})])

@@ -15,22 +15,13 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from featcache.outputs import check_out_dir, inputs_of, replacing, write_text
-
-
-@dataclass(frozen=True)
-class ReportConfig:
-    budget_mb: float = 100.0
-    fp16: bool = False  # sizes of the weights saved in fp16 (half the fp32 file) instead of fp32
-
-    @property
-    def size_label(self) -> str:
-        return f"size (MB, {'fp16' if self.fp16 else 'fp32'} safetensors)"
+from featcache.study.config import ReportConfig
+from featcache.tables import render
 
 
 def models(results: pl.DataFrame) -> pl.DataFrame:
@@ -136,7 +127,7 @@ def best_under_budget(table: pl.DataFrame) -> dict | None:
     return fits.row(0, named=True) if len(fits) else None
 
 
-def chart(table: pl.DataFrame, path: Path, cfg: ReportConfig = ReportConfig()) -> Path:
+def pareto_chart(table: pl.DataFrame, path: Path, cfg: ReportConfig = ReportConfig()) -> Path:
     """Two panels: F1 against size and against prediction time, Pareto fronts drawn, budget line."""
     import matplotlib
 
@@ -192,11 +183,13 @@ def markdown(table: pl.DataFrame) -> str:
         return str(shown)
 
 
-def build(results: Path, runs: Path, bench: Path | None, out: Path, cfg: ReportConfig = ReportConfig(),
-          threads: int = 1, progress=None) -> tuple[pl.DataFrame, dict | None]:
-    """Table 1 from the results table, finished e2e runs and exports under runs, joined with
-    benchmark rows (loaded from `bench`, the missing ones measured now at batch 1); writes
-    table1.md/.csv and pareto.png to out."""
+def build_report(cfg: ReportConfig = ReportConfig(), results: Path | None = None, bench: Path | None = None,
+                 out: Path | None = None, progress=None) -> tuple[pl.DataFrame, dict | None, Path]:
+    """Table 1 from the results table (default <runs>/results.parquet), finished e2e runs and exports
+    under runs, joined with benchmark rows (loaded from `bench`, the missing ones measured now at
+    batch 1); writes table1.md/.csv and pareto.png to `out` (default <runs>/report)."""
+    runs, threads = cfg.runs, cfg.threads
+    results, out = Path(results or runs / "results.parquet"), Path(out or runs / "report")
     from stores.results import read_results
 
     from featcache.study import benchmark as bm
@@ -224,5 +217,17 @@ def build(results: Path, runs: Path, bench: Path | None, out: Path, cfg: ReportC
     with replacing(out / "table1.csv") as tmp:
         t1.write_csv(tmp)
     write_text(out / "table1.md", markdown(t1) + "\n")
-    chart(t1, out / "pareto.png", cfg)
-    return t1, best_under_budget(t1)
+    pareto_chart(t1, out / "pareto.png", cfg)
+    return t1, best_under_budget(t1), out
+
+
+def describe_report(t1: pl.DataFrame, best: dict | None, cfg: ReportConfig, out: Path) -> str:
+    """Table 1, the best model under the budget, and the files written."""
+    table = render(t1, {"model": "model", "seeds": "seeds", "f1": "F1 out of fold", "f1_std": "±", "f1_tuned": "tuned*",
+                        "fit_seconds": "fit s", "predict_ms_per_item": "ms/item", "size_mb": "MB", "params_m": "params M",
+                        "within_budget": "in budget", "pareto_size": "front (size)", "pareto_latency": "front (ms)"},
+                   formats={"fit_seconds": ".2f", "predict_ms_per_item": ".2f", "size_mb": ".1f", "params_m": ".1f"})
+    verdict = (f"{best['model']} (F1 out of fold {best['f1']:.4f}, {best['size_mb']:.1f} MB, "
+               f"{best['predict_ms_per_item']:.1f} ms/item)" if best else "none fits")
+    return (f"{table}\n\nbest under {cfg.budget_mb:g} MB: {verdict}\n"
+            f"wrote {out / 'table1.md'}, {out / 'table1.csv'}, {out / 'pareto.png'}")
