@@ -352,7 +352,7 @@ def benchmark_cmd(
     from featcache.encoders.weights import WeightsNotFound
 
     from featcache.runs.catalog import find_run
-    from featcache.stage2.experiment import RunError
+    from featcache.runs.errors import RunError
 
     cfg = bm.BenchConfig(device=device, threads=threads,
                          batch_sizes=_csv_ints(batch_sizes), min_run_time=min_run_time, max_run_time=max_run_time)
@@ -468,7 +468,7 @@ def finetune_cmd(
     from featcache.e2e.loop import train
     from featcache.e2e.rundir import read_config
     from featcache.runs.catalog import find_run
-    from featcache.stage2.experiment import RunError
+    from featcache.runs.errors import RunError
     from featcache.tracking import tracking_kind
     from featcache.encoders.weights import WeightsNotFound
 
@@ -539,7 +539,8 @@ def fit_head_cmd(
     """Train one fusion head on cached features, tune thresholds on the validation part, save a run."""
     from dataclasses import replace
 
-    from featcache.stage2.experiment import RunError, fit_head, replay_options
+    from featcache.runs.errors import RunError
+    from featcache.stage2.experiment import fit_head, replay_options
     from heads.train import HeadConfig
     from stores.features import StoreError
 
@@ -682,7 +683,7 @@ def predict_cmd(
     """Predict the rows to predict with a run and its thresholds: one row each, in order, >= 1 label each."""
     from featcache.deploy.exported import predict_submission
     from featcache.runs.catalog import find_run, predict
-    from featcache.stage2.experiment import RunError
+    from featcache.runs.errors import RunError
     from stores.features import StoreError
 
     if (run is None) == (model is None):
@@ -712,7 +713,7 @@ def evaluate_cmd(
 ):
     """Score a run on any labelled data with its own thresholds: sample/micro/macro F1, mAP, and per label."""
     from featcache.study.holdout import evaluate
-    from featcache.stage2.experiment import RunError
+    from featcache.runs.errors import RunError
     from stores.features import StoreError
 
     try:
@@ -745,7 +746,7 @@ def export_cmd(
 ):
     """One model for a small device: photo + caption in, probabilities out; thresholds and preprocessing beside it."""
     from featcache.deploy.export import export
-    from featcache.stage2.experiment import RunError
+    from featcache.runs.errors import RunError
     from featcache.encoders.weights import WeightsNotFound
     from stores.features import StoreError
 
@@ -780,7 +781,7 @@ def demo_cmd(
     """Data -> extract -> ablate -> chosen model -> submission -> size/latency -> Table 1 and plots."""
     from featcache.study.demo import DemoConfig, run
     from featcache.encoders.models import WeightsNotFound
-    from featcache.stage2.experiment import RunError
+    from featcache.runs.errors import RunError
     from stores.features import StoreError
 
     cfg = DemoConfig(out=out, data=data, n_train=n_train, n_test=n_test, image_encoder=image_encoder,
@@ -812,7 +813,7 @@ def runs_cmd(
     if ctx.invoked_subcommand is not None:
         return
     from featcache.runs.catalog import run_table
-    from featcache.stage2.experiment import RunError
+    from featcache.runs.errors import RunError
 
     try:
         table = run_table(runs, say=lambda m: typer.echo(m, err=True))
@@ -838,7 +839,7 @@ def runs_show_cmd(
 ):
     """One run: its settings, command line, versions, metrics and files."""
     from featcache.runs.catalog import describe
-    from featcache.stage2.experiment import RunError
+    from featcache.runs.errors import RunError
 
     try:
         doc = describe(run, runs)

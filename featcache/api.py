@@ -39,9 +39,9 @@ from featcache.stage1.extract import ExtractResult
 from featcache.deploy.predictor import Predictor
 from featcache.runs.catalog import find_run
 from featcache.runs.catalog import predict as predict_submission
+from featcache.runs.errors import RunError  # noqa: F401  offered as fc.RunError
 from featcache.stage1.build import run as run_stage1
 from featcache.stage2.ablate import ablate
-from featcache.stage2.experiment import RunError  # noqa: F401  offered as fc.RunError
 from featcache.stage2.experiment import fit_head as fit_stage2
 
 # featcache/__init__.py's __all__ names what `import featcache as fc` offers from here.
