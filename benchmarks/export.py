@@ -33,7 +33,7 @@ from featcache.study import benchmark as bm  # noqa: E402
 from featcache.deploy import export as ex  # noqa: E402
 from featcache.data import load_dataset  # noqa: E402
 from featcache.deploy.exported import ExportedModel, validate  # noqa: E402
-from featcache.stage2.experiment import fit_head, load_features, load_run  # noqa: E402
+from featcache.stage2.experiment import fit_head, load_features, load_head_run  # noqa: E402
 from heads.train import HeadConfig  # noqa: E402
 
 ENCODERS = ["efficientnet_lite0", "minilm_l6"]
@@ -64,7 +64,7 @@ def example(module: ex.Composed, n: int) -> list:
 
 def run_labels(run: Path, cache: Path, records):
     """The run's own predictions of these rows: its head on the cached features, its thresholds."""
-    head, thresholds, config = load_run(run)
+    head, thresholds, config = load_head_run(run)
     xs = [fs.rows([r.image_id for r in records]) for fs in load_features(cache, config["encoders"])]
     return thresholds.apply(head.predict_proba(xs))
 

@@ -358,10 +358,11 @@ def mutated_artifacts(data, clean, tmp, rng):
     the file or the same result. Counted as lost: a traceback or a changed result."""
     from test_fault_classes import mutate
 
-    from featcache.stage2.experiment import RunError, load_run
+    from featcache.runs.errors import RunError
+    from featcache.stage2.experiment import load_head_run
 
     run = fit_one(data, clean.path.parent, tmp / f"runs{rng.random()}")
-    original = load_run(run)
+    original = load_head_run(run)
     named = same = bad = 0
     for _ in range(40):
         copy = Path(shutil.copytree(run, tmp / f"mut{rng.random()}"))
@@ -375,7 +376,7 @@ def mutated_artifacts(data, clean, tmp, rng):
             named += 1
             continue
         try:
-            got = load_run(copy)
+            got = load_head_run(copy)
             ok = r.exit_code == 0 and got[1].values == original[1].values
         except RunError as e:
             ok = name in str(e)

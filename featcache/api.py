@@ -46,7 +46,7 @@ from featcache.runs.catalog import predict as predict_rows
 from featcache.stage1.build import extract_features as extract
 from featcache.stage2.ablate import ablate  # noqa: F401  offered as fc.ablate
 from featcache.stage2.curve import learning_curve  # noqa: F401  offered as fc.learning_curve
-from featcache.stage2.experiment import RunError  # noqa: F401  offered as fc.RunError
+from featcache.runs.errors import RunError  # noqa: F401  offered as fc.RunError
 from featcache.stage2.experiment import fit_head as fit_and_save
 from featcache.study.benchmark import run_benchmark as benchmark  # noqa: F401  offered as fc.benchmark
 from featcache.study.demo import run_demo  # noqa: F401

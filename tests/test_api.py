@@ -61,9 +61,9 @@ def test_the_api_predicts_a_new_photo_and_caption_as_predict_does(synth_root, ca
     assert [" ".join(ids[n] for n in ls) for ls in labels] == expected["Labels"].to_list()[:5]
     assert all(n in dataset.label_space.names for ls in labels for n in ls)
     # The probabilities are the head's on the cached rows: the encoders were rebuilt as extracted.
-    from featcache.stage2.experiment import load_features, load_run
+    from featcache.stage2.experiment import load_features, load_head_run
 
-    head, _, config = load_run(model.run_dir)
+    head, _, config = load_head_run(model.run_dir)
     features = load_features(caches, config["encoders"], dataset)
     cached = head.predict_proba([fs.rows([r.image_id for r in rows]) for fs in features])
     from PIL import Image

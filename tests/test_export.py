@@ -32,7 +32,7 @@ from featcache.data import load_dataset  # noqa: E402
 from featcache.deploy.exported import (EXPORT_FILE, ExportedModel, apply_thresholds, model_mb, pixels,  # noqa: E402
                                 predict_submission, read_meta, rows)
 from featcache.outputs import OutputError  # noqa: E402
-from featcache.stage2.experiment import RunError  # noqa: E402
+from featcache.runs.errors import RunError  # noqa: E402
 from featcache.data.synth import make_dataset  # noqa: E402
 from featcache.stage2.thresholds import Thresholds  # noqa: E402
 
@@ -109,9 +109,9 @@ def exports(world) -> dict[tuple[str, str], Path]:
 
 def run_probs(world: World, run: Path, records) -> np.ndarray:
     """The run's own model: its head over the cached features of these rows."""
-    from featcache.stage2.experiment import load_features, load_run
+    from featcache.stage2.experiment import load_features, load_head_run
 
-    head, _, config = load_run(run)
+    head, _, config = load_head_run(run)
     features = load_features(world.cache, config["encoders"])
     return head.predict_proba([fs.rows([r.image_id for r in records]) for fs in features])
 

@@ -259,7 +259,8 @@ def mutate(path: Path, how) -> None:
 @given(name=st.sampled_from(["metrics.json", "config.json", "thresholds.json"]), how=_mutations())
 def test_a_mutated_run_file_is_a_one_line_error_naming_it_or_the_same_result(world, tmp_path_factory, name, how):
     from featcache.runs.catalog import describe
-    from featcache.stage2.experiment import RunError, load_run
+    from featcache.runs.errors import RunError
+    from featcache.stage2.experiment import load_head_run
 
     data, cache, runs, run = world
     copy = Path(shutil.copytree(run, tmp_path_factory.mktemp("mut") / run.name))
@@ -270,12 +271,12 @@ def test_a_mutated_run_file_is_a_one_line_error_naming_it_or_the_same_result(wor
         assert name in shown_cli.output and len(shown_cli.output.strip().splitlines()) == 1
     try:
         shown = describe(copy, runs)
-        head, thresholds, config = load_run(copy)
+        head, thresholds, config = load_head_run(copy)
     except RunError as e:
         assert "\n" not in str(e) and name in str(e), str(e)
         return
     # accepted: what the run predicts with is what it was
-    original = load_run(run)
+    original = load_head_run(run)
     assert thresholds.values == original[1].values and config["encoders"] == original[2]["encoders"]
     assert all(math.isfinite(shown["metrics"][k]["sample_f1"]) for k in ("at_0.5", "tuned"))
 
@@ -290,14 +291,15 @@ def test_runs_show_with_empty_or_listed_metrics_exits_2_naming_the_file(world, t
 
 
 def test_changed_head_weights_are_refused_by_their_hash(world, tmp_path):
-    from featcache.stage2.experiment import RunError, load_run
+    from featcache.runs.errors import RunError
+    from featcache.stage2.experiment import load_head_run
 
     copy = Path(shutil.copytree(world[3], tmp_path / "r"))
     data = bytearray((copy / "head.safetensors").read_bytes())
     data[-1] ^= 1
     (copy / "head.safetensors").write_bytes(bytes(data))
     with pytest.raises(RunError, match=r"head.safetensors: sha256 .* is not the .* its run recorded"):
-        load_run(copy)
+        load_head_run(copy)
 
 
 @pytest.mark.parametrize("how, says", [("bytes", "stored as"), ("float64", "stored as float64"), ("nan", "not finite"),

@@ -152,23 +152,23 @@ def _frame(src):
             raise DataError(f"{path}: expected one table (CSV, TSV, Parquet or JSONL), train.csv + test.csv (COMP5329), "
                             f"or a saved Hugging Face dataset; found {', '.join(p.name for p in tables) or 'none'}")
         path = tables[0]
-    kind = SUFFIXES.get(path.suffix.lower())
-    if kind is None:
+    fmt = SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
         raise DataError(f"{path}: not a table featcache reads (CSV, TSV, Parquet, JSONL), a COMP5329 folder or a saved "
                         "Hugging Face dataset")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     hints["files"].append(path)
     try:
-        if kind in ("csv", "tsv"):
-            frame = pl.read_csv(path, separator="\t" if kind == "tsv" else ",", infer_schema=False, encoding="utf8",
+        if fmt in ("csv", "tsv"):
+            frame = pl.read_csv(path, separator="\t" if fmt == "tsv" else ",", infer_schema=False, encoding="utf8",
                                 raise_if_empty=True)
-        elif kind == "parquet":
+        elif fmt == "parquet":
             frame = pl.read_parquet(path)
         else:
             frame = pl.read_ndjson(path)
     except Exception as e:  # noqa: BLE001 - polars raises its own types; all of them mean this file
-        raise DataError(f"{path}: cannot read it as {kind.upper()} ({_first_line(e)})") from None
+        raise DataError(f"{path}: cannot read it as {fmt.upper()} ({_first_line(e)})") from None
     return frame, str(path), path.parent, None, hints
 
 

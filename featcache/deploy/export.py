@@ -38,14 +38,11 @@ from featcache.deploy.exported import validate as validate_export
 from featcache.deploy.config import ExportConfig
 from featcache.options import known
 from featcache.outputs import OutputError, check_out_dir, inputs_of, os_errors, sweep_stale, write_text
-from featcache.runs.catalog import E2E, cached_encoders, find_run, finished, kind_of, load_model
+from featcache.runs.catalog import find_run
+from featcache.runs.kinds import open_run
 from featcache.data.split import split_rows
-from featcache.stage2.experiment import RunError
-from featcache.stage2.thresholds import Thresholds
 
 MODEL_FILE = {"openvino": "model.xml", "onnx": "model.onnx"}
-# fit-head's split is Split.of(dataset) with its default share (featcache.stage2.experiment).
-STAGE2_VAL_FRACTION = 0.2
 
 
 class Composed(nn.Module):
@@ -104,34 +101,20 @@ def torch_model(run: str | Path) -> Composed:
 
 
 def load_source(run: str | Path) -> Source:
-    """The model of a finished run of either kind; RunError names a run that is not one or is incomplete."""
+    """The model of a finished run of any kind (featcache.runs.kinds); RunError names a run that is
+    not one or is incomplete."""
     run = Path(run)
-    kind = kind_of(run)
-    config, metrics = finished(run)  # a run killed while saving is never exported
-    model = load_model(run)
-    if kind == E2E:
-        encoders, head, dtypes = list(model.encoders), model.head, None
-        c = config["config"]
-        head_name, names = f"e2e {c['fusion']}/{c['classifier']}", list(config["encoders"])
-        fit_seconds = sum(h["train_seconds"] for h in metrics.get("history", []))
-        split = {"seed": c["seed"], "val_fraction": c["val_fraction"], "train_fraction": c["train_fraction"]}
-    else:
-        (encoders, dtypes), head, h = cached_encoders(run, config), model, config["head"]
-        if [e.embed_dim for e in encoders] != list(head.dims):
-            raise RunError(f"{run}: the head takes features of widths {head.dims}, its caches' encoders give "
-                           f"{[e.embed_dim for e in encoders]}")
-        head_name, names, fit_seconds = f"{h['fusion']}/{h['classifier']}/{h['loss']}", list(config["encoders"]), \
-            metrics.get("fit_seconds")
-        split = {"seed": config.get("split_seed", 0), "val_fraction": STAGE2_VAL_FRACTION,
-                 "train_fraction": config.get("train_fraction", 1.0)}
-    thresholds = Thresholds.load(run / "thresholds.json")
+    found = open_run(run)
+    config, metrics = found.finished()  # a run killed while saving is never exported
+    model, dtypes = found.photo_model(config)
+    facts = found.summary(config, metrics)
     scores = {k: metrics.get(k) for k in ("sample_f1", "tuned_out_of_fold", "map")}
     meta = {"labels": {"ids": config["label_ids"], "names": config.get("label_names")},
-            "thresholds": asdict(thresholds),
-            "source": {"run": str(run.resolve()), "kind": kind, "encoders": names, "head": head_name,
-                       "fit_seconds": fit_seconds, "metrics": scores},
-            "split": {**split, "dataset_fingerprint": config.get("dataset_fingerprint")}}
-    return Source(run, Composed(encoders, head, dtypes).eval(), meta)
+            "thresholds": asdict(found.thresholds()),
+            "source": {"run": str(run.resolve()), "kind": found.kind, "encoders": facts["encoders"],
+                       "head": facts["head"], "fit_seconds": facts["fit_seconds"], "metrics": scores},
+            "split": {**facts["split"], "dataset_fingerprint": config.get("dataset_fingerprint")}}
+    return Source(run, Composed(list(model.encoders), model.head, dtypes).eval(), meta)
 
 
 # --- the export -----------------------------------------------------------------------------------
@@ -149,11 +132,11 @@ def export(run: str | Path, out: str | Path, data=None, *, say=None, **options) 
     if cfg.precision == "int8" and data is None:
         raise ValueError("--precision int8 is calibrated on train rows of the run's split: pass the dataset (--data)")
     run, out = find_run(run, cfg.runs), Path(out)
-    kind_of(run)  # not a run: one line, before anything is built
+    found = open_run(run)  # not a run: one line, before anything is built
     dataset = load_dataset(data) if data is not None else None
     # Before any work: never into (or over a folder holding) the run, its caches or the dataset,
     # onto a file, where it cannot write, or over files featcache did not write.
-    check_out_dir(out, inputs_of(dataset=dataset, caches=_inputs(run)[1:], run_dirs=[run]), whole=True)
+    check_out_dir(out, inputs_of(dataset=dataset, caches=found.cache_dirs(), run_dirs=[run]), whole=True)
     keep = _foreign(out, cfg.force)
     source = load_source(run)
     if dataset is not None:
@@ -337,15 +320,6 @@ def _quantize(model, items: list[dict], has_text: bool):
     with contextlib.redirect_stdout(io.StringIO()):  # its progress bars
         return nncf.quantize(model.clone(), nncf.Dataset(items), subset_size=len(items),
                              model_type=nncf.ModelType.TRANSFORMER if has_text else None)
-
-
-def _inputs(run: Path) -> list[Path]:
-    """What an export reads: the run, and a stage-2 run's cache directories (its config.json says which)."""
-    try:
-        caches = json.loads((run / "config.json").read_text()).get("caches") or {}
-    except (OSError, ValueError, AttributeError):  # load_source says what is wrong with it
-        caches = {}
-    return [run, *sorted({Path(p).parent for p in caches.values()})]
 
 
 def _check_dataset(source: Source, dataset: Dataset) -> None:

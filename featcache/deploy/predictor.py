@@ -22,10 +22,9 @@ from PIL import Image
 from torch import nn
 
 from featcache.data import load_image
-from featcache.e2e import predict as e2e_predict
 from featcache.e2e.model import E2EModel
-from featcache.runs.catalog import E2E, cached_encoders, find_run, finished, kind_of
-from featcache.stage2.experiment import load_run
+from featcache.runs.catalog import find_run
+from featcache.runs.kinds import open_run
 from featcache.stage2.thresholds import Thresholds
 
 
@@ -43,14 +42,11 @@ class Predictor:
     def load(cls, run: str | Path, runs: str | Path = "runs") -> Predictor:
         """A run by directory or by id under `runs` (RunError naming it when it cannot be used)."""
         run_dir = find_run(run, runs)
-        saved, metrics = finished(run_dir)
+        found = open_run(run_dir)
+        saved, metrics = found.finished()
         names = saved.get("label_names") or [str(i) for i in saved["label_ids"]]
-        if kind_of(run_dir) == E2E:
-            model, _, thresholds = e2e_predict.load_run(run_dir)
-            return cls(run_dir, model, thresholds, saved["label_ids"], names, metrics, [None] * len(model.encoders))
-        head, thresholds, config = load_run(run_dir)
-        encoders, dtypes = cached_encoders(run_dir, config)
-        return cls(run_dir, E2EModel(encoders, head.net).eval(), thresholds, config["label_ids"], names, metrics, dtypes)
+        model, dtypes = found.photo_model(saved)
+        return cls(run_dir, model, found.thresholds(), saved["label_ids"], names, metrics, dtypes)
 
     @property
     def modalities(self) -> tuple[str, ...]:

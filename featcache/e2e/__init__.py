@@ -7,5 +7,5 @@
     checkpoints  checkpoints/epoch-N/: written atomically, read back without running code
     rundir       the run directory's files: config.json, tables and plots, final results
     loop         train(): the epoch loop, resumable
-    predict      a finished run's probabilities and submission
+    predict      a finished run's model and probabilities (featcache.runs.kinds makes them a run's predictions)
 """

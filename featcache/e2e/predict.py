@@ -1,7 +1,9 @@
 """A finished end-to-end run predicts from images and captions (it holds its backbones; no cache).
 
+    model, cfg, thresholds = load_e2e_run(run_dir)     # the trained model, eval mode
     probs = predict_proba(run_dir, dataset)            # [test rows, labels]
-    probs, preds = predict_run(run_dir, dataset)       # the rows to predict, >= 1 label each
+
+featcache.runs.kinds.E2ERun turns these into a run's predictions (its thresholds applied).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from featcache.e2e.model import E2EModel, autocast_dtype, build_model
 from featcache.e2e.rundir import read_config
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[E2EModel, E2EConfig, Thresholds]:
+def load_e2e_run(run_dir: str | Path, device: str = "cpu") -> tuple[E2EModel, E2EConfig, Thresholds]:
     """The trained model (eval mode, on device), its config and its tuned thresholds."""
     run_dir = Path(run_dir)
     if not (run_dir / "model.safetensors").exists():
@@ -49,14 +51,8 @@ def predict_proba(run_dir: str | Path, dataset: Dataset, records: list[Record] |
     label_ids = read_config(run_dir)["label_ids"]
     if list(dataset.label_space.ids) != label_ids:
         raise ValueError(f"{run_dir}: trained on labels {label_ids}, dataset {dataset.root} has {list(dataset.label_space.ids)}")
-    model, cfg, _ = load_run(run_dir, device)
+    model, cfg, _ = load_e2e_run(run_dir, device)
     proc = Proc(device=torch.device(device))
     loader = batches(dataset, dataset.test if records is None else records, model, batch_size, proc, workers=num_workers)
     return sigmoid(evaluate(model, loader, proc, autocast_dtype(cfg, proc.device)))
 
-
-def predict_run(run_dir: str | Path, dataset: Dataset, device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """`predict` for an e2e run: (probabilities, 0/1 predictions with >= 1 label each) of every row to predict."""
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    probs = predict_proba(run_dir, dataset, device=device)
-    return probs, Thresholds.load(Path(run_dir) / "thresholds.json").apply(probs)  # finish() fits with fallback

@@ -121,6 +121,10 @@ class ImageEncoder(nn.Module):
     def example_batch(self, batch_size: int) -> torch.Tensor:
         return torch.randint(0, 256, (batch_size, 3, self.cfg.input_size, self.cfg.input_size), dtype=torch.uint8)
 
+    def describe_input(self) -> str:
+        """What one item is, for tables: 3xSxS pixels."""
+        return f"3x{self.cfg.input_size}x{self.cfg.input_size}"
+
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         x = (batch.float() - self.mean) / self.std
         x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -172,6 +176,10 @@ class TextEncoder(nn.Module):
 
     def example_batch(self, batch_size: int) -> dict:
         return self.collate(["a man riding a horse on top of a green field near a red bus"] * batch_size)
+
+    def describe_input(self) -> str:
+        """What one item is, for tables: the example caption's token count (COMP5329 captions are ~10-20 words)."""
+        return f"{self.example_batch(1)['input_ids'].shape[1]} tokens"
 
     def forward(self, batch: dict) -> torch.Tensor:
         hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state

@@ -139,10 +139,10 @@ def get_cfg(name: str) -> EncoderCfg:
     """The config of an alias, or the (unresolved) config of a timm:/hf: name."""
     if name in REGISTRY:
         return REGISTRY[name]
-    kind, _, rest = name.partition(":")
-    if kind == "timm" and rest:
+    scheme, _, rest = name.partition(":")
+    if scheme == "timm" and rest:
         return EncoderCfg(name, "timm", rest, "image", None, None, mean=(), std=(), interpolation="", pooling="timm forward_head(pre_logits=True)")
-    if kind == "hf" and rest:
+    if scheme == "hf" and rest:
         source, _, pooling = rest.partition("#")
         if pooling and pooling not in TEXT_POOLING:
             raise UnknownEncoder(f"{name}: pooling {pooling!r} is not one of {', '.join(TEXT_POOLING)}")
@@ -158,11 +158,11 @@ def cache_name(name: str) -> str:
     `hf:intfloat/e5-small-v2` -> `hf-intfloat--e5-small-v2`, a local directory -> `hf-<its name>-<hash>`."""
     if ":" not in name:
         return name
-    kind, _, rest = name.partition(":")
+    scheme, _, rest = name.partition(":")
     source, _, pooling = rest.partition("#")
     local = Path(source).expanduser()
-    if kind == "hf" and local.is_dir():  # two directories of one name are two models: the path's hash tells them apart
+    if scheme == "hf" and local.is_dir():  # two directories of one name are two models: the path's hash tells them apart
         where = local.resolve()
         source = f"{where.name}-{hashlib.sha256(str(where).encode()).hexdigest()[:8]}"
-    stem = f"{kind}-{source.replace('/', '--')}" + (f"-{pooling}" if pooling else "")
+    stem = f"{scheme}-{source.replace('/', '--')}" + (f"-{pooling}" if pooling else "")
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".")

@@ -11,13 +11,11 @@ is the fit-head command; its steps, for studies that fit many heads on the same 
 
 The validation part early-stops the head (on its mAP) and tunes the thresholds; it is never
 trained on. The split seed (0) is separate from the head's seed, so seeds vary the model, not the
-data.
-`predict` reads a run back and refuses caches whose fingerprint differs from the run's.
+data. `load_head_run` reads a run back (featcache.runs.kinds predicts with it).
 """
 
 from __future__ import annotations
 
-from featcache.errors import UserError
 
 import json
 import shutil
@@ -36,18 +34,15 @@ from featcache.artifacts import HEAD_WEIGHTS, ArtifactError, RunConfig, check_he
 from featcache.outputs import _short, check_apart, os_errors, provenance, replacing, write_text
 from featcache.encoders.planner import home
 from featcache.encoders.registry import cache_name
+from featcache.runs.errors import RunError
 from featcache.data.split import nested_share, split_rows
 from featcache.options import ConfigError, from_flat
 from featcache.stage2.config import FitConfig
-from featcache.stage2.thresholds import Thresholds, metrics_table, apply_thresholds, fit_thresholds, out_of_fold, threshold_report
+from featcache.stage2.thresholds import Thresholds, fit_thresholds, metrics_table, out_of_fold, threshold_report
 from heads.train import Head
 from heads.config import HeadConfig
 from stores.features import FeatureSet, StoreError, open_features
 from stores.results import append_results
-
-
-class RunError(UserError, RuntimeError):
-    """A run directory that cannot be used; the message names the run."""
 
 
 @dataclass(frozen=True)
@@ -243,7 +238,9 @@ def results_row(result: FitResult, run: str) -> dict:
     return row
 
 
-def load_run(run_dir: str | Path) -> tuple[Head, Thresholds, dict]:
+def load_head_run(run_dir: str | Path) -> tuple[Head, Thresholds, dict]:
+    """A saved run's head, thresholds and config.json, each file checked (RunError naming it);
+    `featcache.runs.kinds.HeadRun` predicts with them."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise RunError(f"{run_dir}: not a run directory (no config.json); fit-head writes one")
@@ -260,28 +257,6 @@ def load_run(run_dir: str | Path) -> tuple[Head, Thresholds, dict]:
     except ValueError as e:
         raise RunError(f"{run_dir}: {e}") from None
     return head, thresholds, config
-
-
-def predict_run(run_dir: str | Path, dataset: Dataset, cache_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, 0/1 predictions with at least one label each) of every row to predict, in order."""
-    head, thresholds, config = load_run(run_dir)
-    if list(dataset.label_space.ids) != config["label_ids"]:
-        raise RunError(f"{run_dir}: trained on labels {config['label_ids']}, dataset {dataset.root} has "
-                       f"{list(dataset.label_space.ids)}")
-    features = load_features(cache_dir, config["encoders"], dataset)
-    for fs in features:
-        want = config["fingerprints"][fs.name]
-        if fs.fingerprint != want:
-            raise RunError(f"{fs.path}: fingerprint {fs.fingerprint} differs from {want}, the cache run {run_dir} "
-                           f"was trained on (the cache was rebuilt from other data, weights or settings); "
-                           f"refit the head or restore the cache")
-    ids = [r.image_id for r in dataset.test]
-    try:
-        xs = [fs.rows(ids) for fs in features]
-    except KeyError as e:
-        raise RunError(f"test rows of {dataset.root} missing from a cache: {e.args[0]}") from None
-    probs = head.predict_proba(xs)
-    return probs, apply_thresholds(probs, np.array(thresholds.values), fallback=True)  # >= 1 label each
 
 
 def describe_fit(run_dir: Path, result: FitResult) -> str:

@@ -103,34 +103,24 @@ def encoder_row(name: str, cfg: BenchConfig) -> dict:
 
     real = weights_available(get_cfg(name)) != "-"
     enc = create_encoder(name, pretrained=real)
-    return {"model": name, "kind": "encoder", "weights": "real" if real else "random-init", "input_size": input_size(enc),
+    return {"model": name, "kind": "encoder", "weights": "real" if real else "random-init", "input_size": enc.describe_input(),
             **measure(enc, enc.example_batch, cfg)}
 
 
-def input_size(enc: nn.Module) -> str:
-    """3xSxS pixels, or the example caption's token count (COMP5329 captions are ~10-20 words)."""
-    if enc.cfg.is_text:
-        return f"{enc.example_batch(1)['input_ids'].shape[1]} tokens"
-    return f"3x{enc.cfg.input_size}x{enc.cfg.input_size}"
-
-
 def run_row(run_dir: Path, cfg: BenchConfig, runs: Path = Path("runs")) -> dict:
-    """A fitted head (input: cached features) or an end-to-end model (input: an image and a
-    caption through its encoders, then its head), as featcache.runs.catalog loads it."""
-    from featcache.runs.catalog import E2E, kind_of, load_model
-    from featcache.stage2.experiment import RunError
+    """A run's model as it predicts (featcache.runs.kinds): a fitted head takes cached features, an
+    end-to-end model an image and a caption through its encoders, then its head."""
+    from featcache.runs.errors import RunError
+    from featcache.runs.kinds import open_run
 
     name = run_dir.relative_to(runs).as_posix() if run_dir.is_relative_to(runs) else run_dir.name
     try:
-        kind, model = kind_of(run_dir), load_model(run_dir)
+        run = open_run(run_dir)
+        model = run.model()
     except RunError as e:  # as an unloadable head: a ValueError naming the run, which the commands report
         raise ValueError(str(e)) from None
-    if kind == E2E:
-        return {"model": name, "kind": "final", "weights": "trained",
-                "input_size": " + ".join(input_size(e) for e in model.encoders),
-                **measure(model, lambda n: [e.example_batch(n) for e in model.encoders], cfg)}
-    return {"model": name, "kind": "head", "weights": "fitted", "input_size": "+".join(map(str, model.dims)) + " features",
-            **measure(model, lambda n: [torch.randn(n, d) for d in model.dims], cfg)}
+    return {"model": name, "kind": run.label, "weights": run.weights, "input_size": run.input_size(model),
+            **measure(model, lambda n: run.example(model, n), cfg)}
 
 
 def export_row(export_dir: Path, cfg: BenchConfig, runs: Path = Path("runs"), data: Path | None = None) -> dict:
