@@ -25,7 +25,7 @@ from featcache.data.spec import flag
 from featcache.deploy.config import ExportConfig, PredictConfig
 from featcache.e2e.config import E2EConfig, TrainOptions
 from featcache.errors import UserError
-from featcache.options import ConfigError, base_type, cli_fields, option_help
+from featcache.options import ConfigError, base_type, cli_fields, many, option_help
 from featcache.stage1.config import ExtractConfig
 from featcache.stage2.config import AblateConfig, CurveConfig, FitConfig
 from featcache.study.config import BenchConfig, DemoConfig, ReportConfig
@@ -60,9 +60,7 @@ def next_step(text: str) -> None:
 
 def _typer_type(annotation):
     kind = base_type(annotation)
-    many = typing.get_origin(annotation) in (tuple, list) or any(
-        typing.get_origin(a) in (tuple, list) for a in typing.get_args(annotation))
-    return list[str] if many else (kind if kind in (bool, int, float, Path) else str)
+    return list[str] if many(annotation) else (kind if kind in (bool, int, float, Path) else str)
 
 
 def _flags(f, annotation) -> tuple[str, ...]:

@@ -23,12 +23,12 @@ class ConfigError(UserError, ValueError):
 
 
 def option(default=dataclasses.MISSING, help: str = "", *, range: tuple | None = None, choices=None,
-           flag: str | None = None, cli: bool = True, factory=None, each: bool = False):
+           flag: str | None = None, cli: bool = True, factory=None):
     """A config field. `range`: (low, high), inclusive; `choices`: a tuple, or a callable giving one
-    (registries imported only when checked); `each`: a tuple field whose items are the choices;
+    (registries imported only when checked; for a tuple field, each item's);
     `flag`: the command-line name when it is not --<field-name>; `cli`: False for a field the
     command line does not offer (set by the library itself)."""
-    metadata = {"help": help, "range": range, "choices": choices, "flag": flag, "cli": cli, "each": each}
+    metadata = {"help": help, "range": range, "choices": choices, "flag": flag, "cli": cli}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -48,6 +48,11 @@ def base_type(annotation):
     if args and origin is not None:  # a Union
         return base_type(args[0])
     return annotation
+
+
+def many(annotation) -> bool:
+    """A field of several values: `tuple[...]`, also `tuple[...] | None`."""
+    return any(typing.get_origin(a) in (tuple, list) for a in (annotation, *typing.get_args(annotation)))
 
 
 def choices_of(f: dataclasses.Field) -> tuple | None:
@@ -79,7 +84,7 @@ def check_fields(config) -> None:
         if value is None and (f.default is None or type(None) in typing.get_args(annotation)):
             continue
         kind = base_type(annotation)
-        if typing.get_origin(annotation) in (tuple, list) or f.metadata["each"]:
+        if many(annotation):
             if isinstance(value, str):
                 value = tuple(v for v in value.split(",") if v)
             items = tuple(_coerce(f.name, v, kind, owner) for v in value)

@@ -15,7 +15,7 @@ from featcache.options import check_fields, option
 
 
 
-def _fusions() -> tuple[str, ...]:
+def fusion_names() -> tuple[str, ...]:
     from heads.fusion import FUSIONS  # torch: only when a config is checked
 
     return tuple(FUSIONS)
@@ -41,7 +41,7 @@ STEP_BUDGET = 128  # optimizer steps of the default schedule: 8 epochs of 8,000 
 class HeadArch:
     """The head's model and loss: what stage 2 and end-to-end fine-tuning share."""
     fusion: str = option("late", "How the encoders' vectors are fused: late (the best measured), concat, gated, "
-                         "bilinear, attention or concat_relu; one encoder: an MLP.", choices=_fusions)
+                         "bilinear, attention or concat_relu; one encoder: an MLP.", choices=fusion_names)
     classifier: str = option("mlp", "The classifier on the fused vector: mlp or linear (the study's).",
                              choices=_classifiers)
     loss: str = option("bce", "Training loss: bce, asl or focal.", choices=_losses)

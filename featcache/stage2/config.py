@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from heads.config import HeadConfig
+from heads.config import HeadConfig, fusion_names
 
 from featcache.options import check_fields, option
 from featcache.workspace import cache_field, runs_field
@@ -47,7 +47,8 @@ class FitConfig:
 
 @dataclass(frozen=True)
 class AblateConfig:
-    fusions: tuple[str, ...] | None = option(None, "Fusions to compare, comma-separated (default: all).")
+    fusions: tuple[str, ...] | None = option(None, "Fusions to compare, comma-separated (default: all).",
+                                             choices=fusion_names)
     seeds: int = option(3, "Head seeds per configuration (mean and spread).", range=(1, 1000))
     grid: str | None = option(None, "seed: add the seed report's batch/lr/epoch grids (featcache/stage2/ablate.py).",
                               choices=("seed",))
@@ -66,7 +67,8 @@ class AblateConfig:
 
 @dataclass(frozen=True)
 class CurveConfig:
-    fusion: str | None = option(None, "Fusion of a multi-encoder curve (as fit-head; default late).")
+    fusion: str | None = option(None, "Fusion of a multi-encoder curve (as fit-head; default late).",
+                                choices=fusion_names)
     fractions: tuple[float, ...] = option(FRACTIONS, "Shares of the train rows, comma-separated, nested per seed.",
                                           range=(0.0001, 1.0))
     seeds: int = option(3, "Row orders (and head seeds) per point: mean and spread.", range=(1, 1000))
