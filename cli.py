@@ -65,7 +65,7 @@ def _typer_type(annotation):
 
 def _flags(f, annotation) -> tuple[str, ...]:
     if f.metadata.get("flag"):
-        return (f.metadata["flag"],)
+        return tuple(f.metadata["flag"].split())  # the name, then any old name kept for a release
     name = f.name.replace("_", "-")
     return (f"--{name}/--no-{name}",) if base_type(annotation) is bool else (f"--{name}",)
 

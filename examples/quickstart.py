@@ -29,7 +29,7 @@ else:
 
 # Stage 1: each encoder runs once over every photo and caption; its features go to an HDF5 cache.
 for encoder in ("efficientnet_lite0", "minilm_l6"):
-    result = fc.extract_features(data, encoder, cache=work / "cache", pretrained=pretrained, progress=False, log=lambda m: None)
+    result = fc.extract(data, encoder, cache=work / "cache", pretrained=pretrained, progress=False, log=lambda m: None)
     print(f"{result.path}: {result.rows} rows")
 
 # Stage 2: a late-fusion head on the cached features, with thresholds tuned on the validation part.

@@ -31,7 +31,7 @@ data = fc.Dataset.from_table(table)  # columns detected; name them with image=, 
 print(f"{data.name}: {len(data.train)} labelled rows, {len(data.test)} to predict; read as {data.describe}")
 
 for encoder in ("efficientnet_lite0", "minilm_l6"):
-    result = fc.extract_features(data, encoder, cache=work / "cache", pretrained=pretrained, progress=False,
+    result = fc.extract(data, encoder, cache=work / "cache", pretrained=pretrained, progress=False,
                                  log=lambda m: None, **({"image_size": 32} if not pretrained and "net" in encoder else {}))
     print(f"{result.path}: {result.rows} rows")
 

@@ -29,40 +29,43 @@ command writes them).
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
-from featcache.data import Dataset, DataError, DataSpec, load_dataset  # noqa: F401  offered as fc.Dataset, ...
-from featcache.data.check import check_data  # noqa: F401  offered as fc.check_data (`data check`)
-from featcache.data.synth import make_data  # noqa: F401  offered as fc.make_data (`make-data`)
-from featcache.deploy.config import PredictConfig
-from featcache.deploy.export import export  # noqa: F401  offered as fc.export
-from featcache.deploy.predictor import Predictor
-from featcache.e2e.config import E2EConfig, TrainOptions, head_encoders
-from featcache.e2e.loop import train
-from featcache.e2e.rundir import read_config
-from featcache.options import ConfigError, flat, from_flat, known
-from featcache.runs.catalog import find_run
-from featcache.runs.catalog import predict as predict_rows
-from featcache.stage1.build import extract_features as extract
-from featcache.stage2.ablate import ablate  # noqa: F401  offered as fc.ablate
-from featcache.stage2.curve import learning_curve  # noqa: F401  offered as fc.learning_curve
-from featcache.runs.errors import RunError  # noqa: F401  offered as fc.RunError
-from featcache.stage2.experiment import fit_head as fit_and_save
-from featcache.study.benchmark import run_benchmark as benchmark  # noqa: F401  offered as fc.benchmark
-from featcache.study.demo import run_demo  # noqa: F401
-from featcache.study.holdout import evaluate  # noqa: F401  offered as fc.evaluate
-from featcache.study.report import build_report as report  # noqa: F401  offered as fc.report
+from featcache.options import ConfigError, known
 from featcache.workspace import RUNS
 
-# featcache/__init__.py's __all__ names what `import featcache as fc` offers from here.
+# The API's names defined elsewhere: each is imported when first used, so `from featcache.api import
+# extract` loads stage 1 alone (a warm cache answers without torch). featcache/__init__.py's __all__
+# names what `import featcache as fc` offers.
+ELSEWHERE = {
+    "Dataset": "featcache.data", "DataError": "featcache.data", "DataSpec": "featcache.data",
+    "load_dataset": "featcache.data", "check_data": "featcache.data.check", "make_data": "featcache.data.synth",
+    "extract": "featcache.stage1.build:extract_features", "ablate": "featcache.stage2.ablate",
+    "learning_curve": "featcache.stage2.curve", "export": "featcache.deploy.export",
+    "Predictor": "featcache.deploy.predictor", "RunError": "featcache.runs.errors",
+    "benchmark": "featcache.study.benchmark:run_benchmark", "report": "featcache.study.report:build_report",
+    "evaluate": "featcache.study.holdout", "ConfigError": "featcache.options",
+    "extract_features": "featcache.stage1.build",  # the old name of extract, for one release
+}
 
 
-def fit_head(data, encoders: list[str] | None = None, *, config: str | Path | None = None, **options) -> Predictor:
+def __getattr__(name: str):
+    if name not in ELSEWHERE:
+        raise AttributeError(f"module 'featcache.api' has no attribute {name!r}")
+    module, _, attr = ELSEWHERE[name].partition(":")
+    return getattr(importlib.import_module(module), attr or name)
+
+
+def fit_head(data, encoders: list[str] | None = None, *, config: str | Path | None = None, **options):
     """Fit one fusion head on the cached `encoders` (their features fused; one: unimodal), tune its
     thresholds on the validation part and save the run; the fitted model. `options`: FitConfig's,
     flat (fusion="late", classifier, loss, lr, epochs, width, dropout, seed, train_fraction, metric,
     threshold_mode, cache, runs); `config`: replay a run's config.json. The command line's fit-head
     is featcache.stage2.experiment.fit_head, which this calls."""
+    from featcache.deploy.predictor import Predictor
+    from featcache.stage2.experiment import fit_head as fit_and_save
+
     run_dir, _ = fit_and_save(data, encoders, config=config, **options)
     return Predictor.load(run_dir)
 
@@ -75,42 +78,54 @@ def finetune(data=None, *, resume: str | Path | None = None, config: str | Path 
     device, keep, track, ...). `resume`: continue a run after its last checkpoint (its config and
     data; `epochs` may raise its epoch count). `config`: train again with a run's config.json, the
     options given overriding it."""
+    from featcache.e2e.config import E2EConfig, TrainOptions, head_encoders
+    from featcache.e2e.loop import train
+    from featcache.e2e.rundir import read_config
+    from featcache.options import flat, from_flat
+    from featcache.runs.catalog import find_run
+
     train_keys = set(TrainOptions.__dataclass_fields__)
     how = {k: v for k, v in options.items() if k in train_keys}
     what = {k: v for k, v in options.items() if k not in train_keys}
-    runs = Path(how.get("runs", RUNS))
+    runs = TrainOptions(**how).runs  # every option checked before anything is read
     if resume is not None:
         unknown = set(what) - {"epochs"}
         if unknown:
             raise ConfigError(f"{', '.join(sorted(unknown))}: a resumed run trains with its own config (only epochs "
                               f"may be raised)")
         return train(None, data, resume=find_run(resume, runs), epochs=what.get("epochs"), **how)
-    if data is None:
-        raise ConfigError("no dataset: pass data (--data DIR, or set FEATCACHE_DATA)")
-    if what.get("init_head"):  # the head's encoders, unless named here
-        what["init_head"] = str(find_run(what["init_head"], runs))
-        what = {**head_encoders(what["init_head"]), **what}
     replayed = flat(E2EConfig.from_dict(read_config(Path(config).parent if Path(config).name == "config.json"
                                                     else config)["config"])) if config else {}
-    return train(from_flat(E2EConfig, {**replayed, **what}), data, **how)
+    cfg = from_flat(E2EConfig, {**replayed, **what})
+    if cfg.init_head:  # the head's encoders, unless named here
+        init_head = str(find_run(cfg.init_head, runs))
+        cfg = from_flat(E2EConfig, {**replayed, **head_encoders(init_head), **what, "init_head": init_head})
+    if data is None:
+        raise ConfigError("no dataset: pass data (--data DIR, or set FEATCACHE_DATA)")
+    return train(cfg, data, **how)
 
 
-def predict(run: str | Path, data, **options) -> Path:
+def predict(run: str | Path, data, out: str | Path | None = None, **options) -> Path:
     """The dataset's rows to predict, in order (COMP5329: the Kaggle submission for test.csv): the id
     column and the labels as the data writes them, in `out` (PredictConfig: out, proba). `run`: a
     run directory or id under `runs`; or an exported model directory (its predictor alone)."""
+    from featcache.deploy.config import PredictConfig
     from featcache.deploy.exported import EXPORT_FILE, predict_submission
+    from featcache.runs.catalog import find_run
+    from featcache.runs.catalog import predict as predict_rows
     from featcache.workspace import Workspace
 
     where = Workspace(**{k: options.pop(k) for k in ("cache", "runs") if k in options})
-    cfg = PredictConfig(**known(PredictConfig, options))
+    cfg = PredictConfig(**known(PredictConfig, {**options, **({"out": Path(out)} if out is not None else {})}))
     if (Path(run) / EXPORT_FILE).is_file():
         return predict_submission(run, data, cfg.out, proba=cfg.proba)
     return predict_rows(find_run(run, where.runs), data, where.cache, cfg.out, cfg.proba)
 
 
-def load(run: str | Path, runs: str | Path = RUNS) -> Predictor:
+def load(run: str | Path, runs: str | Path = RUNS):
     """A saved run (fit-head, ablate, finetune) by directory or id, as a model that takes photos and captions."""
+    from featcache.deploy.predictor import Predictor
+
     return Predictor.load(run, runs)
 
 
@@ -118,6 +133,7 @@ def demo(**options) -> dict:
     """The whole study on one dataset (DemoConfig's options): data -> extract -> ablate -> chosen model
     -> submission -> size and latency -> Table 1 and plots."""
     from featcache.study.config import DemoConfig
+    from featcache.study.demo import run_demo
 
     echo = options.pop("echo", print)
     return run_demo(DemoConfig(**known(DemoConfig, options)), echo=echo)
@@ -138,15 +154,14 @@ def merge_shards(encoder: str, **options) -> Path:
     return path
 
 
-# One release of the old names (README: "Renamed in this release").
-extract_features = extract
-
-
-def fine_tune(data=None, **options) -> Predictor:
+# One release of the old names (README: "Renamed in this release"); extract_features is above.
+def fine_tune(data=None, **options):
     """The old name of `finetune` (one release): the trained model rather than its directory."""
-    return Predictor.load(finetune(data, **options), options.get("runs", RUNS))
+    return load(finetune(data, **options), options.get("runs", RUNS))
 
 
 def export_model(run: str | Path, out: str | Path, data=None, **options) -> Path:
     """The old name of `export` (one release): the export's directory alone."""
+    from featcache.deploy.export import export
+
     return export(run, out, data, **options)[0]

@@ -14,6 +14,7 @@ from featcache.errors import UserError
 
 import dataclasses
 import functools
+import re
 import typing
 from pathlib import Path
 
@@ -23,12 +24,13 @@ class ConfigError(UserError, ValueError):
 
 
 def option(default=dataclasses.MISSING, help: str = "", *, range: tuple | None = None, choices=None,
-           flag: str | None = None, cli: bool = True, factory=None):
+           pattern: tuple[str, str] | None = None, flag: str | None = None, cli: bool = True, factory=None):
     """A config field. `range`: (low, high), inclusive; `choices`: a tuple, or a callable giving one
-    (registries imported only when checked; for a tuple field, each item's);
-    `flag`: the command-line name when it is not --<field-name>; `cli`: False for a field the
+    (registries imported only when checked; for a tuple field, each item's); `pattern`: (a regular
+    expression the whole value matches, what it means in words);
+    `flag`: the command-line name when it is not --<field-name> (then any old names, space-separated); `cli`: False for a field the
     command line does not offer (set by the library itself)."""
-    metadata = {"help": help, "range": range, "choices": choices, "flag": flag, "cli": cli}
+    metadata = {"help": help, "range": range, "choices": choices, "pattern": pattern, "flag": flag, "cli": cli}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -87,6 +89,8 @@ def check_fields(config) -> None:
         if many(annotation):
             if isinstance(value, str):
                 value = tuple(v for v in value.split(",") if v)
+            elif not isinstance(value, (tuple, list)):  # one value where several may be
+                value = (value,)
             items = tuple(_coerce(f.name, v, kind, owner) for v in value)
             object.__setattr__(config, f.name, items)
         else:
@@ -97,7 +101,9 @@ def check_fields(config) -> None:
 
 
 def _check_value(f: dataclasses.Field, value, owner: str) -> None:
-    choices, bounds = choices_of(f), f.metadata.get("range")
+    choices, bounds, pattern = choices_of(f), f.metadata.get("range"), f.metadata.get("pattern")
+    if pattern is not None and not re.fullmatch(pattern[0], str(value)):
+        raise ConfigError(f"{f.name}={value!r}: expected {pattern[1]} ({owner})")
     if choices is not None and value not in choices:
         raise ConfigError(f"{f.name}={value!r}: choose from {', '.join(map(str, choices))} ({owner})")
     if bounds is not None:
@@ -114,6 +120,9 @@ def known(cls, options: dict) -> dict:
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}; {cls.__name__} has {', '.join(names)}")
     return options
+
+
+DEVICE = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
 
 
 def default_of(f: dataclasses.Field):

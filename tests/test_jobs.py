@@ -75,12 +75,12 @@ def test_cli_refuses_jobs_zero_in_one_line(planted_data, tmp_path, command):
     r = CliRunner().invoke(app, [command, *extra, "--jobs", "0", "--data", str(root), "--cache", str(cache),
                                  "--runs", str(tmp_path / "runs")])
     assert r.exit_code == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("error: --jobs 0: expected a positive number")
+    assert r.stderr.strip().splitlines()[-1].startswith("error: jobs=0: must be in [1, 1024]")
 
 
-def test_api_study_refuses_bad_jobs_with_the_same_message(planted_data, tmp_path):
+def test_api_ablate_refuses_bad_jobs_with_the_same_message(planted_data, tmp_path):
     import featcache as fc
 
     root, cache = planted_data
-    with pytest.raises(ValueError, match="--jobs -1: expected a positive number"):
-        fc.study(root, ["img", "txt"], cache, tmp_path / "runs", jobs=-1)
+    with pytest.raises(ValueError, match=r"jobs=-1: must be in \[1, 1024\] \(AblateConfig\)"):
+        fc.ablate(root, ["img", "txt"], cache=cache, runs=tmp_path / "runs", jobs=-1)

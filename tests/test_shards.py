@@ -82,5 +82,5 @@ def test_more_shards_than_chunks_and_a_bad_shard_index(data_root, tmp_path):
     extract(dataset, "efficientnet_lite0", tmp_path / "one", **FAST)
     assert np.array_equal(open_features(tmp_path, "efficientnet_lite0").features,
                           open_features(tmp_path / "one", "efficientnet_lite0").features)
-    with pytest.raises(ValueError, match="--shard 2 is not in 0..1"):
+    with pytest.raises(ValueError, match="shard=2: not in 0..1"):
         extract(dataset, "efficientnet_lite0", tmp_path, shard=2, num_shards=2, **FAST)

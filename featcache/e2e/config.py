@@ -19,7 +19,7 @@ from pathlib import Path
 from heads.config import HeadArch
 
 from featcache.encoders.registry import get_cfg
-from featcache.options import ConfigError, check_fields, from_flat, option
+from featcache.options import DEVICE, ConfigError, check_fields, from_flat, option
 from featcache.workspace import runs_field
 
 FREEZE = ("none", "image", "text", "image-early")
@@ -70,7 +70,8 @@ class E2EConfig:
     split_seed: int = option(0, "The train/validation split's seed, as fit-head's.", range=(0, None), cli=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "freeze", tuple(f for item in self.freeze for f in str(item).split(",") if f))
+        items = (self.freeze,) if isinstance(self.freeze, str) else self.freeze
+        object.__setattr__(self, "freeze", tuple(f for item in items for f in str(item).split(",") if f))
         check_fields(self)
         object.__setattr__(self, "freeze", tuple(f for f in self.freeze if f != "none"))
         for name, modality in (("image_encoder", "image"), ("text_encoder", "text")):
@@ -92,7 +93,7 @@ class TrainOptions:
     runs: Path = runs_field()
     run_name: str | None = option(None, "Run directory name (default e2e-<image>-<text>-<time>).")
     device: str = option("auto", "auto (a GPU when this machine has one), cpu, cuda or cuda:N (under torchrun: "
-                                 "cuda:LOCAL_RANK).")
+                                 "cuda:LOCAL_RANK).", pattern=DEVICE)
     num_workers: int | None = option(None, "DataLoader workers (default: 0 on <= 2 cores per process, else 1).",
                                      range=(0, 64))
     threads: int | None = option(None, "torch threads per process (default: cores / processes, 1 if that is <= 2).",

@@ -91,7 +91,14 @@ def openvino_installed() -> bool:
 
 def resolve_device(device: str) -> str:
     """`auto`: cuda when this machine has an NVIDIA GPU torch can use, else cpu. The device file is
-    looked at first, so a CPU machine decides without importing torch (a warm cache stays quick)."""
+    looked at first, so a CPU machine decides without importing torch (a warm cache stays quick).
+    A GPU this machine does not have is refused in one line."""
+    if device.startswith("cuda"):
+        import torch
+
+        index = int(device.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPUs; use --device cpu")
     if device != "auto":
         return device
     if not Path("/dev/nvidiactl").exists():

@@ -5,11 +5,10 @@ its options from these fields)."""
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from featcache.options import ConfigError, check_fields, option
+from featcache.options import DEVICE, ConfigError, check_fields, option
 from featcache.workspace import cache_field
 
 
@@ -45,7 +44,7 @@ class AdaptConfig:
 class ExtractConfig:
     cache: Path = cache_field()
     batch_size: int = option(32, "Items per forward pass.", range=(1, 65536))
-    device: str = option("auto", "auto (a GPU when this machine has one), cpu, cuda or cuda:N.")
+    device: str = option("auto", "auto (a GPU when this machine has one), cpu, cuda or cuda:N.", pattern=DEVICE)
     num_workers: int | None = option(None, "DataLoader workers (default: images decode in max(1, min(4, cores - 1)) "
                                            "workers while the model runs; text 0).", range=(0, 64))
     threads: int | None = option(None, "Compute threads (default: all cores; torch's tuned batch by batch).",
@@ -67,9 +66,10 @@ class ExtractConfig:
     num_shards: int | None = option(None, "Contiguous blocks of rows; the last shard to finish merges them "
                                           "(default: $WORLD_SIZE under torchrun, else 1).", range=(1, None))
     adapt_epochs: int = option(0, "Adapt the backbone (with a linear head, train rows only) for this many epochs "
-                                  "first; the cache is <encoder>_ft.", range=(0, 1000), flag="--adapt-epochs")
+                                  "first; the cache is <encoder>_ft.", range=(0, 1000),
+                                flag="--adapt-epochs --finetune-epochs")
     adapt_lr: float | None = option(None, "Adaptation's peak learning rate (default: by modality).",
-                                    range=(1e-9, 10.0))
+                                    range=(1e-9, 10.0), flag="--adapt-lr --lr")
     adapt_freeze_bn: bool = option(True, "Adaptation keeps BatchNorm statistics as loaded.")
     adapt_augment: bool = option(True, "Adaptation draws the study's image augmentations.")
     dtype: str = option("float16", "Stored feature dtype.", choices=("float16", "float32"), cli=False)
@@ -78,8 +78,6 @@ class ExtractConfig:
 
     def __post_init__(self):
         check_fields(self)
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ConfigError(f"device={self.device!r}: expected auto, cpu, cuda or cuda:N (ExtractConfig)")
         # torchrun sets RANK and WORLD_SIZE; a plain run is shard 0 of 1
         shard = int(os.environ.get("RANK", 0)) if self.shard is None else self.shard
         num_shards = int(os.environ.get("WORLD_SIZE", 1)) if self.num_shards is None else self.num_shards

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from featcache.options import ConfigError, check_fields, option
+from featcache.options import check_fields, option
 from featcache.workspace import runs_field
 
 THREADS_HELP = ("torch threads. 1 by default: while another process holds a core, two OpenMP threads spin-wait and "
@@ -22,7 +21,8 @@ class BenchConfig:
     encoders: str = option("all", "'all' (the aliases), 'none' or comma-separated encoder names (timm:/hf: too).")
     heads: str = option("all", "'all', 'none' or comma-separated runs: directories or ids under --runs (fitted heads, "
                                "end-to-end models, exports).")
-    device: str = option("cpu", "cpu or cuda[:N] (cpu by default: the study's small devices).")
+    device: str = option("cpu", "cpu or cuda[:N] (cpu by default: the study's small devices).",
+                         pattern=(r"cpu|cuda(:\d+)?", "cpu, cuda or cuda:N"))
     threads: int = option(1, THREADS_HELP, range=(1, 1024))
     batch_sizes: tuple[int, ...] = option((1, 32), "Throughput is measured at each batch size.", range=(1, 65536))
     # Seconds per timed cell: adaptive_autorange stops once IQR/median < 10% (>= 4 samples, >= min_run_time)
@@ -35,8 +35,6 @@ class BenchConfig:
 
     def __post_init__(self):
         check_fields(self)
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
-            raise ConfigError(f"device={self.device!r}: expected cpu, cuda or cuda:N (BenchConfig)")
 
     def header(self) -> dict:
         import torch  # only when measuring
