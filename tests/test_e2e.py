@@ -297,7 +297,7 @@ def test_train_fraction_trains_on_the_share_fit_head_uses(data, tmp_path):
     assert saved["train_rows"] == len(share.ids_train) < len(Split.of(load_dataset(data)).ids_train)
     assert saved["validation_rows"] == len(share.ids_val) and saved["config"]["train_fraction"] == 0.5
     for bad in (0.0, 1.2):
-        with pytest.raises(ValueError, match="share of the train rows"):
+        with pytest.raises(ValueError, match=r"train_fraction=.*: must be in \[0.001, 1.0\] \(E2EConfig\)"):
             replace(CFG, train_fraction=bad)
 
 

@@ -292,9 +292,9 @@ def test_bad_runs_options_and_outputs_are_refused_by_name(world, tmp_path):
     with pytest.raises(OutputError, match="holds files featcache did not write"):
         ex.export(world.image, other, say=quiet)
     assert (other / "notes.txt").read_text() == "keep"
-    with pytest.raises(ValueError, match=r"--format onnx --precision int8 is not supported \(--format openvino: fp32, "
-                                         r"fp16, int8; --format onnx: fp32\)"):
-        ex.export(world.image, tmp_path / "x", "onnx", "int8", say=quiet)
+    with pytest.raises(ValueError, match=r"precision='int8': not with format 'onnx' \(format openvino: fp32, "
+                                         r"fp16, int8; format onnx: fp32"):
+        ex.export(world.image, tmp_path / "x", format="onnx", precision="int8", say=quiet)
     with pytest.raises(ValueError, match="pass the dataset"):
         ex.export(world.image, tmp_path / "x", precision="int8", say=quiet)
     with pytest.raises(ValueError, match=f"{tmp_path}: not an exported model"):
@@ -345,13 +345,13 @@ def test_an_export_never_replaces_what_it_did_not_write(world, exports, tmp_path
     (out / "scripts").mkdir()
     (out / "scripts" / "run.sh").write_text("echo mine")
     with pytest.raises(OutputError, match=r"holds files featcache did not write \(NOTES.md, scripts/run.sh\)"):
-        ex.export(world.pair, out, "onnx", "fp32", say=quiet)
+        ex.export(world.pair, out, format="onnx", precision="fp32", say=quiet)
     stale = tmp_path / f".exp.{2**22 + 7}.tmp"  # a dead process's
     stale.mkdir()
-    ex.export(world.pair, out, "onnx", "fp32", force=True, validate=False, say=quiet)
+    ex.export(world.pair, out, format="onnx", precision="fp32", force=True, validate=False, say=quiet)
     assert (out / "NOTES.md").read_text() == "mine" and (out / "scripts" / "run.sh").read_text() == "echo mine"
     assert (out / "model.onnx").is_file() and not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
     for bad in [world.runs, world.pair, world.pair / "sub", world.cache, world.data]:
         with pytest.raises(OutputError, match="an input of this command"):
-            ex.export(world.pair, bad, "onnx", "fp32", data=world.data, say=quiet)
+            ex.export(world.pair, bad, format="onnx", precision="fp32", data=world.data, say=quiet)

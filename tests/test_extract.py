@@ -264,10 +264,10 @@ def test_finetune_names_an_unreadable_train_image_or_counts_it_with_lenient(data
     assert victim.image_id not in open_features(tmp_path / "lenient", "efficientnet_lite0_ft").ids
 
 
-def test_two_concurrent_fine_tunings_train_once(dataset, tmp_path, monkeypatch):
+def test_two_concurrent_adaptations_train_once(dataset, tmp_path, monkeypatch):
     import threading
 
-    from featcache.stage1 import adapt as finetune
+    from featcache.stage1 import adapt
     from featcache.stage1.config import AdaptConfig
     from featcache.encoders.weights import resolve_weights
 
@@ -279,12 +279,12 @@ def test_two_concurrent_fine_tunings_train_once(dataset, tmp_path, monkeypatch):
         out.write_bytes(b"weights")
         return []
 
-    monkeypatch.setattr(finetune, "train", fake_train)
+    monkeypatch.setattr(adapt, "train_backbone", fake_train)
     cfg = get_cfg("efficientnet_lite0")
     source = resolve_weights(cfg, None, False)
     ft = AdaptConfig(epochs=1, lr=1e-3)
     said = []
-    threads = [threading.Thread(target=finetune.ensure_adapted, args=(dataset, cfg, source, ft, tmp_path),
+    threads = [threading.Thread(target=adapt.ensure_adapted, args=(dataset, cfg, source, ft, tmp_path),
                                 kwargs={"say": said.append}) for _ in range(2)]
     for t in threads:
         t.start()
@@ -314,7 +314,7 @@ def test_cli_encoders_and_extract(data_root, tmp_path):
 
 @pytest.mark.parametrize("freeze_bn", [True, False])
 def test_finetune_keeps_batchnorm_statistics_unless_told_otherwise(dataset, tmp_path, freeze_bn):
-    from featcache.stage1 import adapt as finetune
+    from featcache.stage1 import adapt
     from featcache.stage1.config import AdaptConfig
     from featcache.encoders.models import build_encoder, load_state_dict
     from featcache.encoders.weights import resolve_weights
@@ -322,7 +322,7 @@ def test_finetune_keeps_batchnorm_statistics_unless_told_otherwise(dataset, tmp_
     cfg = replace(get_cfg("efficientnet_lite0"), input_size=32)
     source = resolve_weights(cfg, None, False)
     ft = AdaptConfig(epochs=1, lr=1e-2, batch_size=4, freeze_bn=freeze_bn)
-    tuned, _ = finetune.ensure_adapted(dataset, cfg, source, ft, tmp_path, threads=1, num_workers=0, say=lambda m: None)
+    tuned, _ = adapt.ensure_adapted(dataset, cfg, source, ft, tmp_path, threads=1, num_workers=0, say=lambda m: None)
     before, after = build_encoder(cfg, source).state_dict(), load_state_dict(tuned.path)
     stats = [k for k in before if k.endswith("running_mean")]
     weights = [k for k in before if k.endswith("conv_stem.weight")]

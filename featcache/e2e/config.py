@@ -50,7 +50,8 @@ class E2EConfig:
     early_fraction: float = option(0.5, "image-early: share of the image backbone's tensors frozen, from the stem.",
                                    range=(0.0, 1.0))
     image_size: int | None = option(None, "Image side in pixels (default: the encoder's input size).", range=(8, 4096))
-    pretrained: bool = option(True, "Pretrained weights (--random-init: random, for tests and timing).", cli=False)
+    pretrained: bool = option(True, "Pretrained weights (--random-init: random, for tests and timing).",
+                              flag="--pretrained/--random-init")
     init_head: str | None = option(None, "Start from a fitted stage-2 head (run directory or id): its encoders, "
                                          "fusion and weights; the recipe that gave the best final model.")
     stats_rows: int = option(256, "Train rows whose features standardise a fresh head.", range=(1, None), cli=False)
