@@ -313,3 +313,44 @@ def test_the_fingerprint_memo_is_reused_only_while_every_file_is_unchanged(tmp_p
     assert changed == load_dataset(root).fingerprint() and changed != first
     memo.write_text("{broken")
     assert load_dataset(root).fingerprint(memo=memo) == changed  # a damaged memo: hashed again
+
+
+# --- the order-free hash of a table's rows ------------------------------------------------------
+
+def test_the_rows_hash_alike_in_any_order_format_chunking_or_label_spelling(tmp_path, monkeypatch):
+    """The fingerprint is of the rows: a CSV with padded label names, a Parquet list column and the
+    rows reversed as JSONL hash alike, however many rows are hashed at a time; a changed caption,
+    label or key does not."""
+    from featcache.data import tabular
+
+    rows = {"id": [f"item-{i:03d}" for i in range(40)], "text": [f"caption {i % 7}" for i in range(40)],
+            "tags": [["cat", "dog"][: 1 + i % 2] if i % 5 else [] for i in range(40)]}
+    pl.DataFrame({**rows, "tags": [" | ".join(t) for t in rows["tags"]]}).write_csv(tmp_path / "t.csv")
+    pl.DataFrame(rows).write_parquet(tmp_path / "t.parquet")
+    pl.DataFrame(rows).reverse().write_ndjson(tmp_path / "t.jsonl")
+    first = load_dataset(tmp_path / "t.csv").fingerprint()
+    assert load_dataset(tmp_path / "t.parquet").fingerprint() == load_dataset(tmp_path / "t.jsonl").fingerprint() == first
+    monkeypatch.setattr(tabular, "ROWS_PER_CHUNK", 3)
+    monkeypatch.setattr(tabular, "KEYS_PER_CHUNK", 2)
+    assert load_dataset(tmp_path / "t.parquet").fingerprint() == first
+    for column, value in (("text", "caption 0!"), ("tags", ["dog"]), ("id", "item-999")):
+        changed = pl.DataFrame(rows).with_columns(pl.Series(column, [value] + rows[column][1:]))
+        changed.write_parquet(tmp_path / "changed.parquet")
+        assert load_dataset(tmp_path / "changed.parquet").fingerprint() != first, column
+
+
+def test_keys_whose_hashes_tie_are_ordered_by_the_keys(tmp_path):
+    """The key hash reads a long key's first, last and two middle words: keys that differ only
+    between them tie, and are then ordered (and told apart from duplicates) by the keys themselves."""
+    from featcache.data.tabular import _key_hash, _key_order
+
+    keys = ["photos/a" + c + "b" * 31 for c in "QWERTYUIOP"]  # 40 bytes, differing in byte 8 only
+    assert len(set(_key_hash(pl.Series(keys)).tolist())) == 1
+    order, duplicated = _key_order(pl.Series(keys))
+    assert [keys[i] for i in order] == sorted(keys) and not duplicated
+    table = pl.DataFrame({"id": keys, "text": ["t"] * 10, "tags": ["a"] * 10})
+    table.write_csv(tmp_path / "t.csv")
+    table.reverse().write_csv(tmp_path / "r.csv")
+    assert load_dataset(tmp_path / "t.csv").fingerprint() == load_dataset(tmp_path / "r.csv").fingerprint()
+    pl.concat([table, table.head(1)]).write_csv(tmp_path / "d.csv")
+    assert "row 11 column 'id': duplicate key" in _error(tmp_path / "d.csv")

@@ -10,18 +10,22 @@ DataError naming the file, row and column, or (lenient) a counted Skip.
 Rules: a row's key is its id column, else its image path, else its text; keys are unique. Image
 paths are relative to the table's folder (or `image_root`), nested folders allowed, and never
 leave it. Rows without labels (or split=test) are the rows to predict. Rows keep the table's order
-(the stratified split depends on it); the fingerprint hashes them in key order, so the same rows in
-CSV and Parquet, or reordered, are the same data and share their caches.
+(the stratified split depends on it); the fingerprint hashes them in an order of their keys (by a
+hash of each key, see `_key_order`), so the same rows in CSV and Parquet, or reordered, are the same
+data and share their caches. No polars hash is used: polars does not promise one across versions.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import posixpath
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from featcache.data.images import Column, Folder
@@ -31,6 +35,12 @@ from featcache.data.spec import ID_NAMES, IMAGE_NAMES, LABEL_NAMES, SPLIT_NAMES,
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 _ROW, _KEY, _IMG, _TXT, _LAB, _SPLIT = "__row", "__key", "__image", "__text", "__labels", "__split"
+_HAS, _TEST = "__has_labels", "__test"
+LIST_SEP = "\x1f"  # joins a list cell's labels, so that list and string columns are split one way
+ROWS_PER_CHUNK = 1 << 16  # rows gathered and hashed at a time: the table is never copied whole
+# Keys hashed at a time: numpy's temporaries (64 KB) stay under malloc's mmap threshold, so they reuse
+# the same pages (a fresh page costs more than the arithmetic on it).
+KEYS_PER_CHUNK = 1 << 13
 
 
 def is_table(src) -> bool:
@@ -48,31 +58,21 @@ def read_table(src, spec: DataSpec, lenient: bool = False) -> dict:
     cols = _columns(frame, spec, name, hints)
     frame = frame.with_row_index(_ROW)
     hf_img = hf_image(hf, cols)
-    work = frame.select(
-        pl.col(_ROW),
-        *([_text(frame, cols["text"]).alias(_TXT)] if cols["text"] else []),
-        *([pl.col(cols["image"]).cast(pl.String).alias(_IMG)] if cols["image"] and not hf_img else []),
-        *([pl.col(cols["split"]).cast(pl.String).str.strip_chars().str.to_lowercase().alias(_SPLIT)] if cols["split"] else []),
-    )
-    labels, sep, label_space, declared = _labels(frame[cols["labels"]], spec, name, cols["labels"], hints)
-    # No labels is one thing whatever the source wrote (null, "", []): a row to predict.
-    work = work.with_columns(labels.alias(_LAB)).with_columns(
-        pl.when(pl.col(_LAB).list.len() > 0).then(pl.col(_LAB)).alias(_LAB))
+    work, key_col, key_from = _work(frame, cols, hf_img)
     image_root = Path(spec.image_root) if spec.image_root else base
-    problems = _problems(work, cols, image_root, declared)
-    # The key: the id column, else the image path, else (a HF dataset's photos have no path) the row, else the text.
-    if cols["id"]:
-        key_col, key = cols["id"], frame[cols["id"]].cast(pl.String)
-    elif _IMG in work.columns:
-        key_col, key = cols["image"], work[_IMG]
-    elif hf_img:
-        key_col, key = "row", work[_ROW].cast(pl.String)
-    else:
-        key_col, key = cols["text"][0], work[_TXT]
-    work = work.with_columns(key.alias(_KEY))
-    order = work[_KEY].arg_sort()  # the rows in key order: duplicates side by side, and the hash order-free
-    sorted_keys = work[_KEY].gather(order)
-    if (sorted_keys == sorted_keys.shift(1)).any():
+    # The string columns hashed: the key, and the image path and text unless the key is one of them.
+    hashed = [_KEY] + [c for c in (_IMG, _TXT) if c in work.columns and c != key_from]
+    # The key order and each string column's hash in that order (numpy, hashlib) run beside the labels
+    # and the checks (polars): all of them let go of the GIL, so each gets a core.
+    with ThreadPoolExecutor(1 + len(hashed)) as pool:
+        keyed = pool.submit(_key_order, work[_KEY])
+        strings = [pool.submit(lambda column: _strings_digest(column, keyed.result()[0]), work[c]) for c in hashed]
+        codes, lists, sep, label_space, declared = _labels(frame[cols["labels"]], spec, name, cols["labels"], hints)
+        work = work.with_columns(codes.alias(_LAB), lists.is_not_null().gather(codes).alias(_HAS))
+        problems = _problems(work, cols, image_root, declared, lists)
+        order, duplicated = keyed.result()
+        digests = [s.result() for s in strings]
+    if duplicated:
         problems = problems + _duplicates(work, key_col)
     skipped = []
     if problems:
@@ -84,35 +84,59 @@ def read_table(src, spec: DataSpec, lenient: bool = False) -> dict:
         bad = sorted({row - 1 for row, _, _ in problems})
         skipped = [Skip(name, row, f"column {column!r}: {reason}") for row, column, reason in problems]
         work = work.filter(~pl.col(_ROW).is_in(bad))
-        order = work[_KEY].arg_sort()
+        order, _ = _key_order(work[_KEY])
+        digests = [_strings_digest(work[c], order) for c in hashed]
     if _SPLIT in work.columns:
         work = work.with_columns(pl.col(_SPLIT).replace(SPLIT_VALUES))
-    is_test = pl.col(_LAB).is_null() | (pl.col(_LAB).list.len() == 0)
+    is_test = ~pl.col(_HAS)
     if _SPLIT in work.columns:
         is_test = is_test | (pl.col(_SPLIT) == "test")
-    work = work.with_columns(is_test.alias("__test"))  # rows keep the table's order: the split depends on it
-    if work.filter(~pl.col("__test")).height == 0:
+    work = work.with_columns(is_test.alias(_TEST))  # rows keep the table's order: the split depends on it
+    if work[_TEST].all():
         raise DataError(f"{name}: no labelled rows (column {cols['labels']!r} is empty on every row"
                         + (f", or {cols['split']!r} says test" if cols["split"] else "") + ")")
     numeric = all(isinstance(i, int) for i in label_space.ids)
+    tuples = functools.cache(lambda: _label_tuples(lists, numeric))
     modalities = tuple(m for m, present in (("image", bool(cols["image"])), ("text", bool(cols["text"]))) if present)
     images = (Column(hf[0], cols["image"], name) if hf_img else Folder(image_root) if cols["image"] else None)
     val_keys = None
     if _SPLIT in work.columns:
-        val_keys = frozenset(work.filter((pl.col(_SPLIT) == "val") & ~pl.col("__test"))[_KEY].to_list())
+        val_keys = frozenset(work.filter((pl.col(_SPLIT) == "val") & ~pl.col(_TEST))[_KEY].to_list())
     describe = {"table": name, "id": cols["id"] or f"(none: rows keyed by {key_col!r})", "image": cols["image"],
                 "text": list(cols["text"]), "labels": cols["labels"], "label_sep": sep, "split": cols["split"],
                 "detected": sorted(hints["detected"]), "labels_found": label_space.num_labels}
     return {
         "root": base, "label_space": label_space,
-        "train_rows": lambda: _records(work.filter(~pl.col("__test")), hf_img, numeric),
-        "test_rows": lambda: _records(work.filter(pl.col("__test")), hf_img, numeric),
+        "train_rows": lambda: _records(work.filter(~pl.col(_TEST)), tuples(), hf_img),
+        "test_rows": lambda: _records(work.filter(pl.col(_TEST)), tuples(), hf_img),
         "skipped": skipped, "source": Path(name) if isinstance(src, (str, Path)) else None, "images": images,
         "modalities": modalities, "val_keys": val_keys,
-        "content": (_digest(work, order, label_space),), "hash_in_key_order": True,
+        "content": (_digest(work, order, dict(zip(hashed, digests)), lists, label_space),), "hash_in_key_order": True,
         "files": tuple(hints["files"]), "id_column": key_col, "labels_column": cols["labels"],
         "label_sep": sep if sep not in (None, "list") else "|", "describe": describe,
     }
+
+
+def _work(frame: pl.DataFrame, cols: dict, hf_img: bool) -> tuple[pl.DataFrame, str, str | None]:
+    """The columns checked and hashed, one way whatever the source named them; the key's column for
+    messages, and which of them the key is (None: the id column)."""
+    work = frame.select(
+        pl.col(_ROW),
+        *([_text(frame, cols["text"]).alias(_TXT)] if cols["text"] else []),
+        *([pl.col(cols["image"]).cast(pl.String).alias(_IMG)] if cols["image"] and not hf_img else []),
+        *([pl.col(cols["split"]).cast(pl.String).str.strip_chars().str.to_lowercase().alias(_SPLIT)] if cols["split"] else []),
+        *([pl.col(cols["id"]).cast(pl.String).alias(_KEY)] if cols["id"] else []),
+    ).rechunk()  # one chunk: a reader's threads leave dozens, and gathering rows across chunks is many times slower
+    # The key: the id column, else the image path, else (a HF dataset's photos have no path) the row, else the text.
+    if cols["id"]:
+        return work, cols["id"], None
+    if _IMG in work.columns:
+        key_col, key_from = cols["image"], _IMG
+    elif hf_img:
+        key_col, key_from = "row", _ROW
+    else:
+        key_col, key_from = cols["text"][0], _TXT
+    return work.with_columns(pl.col(key_from).cast(pl.String).alias(_KEY)), key_col, key_from
 
 
 def hf_image(hf, cols) -> bool:
@@ -251,43 +275,57 @@ def _text(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.Expr:
 # --- labels ------------------------------------------------------------------------------------
 
 def _labels(column: pl.Series, spec: DataSpec, name: str, col: str, hints: dict):
-    """(list[str] labels per row (null: none), separator used, LabelSpace, declared label set or None)."""
+    """(a code per row, the labels of each code (null: none), separator used, LabelSpace, declared label
+    set or None). A labels column holds few distinct values (a million rows, a few thousand label
+    combinations), so each value is split, cleaned and checked once and a row keeps its value's code."""
     sep = spec.sep
-    if col in hints["class_names"]:  # ClassLabel ints -> names, in the ClassLabel's order
-        names = hints["class_names"][col]
+    class_names = hints["class_names"].get(col)
+    if class_names is not None:  # ClassLabel ints -> names, in the ClassLabel's order
         ints = column.cast(pl.List(pl.Int64)) if column.dtype.base_type() == pl.List else \
             column.cast(pl.Int64).to_frame().select(pl.concat_list(pl.col(column.name))).to_series()
         # -1 is a ClassLabel's "no label"
-        labels = ints.list.eval(pl.element().filter(pl.element() >= 0).replace_strict(
-            list(range(len(names))), names, default=None, return_dtype=pl.String))
-        return labels, "list", LabelSpace.from_names(names), set(names)
-    if column.dtype.base_type() == pl.List:
-        labels, sep = column.cast(pl.List(pl.String)), "list"
+        column = ints.list.eval(pl.element().filter(pl.element() >= 0).replace_strict(
+            list(range(len(class_names))), class_names, default=None, return_dtype=pl.String))
+    if column.dtype.base_type() == pl.List:  # a list and a string column are read one way: joined, split
+        text, sep = column.cast(pl.List(pl.String)).list.join(LIST_SEP), "list"
     else:
         text = column.cast(pl.String)
-        if sep is None:
-            sep = next((s for s in ("|", ",", ";") if text.str.contains(s, literal=True).any()), " ")
-            hints["detected"].add(f"label_sep={sep!r}")
-        if (text.str.strip_chars() == "").any():  # a blank cell is a row without labels (CSV reads an empty one as null)
-            text = text.to_frame("t").select(pl.when(pl.col("t").str.strip_chars() != "").then(pl.col("t"))).to_series()
-        s = re.escape(sep)
-        # Only a column with padding or empty names pays for cleaning each name (a million rows: 0.2 s).
-        messy = r"^\s|\s$|\s\s" if sep == " " else rf"^\s|\s$|\s{s}|{s}\s|{s}{s}|^{s}|{s}$"
-        labels = text.str.split(sep)
-        if text.str.contains(messy).any():
-            labels = labels.list.eval(pl.element().str.strip_chars()).list.eval(pl.element().filter(pl.element() != ""))
-    found = labels.explode().drop_nulls().unique().to_list()
+    text = text.fill_null("")
+    values = text.unique(maintain_order=True)  # in order of appearance: one pass, half the time of unordered
+    codes = text.cast(pl.Enum(values)).to_physical().cast(pl.UInt32)  # each row's place in `values`
+    if sep is None:
+        sep = next((s for s in ("|", ",", ";") if values.str.contains(s, literal=True).any()), " ")
+        hints["detected"].add(f"label_sep={sep!r}")
+    lists = _split(values, sep)
+    if class_names is not None:
+        return codes, lists, sep, LabelSpace.from_names(class_names), set(class_names)
+    found = lists.explode().drop_nulls().unique().to_list()
     declared = _declared(spec.labels_file) if spec.labels_file else None
     if declared is not None:
         ids, names = declared
         space = LabelSpace(tuple(ids), tuple(names))
         if all(isinstance(i, int) for i in ids):
-            labels = _canonical_ints(labels)
-        return labels, sep, space, {str(i) for i in ids}
+            lists = _canonical_ints(lists)
+        return codes, lists, sep, space, {str(i) for i in ids}
     if found and all(f.isascii() and f.isdigit() for f in found):  # integer ids, as COMP5329 writes them
         ids = sorted({int(f) for f in found})
-        return _canonical_ints(labels), sep, LabelSpace(tuple(ids), tuple(str(i) for i in ids)), None
-    return labels, sep, LabelSpace.from_names(sorted(found)), None
+        return codes, _canonical_ints(lists), sep, LabelSpace(tuple(ids), tuple(str(i) for i in ids)), None
+    return codes, lists, sep, LabelSpace.from_names(sorted(found)), None
+
+
+def _split(values: pl.Series, sep: str) -> pl.Series:
+    """Each distinct cell's labels; null where it has none (blank, or only separators and spaces)."""
+    if sep == "list":  # a list column's names are taken as they are
+        lists = values.str.split(LIST_SEP)
+    else:
+        lists, s = values.str.split(sep), re.escape(sep)
+        # Only cells with padding or empty names pay for cleaning each name.
+        messy = r"^\s|\s$|\s\s" if sep == " " else rf"^\s|\s$|\s{s}|{s}\s|{s}{s}|^{s}|{s}$"
+        if values.str.contains(messy).any():
+            lists = lists.list.eval(pl.element().str.strip_chars()).list.eval(pl.element().filter(pl.element() != ""))
+    blank = values.str.strip_chars() == ""
+    return pl.DataFrame({"l": lists, "blank": blank}).select(
+        pl.when(~pl.col("blank") & (pl.col("l").list.len() > 0)).then(pl.col("l"))).to_series()
 
 
 def _canonical_ints(labels: pl.Series) -> pl.Series:
@@ -323,36 +361,49 @@ def _declared(path: Path) -> tuple[list, list[str]]:
 
 # --- checks ------------------------------------------------------------------------------------
 
-def _problems(work: pl.DataFrame, cols: dict, image_root: Path, declared) -> list:
-    """(row, column, reason) of every bad row, found column-wise."""
-    found = []
-
-    def rows(mask: pl.Expr, column: str, reason, limit: int = 1000):
-        hit = work.filter(mask).head(limit)
-        for row in hit.iter_rows(named=True):
-            found.append((row[_ROW] + 1, column, reason(row) if callable(reason) else reason))
-
+def _problems(work: pl.DataFrame, cols: dict, image_root: Path, declared, lists: pl.Series) -> list:
+    """(row, column, reason) of every bad row. The checks are one pass over the columns (polars runs
+    them side by side); only the rows they flag become Python objects."""
+    checks = {}
     if _IMG in work.columns:
-        rows(pl.col(_IMG).is_null() | (pl.col(_IMG).str.strip_chars() == ""), cols["image"], "empty image path")
+        checks["empty"] = pl.col(_IMG).is_null() | ~pl.col(_IMG).str.contains(r"\S")  # blank: nothing but spaces
+        checks["risky"] = (pl.col(_IMG).str.contains(r"(^|[/\\])\.\.([/\\]|$)") | pl.col(_IMG).str.starts_with("/")
+                           | pl.col(_IMG).str.contains(r"^[A-Za-z]:[/\\]"))  # then resolved in Python, these rows only
+    if _SPLIT in work.columns:
+        checks["split"] = ~pl.col(_SPLIT).is_in(list(SPLIT_VALUES)) | pl.col(_SPLIT).is_null()
+        checks["unlabelled"] = pl.col(_SPLIT).replace(SPLIT_VALUES).is_in(["train", "val"]) & ~pl.col(_HAS)
+    unknown = {}
+    if declared is not None:  # found per distinct cell, then its rows
+        bad = lists.list.eval(pl.element().filter(~pl.element().is_in(list(declared))))
+        codes = (bad.list.len() > 0).arg_true()
+        unknown = dict(zip(codes.to_list(), bad.gather(codes).to_list()))
+        checks["unknown"] = pl.col(_LAB).is_in(list(unknown))
+    if not checks:
+        return []
+    hit = work.select(mask.any().alias(check) for check, mask in checks.items()).row(0, named=True)
+
+    def rows(check: str, limit: int | None = 1000):
+        flagged = work.filter(checks[check])
+        return (flagged if limit is None else flagged.head(limit)).iter_rows(named=True)
+
+    found = []
+    if hit.get("empty"):
+        found += [(r[_ROW] + 1, cols["image"], "empty image path") for r in rows("empty")]
+    if hit.get("risky"):
         root = image_root.resolve()
-        risky = work.filter(pl.col(_IMG).str.contains(r"(^|[/\\])\.\.([/\\]|$)") | pl.col(_IMG).str.starts_with("/")
-                            | pl.col(_IMG).str.contains(r"^[A-Za-z]:[/\\]"))
-        for row in risky.iter_rows(named=True):
-            p = row[_IMG]
+        for r in rows("risky", limit=None):
+            p = r[_IMG]
             target = Path(posixpath.normpath(p if p.startswith("/") else posixpath.join(str(root), p)))
             if not target.is_relative_to(root):
-                found.append((row[_ROW] + 1, cols["image"], f"image path {p!r} leaves {root}; name where images live "
-                                                            "with --image-root"))
-    if _SPLIT in work.columns:
-        rows(~pl.col(_SPLIT).is_in(list(SPLIT_VALUES)) | pl.col(_SPLIT).is_null(), cols["split"],
-             lambda r: f"split {r[_SPLIT]!r} is not one of train, val, test")
-        work_split = pl.col(_SPLIT).replace(SPLIT_VALUES)
-        rows(work_split.is_in(["train", "val"]) & (pl.col(_LAB).is_null() | (pl.col(_LAB).list.len() == 0)),
-             cols["labels"], lambda r: f"a {r[_SPLIT]} row has no label")
-    if declared is not None:
-        unknown = work.select(_ROW, _LAB).explode(_LAB).filter(pl.col(_LAB).is_not_null() & ~pl.col(_LAB).is_in(list(declared)))
-        for row in unknown.head(1000).iter_rows(named=True):
-            found.append((row[_ROW] + 1, cols["labels"], f"label {row[_LAB]!r} is not in the declared label set"))
+                reason = f"image path {p!r} leaves {root}; name where images live with --image-root"
+                found.append((r[_ROW] + 1, cols["image"], reason))
+    if hit.get("split"):
+        found += [(r[_ROW] + 1, cols["split"], f"split {r[_SPLIT]!r} is not one of train, val, test") for r in rows("split")]
+    if hit.get("unlabelled"):
+        found += [(r[_ROW] + 1, cols["labels"], f"a {r[_SPLIT]} row has no label") for r in rows("unlabelled")]
+    if hit.get("unknown"):
+        found += [(r[_ROW] + 1, cols["labels"], f"label {label!r} is not in the declared label set")
+                  for r in rows("unknown") for label in unknown[r[_LAB]]]
     return found
 
 
@@ -366,44 +417,124 @@ def _duplicates(work: pl.DataFrame, key_col: str) -> list:
             for r in dup.iter_rows(named=True)]
 
 
+# --- the key order -----------------------------------------------------------------------------
+
+_WORD_MASKS = np.array([(1 << 8 * k) - 1 for k in range(9)], dtype=np.uint64)  # a word's low k bytes
+
+
+def _key_hash(keys: pl.Series) -> np.ndarray:
+    """A 64-bit hash of each key, made by numpy from the column's Arrow buffers: the key's length and
+    four 8-byte words spread over it (its first and last 8 bytes and two between: every byte of a key
+    up to 32 bytes). It only orders the rows (keys whose hashes tie are ordered by the keys
+    themselves), so it must be stable across versions and cheap, not see every byte of a long key:
+    sorting a million of them costs a fraction of sorting the strings."""
+    h = np.empty(len(keys), np.uint64)
+    for start in range(0, len(keys), KEYS_PER_CHUNK):
+        _key_hash_chunk(keys.slice(start, KEYS_PER_CHUNK), h[start:start + KEYS_PER_CHUNK])
+    return h
+
+
+def _key_hash_chunk(keys: pl.Series, h: np.ndarray) -> None:
+    offsets, data = _arrow_strings(keys)
+    padded = np.empty(len(data) + 8, np.uint8)  # a word read at the last key's end stays inside
+    padded[:len(data)] = np.frombuffer(data, np.uint8)
+    padded[len(data):] = 0
+    words = np.ndarray((len(data) + 1,), dtype="<u8", buffer=padded, strides=(1,))  # the 8 bytes at each byte
+    start, length = offsets[:-1] - offsets[0], np.diff(offsets)
+    mask = _WORD_MASKS[np.minimum(length, 8)]  # a key under 8 bytes: only its own bytes
+    span = np.maximum(length - 8, 0)
+    np.multiply(length.astype(np.uint64), np.uint64(0x9E3779B97F4A7C15), out=h)
+    for j in range(4):
+        h ^= words[start + span * j // 3] & mask
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(31)
+
+
+def _key_order(keys: pl.Series) -> tuple[pl.Series, bool]:
+    """The rows in the order the fingerprint hashes them, and whether two rows share a key: by the
+    key's hash, and where two hashes tie (a duplicate key, or rarely two keys) by the key itself, so
+    the order depends on the keys alone and duplicates sit side by side."""
+    packed = _key_hash(keys)
+    bits = max(len(packed) - 1, 1).bit_length()  # of a row number
+    # The hash's top bits with the row number below them: sorting plain integers is twice as fast as
+    # an argsort. In place: every fresh array costs its pages.
+    packed >>= np.uint64(bits)
+    packed <<= np.uint64(bits)
+    packed |= np.arange(len(packed), dtype=np.uint64)
+    packed.sort()
+    same = packed[1:] ^ packed[:-1]
+    same >>= np.uint64(bits)
+    tie = np.flatnonzero(same == 0)
+    if not tie.size:
+        packed &= np.uint64((1 << bits) - 1)
+        return pl.Series(packed), False
+    h = _key_hash(keys)  # again, whole: `packed` kept only its top bits
+    order = pl.DataFrame({"h": h, "k": keys}).select(pl.arg_sort_by("h", "k")).to_series().to_numpy()
+    tie = np.flatnonzero(h[order[1:]] == h[order[:-1]])
+    return pl.Series(order), bool(tie.size and (keys.gather(order[tie]) == keys.gather(order[tie + 1])).any())
+
+
 # --- rows and their hash -----------------------------------------------------------------------
 
-def _records(part: pl.DataFrame, hf_images: bool, numeric: bool) -> list[Record]:
+def _label_tuples(lists: pl.Series, numeric: bool) -> list:
+    """Each code's labels as a Record holds them (once each, integers where the ids are)."""
+    return [tuple(dict.fromkeys(int(x) for x in lab) if numeric else dict.fromkeys(lab)) if lab is not None else ()
+            for lab in lists.to_list()]
+
+
+def _records(part: pl.DataFrame, labels: list, hf_images: bool) -> list[Record]:
     keys = part[_KEY].to_list()
     texts = part[_TXT].to_list() if _TXT in part.columns else [""] * part.height
     images = (part[_ROW].cast(pl.String).to_list() if hf_images else part[_IMG].to_list() if _IMG in part.columns
               else [None] * part.height)
-    labels = part[_LAB].to_list()
+    codes = part[_LAB].to_list()
     rows = (part[_ROW] + 1).to_list()
-    test = part["__test"].to_list()
-    out = []
-    for k, t, im, lab, r, is_test in zip(keys, texts, images, labels, rows, test):
-        labels = None if is_test else tuple(dict.fromkeys(int(x) for x in lab) if numeric else dict.fromkeys(lab))
-        out.append(Record(k, t, labels, r, im))
-    return out
+    test = part[_TEST].to_list()
+    return [Record(k, t, None if is_test else labels[c], r, im)
+            for k, t, im, c, r, is_test in zip(keys, texts, images, codes, rows, test)]
 
 
-def _digest(work: pl.DataFrame, order: pl.Series, label_space: LabelSpace) -> bytes:
-    """An order-free hash of the rows: each row's columns joined by NUL, the rows in key order,
-    hashed as their Arrow buffers (lengths, then bytes) without a Python string per row."""
-    import numpy as np
+def _arrow_strings(s: pl.Series) -> tuple[np.ndarray, memoryview]:
+    """A string column's offsets and bytes, from its Arrow buffers: no Python string per row."""
+    arr = s.to_arrow()
+    if hasattr(arr, "combine_chunks"):
+        arr = arr.combine_chunks()
+    wide = "large" in str(arr.type)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if wide else np.int32, count=len(arr) + 1,
+                            offset=arr.offset * (8 if wide else 4)).astype(np.int64, copy=False)
+    data = arr.buffers()[2]
+    return offsets, memoryview(data if data is not None else b"")[offsets[0]:offsets[-1]]
 
-    parts = []
-    for column in (_KEY, _IMG, _TXT, _LAB, "__test"):
-        if column not in work.columns:
-            parts.append(pl.lit(f"<no {column}>"))
-            continue
-        expr = pl.col(column)
-        dtype = work.schema[column]
-        if dtype.base_type() == pl.List:  # labels: a list from any source, joined one way
-            expr = expr.cast(pl.List(pl.String)).list.join("\x1e")
-        parts.append(expr.cast(pl.String).fill_null("\x01"))
-    rows = work.select(pl.concat_str(parts, separator="\x00").alias("r")).to_series().gather(order).rechunk()
-    arr = rows.to_arrow()
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if "large" in str(arr.type) else np.int32,
-                            count=len(arr) + 1, offset=arr.offset * (8 if "large" in str(arr.type) else 4))
-    h = hashlib.sha256(b"featcache-table-v2")
-    h.update(np.diff(offsets).astype(np.int64).tobytes())
-    h.update(memoryview(arr.buffers()[2])[offsets[0]:offsets[-1]])
+
+def _digest(work: pl.DataFrame, order: pl.Series, strings: dict, lists: pl.Series, label_space: LabelSpace) -> bytes:
+    """An order-free hash of the rows, in key order: each string column's hash (`strings`), each row's
+    labels as its place among the distinct label lists (sorted) and whether it is a row to predict."""
+    canon = lists.list.join("\x1e")  # a list from any source, one way
+    distinct = canon.drop_nulls().unique().sort()
+    none = np.uint32(len(distinct))  # no labels
+    rank = canon.replace_strict(distinct, pl.Series(np.arange(len(distinct), dtype=np.uint32)), default=none,
+                                return_dtype=pl.UInt32).to_numpy()
+    rows = order.to_numpy()
+    h = hashlib.sha256(b"featcache-table-v3")
+    for column, digest in strings.items():
+        h.update(column.encode() + digest)
+    h.update(json.dumps(distinct.to_list()).encode())
+    h.update(rank[work[_LAB].to_numpy()[rows]])
+    h.update(work[_TEST].to_numpy()[rows])
     h.update(b"ids:int" if all(isinstance(i, int) for i in label_space.ids) else b"ids:names")
     return h.digest()
+
+
+def _strings_digest(column: pl.Series, order: pl.Series) -> bytes:
+    """sha256 of a string column's lengths (-1: null) and bytes in key order, gathered a chunk at a time
+    (no Python string per row, and never a copy of the whole column)."""
+    lengths, data = hashlib.sha256(), hashlib.sha256()
+    for start in range(0, len(order), ROWS_PER_CHUNK):
+        part = column.gather(order.slice(start, ROWS_PER_CHUNK))
+        offsets, buf = _arrow_strings(part)
+        n = np.diff(offsets)
+        if part.null_count():
+            n[part.is_null().to_numpy()] = -1
+        lengths.update(n)
+        data.update(buf)
+    return lengths.digest() + data.digest()
