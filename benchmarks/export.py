@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from featcache.study import benchmark as bm  # noqa: E402
 from featcache.deploy import export as ex  # noqa: E402
 from featcache.data import load_dataset  # noqa: E402
-from featcache.deploy.exported import ExportedModel, validate  # noqa: E402
+from featcache.deploy.exported import ExportedModel, score_on_validation  # noqa: E402
 from featcache.stage2.experiment import fit_head, load_features, load_head_run  # noqa: E402
 from heads.train import HeadConfig  # noqa: E402
 
@@ -105,7 +105,7 @@ def main() -> None:
         d, _ = ex.export(run, out / "exports" / f"{fmt}-{precision}", fmt, precision, data=args.data,
                          calibration_rows=args.calibration_rows, validate=False)
         model = ExportedModel.load(d)
-        scores, records, probs = validate(model, dataset)
+        scores, records, probs = score_on_validation(model, dataset)
         if reference is None:  # the run's labels of the validation rows, once
             reference = run_labels(run, args.cache, records)
         row = bm.export_row(d, cfg, runs=out)

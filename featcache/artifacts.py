@@ -46,7 +46,7 @@ class Provenance(_Schema):
     versions: dict[str, str] | None = None
 
 
-class E2EConfig(Provenance):
+class E2ERunConfig(Provenance):
     """An end-to-end run's config.json (featcache.e2e.rundir reads the rest)."""
 
     kind: Literal["e2e"]

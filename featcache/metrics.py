@@ -8,13 +8,13 @@ sample-F1 ("mean F1" on the COMP5329 leaderboard) averages each image's F1; micr
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, f1_score, precision_recall_fscore_support
 
 AVERAGES = {"samples": "sample_f1", "micro": "micro_f1", "macro": "macro_f1"}
 
 
 def f1(y_true: np.ndarray, y_pred: np.ndarray, average: str = "samples") -> float:
     """F1 with sklearn's zero_division=0: an image (or label) with nothing true and nothing predicted scores 0."""
+    from sklearn.metrics import f1_score  # here: thresholds are applied (an exported model) without scikit-learn
     if average not in AVERAGES:
         raise ValueError(f"metric must be one of {sorted(AVERAGES)}, got {average!r}")
     y_true, y_pred = np.asarray(y_true, bool), np.asarray(y_pred, bool)
@@ -29,6 +29,8 @@ def f1(y_true: np.ndarray, y_pred: np.ndarray, average: str = "samples") -> floa
 
 def mean_average_precision(y_true: np.ndarray, probs: np.ndarray) -> float:
     """Macro AP over the labels that have at least one positive (AP is undefined without one)."""
+    from sklearn.metrics import average_precision_score
+
     y_true = np.asarray(y_true, bool)
     has_pos = y_true.any(axis=0)
     if not has_pos.any():
@@ -49,6 +51,8 @@ def scores(y_true: np.ndarray, probs: np.ndarray, preds: np.ndarray | None = Non
 def per_label_table(y_true: np.ndarray, probs: np.ndarray, preds: np.ndarray, names: list[str] | None = None) -> list[dict]:
     """One dict per label: precision, recall, F1, support, AP (nan without positives)."""
     y_true, preds = np.asarray(y_true, bool), np.asarray(preds, bool)
+    from sklearn.metrics import average_precision_score, precision_recall_fscore_support
+
     p, r, f, s = precision_recall_fscore_support(y_true, preds, average=None, zero_division=0)
     names = names or [str(j) for j in range(y_true.shape[1])]
     rows = []

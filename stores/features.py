@@ -6,7 +6,7 @@
                                off for the partial: a forked DataLoader worker that outlives a
                                killed writer would otherwise keep the file locked)
     <cache>/<name>.h5.shard-I-of-N  a sharded extraction's part I (work rows [lo, hi), same
-                               layout, other rows left empty); `merge_shards` copies the parts in
+                               layout, other rows left empty); `merge_shard_files` copies the parts in
                                order into <name>.h5 and deletes them
 
 Layout: `features` [N, D] (float16 by default, chunked), `ids` [N] (utf-8), optionally `views`
@@ -296,7 +296,7 @@ def shard_status(path: Path, num_shards: int) -> list[str]:
     return problems
 
 
-def merge_shards(path: Path, num_shards: int, block: int = 4096) -> Path:
+def merge_shard_files(path: Path, num_shards: int, block: int = 4096) -> Path:
     """Copy complete shards 0..N-1 of `path`, in order, into `path` through a FeatureWriter (so it
     is the file an unsharded run writes), then delete them. StoreError names the shard file that
     is missing, incomplete, or from another configuration."""

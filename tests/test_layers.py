@@ -431,3 +431,24 @@ def test_relative_and_lazy_imports_are_resolved(tmp_path):
                    ("featcache/e2e/loop.py:3 -> featcache", True), ("featcache/e2e/loop.py:5 -> featcache.data", False),
                    ("featcache/e2e/loop.py:6 -> featcache.data", False)], got
     assert g.packages == {"featcache", "featcache.e2e"}
+
+
+def test_each_public_name_is_defined_in_one_module():
+    """One name, one job: no two modules define a public function or class of the same name.
+    featcache/api.py is the exception by design: it offers library functions under their command's
+    name (fc.fit_head wraps stage 2's fit_head to hand back a model)."""
+    homes: dict[str, list[str]] = {}
+    for path in [*ROOT.glob("featcache/**/*.py"), *ROOT.glob("heads/*.py"), *ROOT.glob("stores/*.py")]:
+        if path.name == "api.py" and path.parent.name == "featcache":
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                homes.setdefault(node.name, []).append(str(path.relative_to(ROOT)))
+    twice = {name: files for name, files in homes.items() if len(files) > 1}
+    assert not twice, twice
+
+
+def test_run_kinds_are_branched_on_only_in_the_registry():
+    hits = [f"{p.relative_to(ROOT)}:{i}" for p in ROOT.glob("featcache/**/*.py") if p.name != "kinds.py"
+            for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"\bkind\s*[!=]=", line)]
+    assert not hits, hits

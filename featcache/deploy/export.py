@@ -34,7 +34,7 @@ from torch import nn
 from featcache import __version__
 from featcache.data import Dataset, load_dataset
 from featcache.deploy.exported import EXAMPLE_CAPTION, EXPORT_FILE, ExportedModel, Preprocessor, model_mb
-from featcache.deploy.exported import validate as validate_export
+from featcache.deploy.exported import score_on_validation
 from featcache.deploy.config import ExportConfig
 from featcache.options import known
 from featcache.outputs import OutputError, check_out_dir, inputs_of, os_errors, sweep_stale, write_text
@@ -147,7 +147,7 @@ def export(run: str | Path, out: str | Path, data=None, *, say=None, **options) 
         if dataset is not None and cfg.validate:
             say(f"{out}: scoring the exported model on the run's validation rows")
             model = ExportedModel.load(stage)
-            meta["validation"] = validate_export(model, dataset)[0]
+            meta["validation"] = score_on_validation(model, dataset)[0]
             del model
             write_text(stage / EXPORT_FILE, json.dumps(meta, indent=1))
         meta["files"] = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())

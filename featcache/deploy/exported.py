@@ -26,6 +26,7 @@ from featcache.data import Dataset, Record, load_dataset, load_image
 from featcache.artifacts import ExportMeta
 from featcache.artifacts import validate as check_artifact
 from featcache.outputs import check_target, inputs_of, write_predictions
+from featcache.stage2.thresholds import apply_thresholds  # numpy only: no scikit-learn, no torch
 
 EXPORT_FILE = "export.json"
 MB = 1e6  # decimal megabytes, as featcache.study.benchmark counts sizes (a "100 MB" budget)
@@ -81,16 +82,6 @@ def pixels(image: Image.Image, prep: dict) -> np.ndarray:
         left, top = (image.width - size) // 2, (image.height - size) // 2
         image = image.crop((left, top, left + size, top + size))
     return np.asarray(image, dtype=np.float32).transpose(2, 0, 1)
-
-
-def apply_thresholds(probs: np.ndarray, values, fallback: bool = True) -> np.ndarray:
-    """featcache.stage2.thresholds.apply_thresholds, here so a predictor needs no scikit-learn (tests check
-    they agree): boolean predictions; with fallback an image with none gets its top label."""
-    preds = probs >= np.asarray(values, dtype=probs.dtype)
-    if fallback and len(probs):
-        empty = ~preds.any(axis=1)
-        preds[np.flatnonzero(empty), probs[empty].argmax(axis=1)] = True
-    return preds
 
 
 class Preprocessor:
@@ -240,7 +231,7 @@ def validation_records(meta: dict, dataset: Dataset) -> list[Record]:
     return [dataset.train[i] for i in val_idx]
 
 
-def validate(model: ExportedModel, dataset: Dataset, batch_size: int = 32) -> tuple[dict, list[Record], np.ndarray]:
+def score_on_validation(model: ExportedModel, dataset: Dataset, batch_size: int = 32) -> tuple[dict, list[Record], np.ndarray]:
     """(metrics, validation rows, probabilities) of the exported model on its run's validation rows:
     sample/micro/macro F1 with the exported thresholds (tuned on these rows, so optimistic, as a
     run's "tuned"), mAP, and tuned_out_of_fold (thresholds re-tuned on held-out halves, as every

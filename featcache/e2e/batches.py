@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from featcache.data import DataError, Dataset, Record
-from featcache.encoders.loader import Collate, Inputs, to_device
+from featcache.encoders.loader import Collate, EncoderInputs, to_device
 from featcache.e2e.distributed import Proc, gather
 
 
@@ -22,7 +22,7 @@ def batches(dataset: Dataset, records: list[Record], model, batch_size: int, pro
             seed: int = 0, augment_seed: int | None = None, workers: int = 0) -> DataLoader:
     """This rank's share of the records (DistributedSampler: seeded order, set_epoch per epoch),
     as (keys, [batch per encoder], errors)."""
-    inputs = Inputs(dataset, [e.cfg for e in model.encoders], records, augment_seed)
+    inputs = EncoderInputs(dataset, [e.cfg for e in model.encoders], records, augment_seed)
     sampler = DistributedSampler(inputs, num_replicas=proc.world, rank=proc.rank, shuffle=shuffle, seed=seed)
     return DataLoader(inputs, batch_size=batch_size, sampler=sampler, collate_fn=Collate(list(model.encoders)),
                       num_workers=workers, pin_memory=proc.device.type == "cuda")
@@ -39,7 +39,7 @@ def readable(loader: DataLoader, device: torch.device) -> Iterator[tuple[list[in
 
 
 @torch.no_grad()
-def evaluate(model, loader: DataLoader, proc: Proc, amp: torch.dtype | None) -> np.ndarray:
+def logits_of(model, loader: DataLoader, proc: Proc, amp: torch.dtype | None) -> np.ndarray:
     """Logits [len(records), L]: each rank scores its shard, every rank gets the gathered whole."""
     model.eval()
     keys, out = [], []

@@ -29,7 +29,7 @@ from featcache import tracking
 from featcache.data import Dataset, DataSpec, Record, load_dataset
 from featcache.metrics import scores
 from featcache.data.split import nested_share, split_rows
-from featcache.e2e.batches import batches, evaluate, readable, sigmoid
+from featcache.e2e.batches import batches, logits_of, readable, sigmoid
 from featcache.e2e.checkpoints import load_checkpoint, prune, save_checkpoint
 from featcache.e2e.config import E2EConfig, TrainOptions
 from featcache.options import known
@@ -90,7 +90,7 @@ def train(cfg: E2EConfig | None, data: str | Path | None, runs: str | Path | Non
         probs, state = _epochs(trainer, state, cfg, proc, run_dir, train_loader, val_loader, train_part, val_part, say,
                                log_every, keep, tb, progress)
         if probs is None:  # resumed after the last epoch: only the final step was left
-            probs = sigmoid(evaluate(trainer.scored, val_loader, proc, trainer.amp))
+            probs = sigmoid(logits_of(trainer.scored, val_loader, proc, trainer.amp))
         if proc.main:
             metrics = finish(run_dir, trainer.scored, cfg, val_part.y, probs, state, say)
             prune(run_dir, state, keep, finished=True)
@@ -112,7 +112,7 @@ def _epochs(trainer, state, cfg, proc, run_dir, train_loader, val_loader, train_
         train_seconds = time.perf_counter() - t0
         loss_sum, rows = sum_over_ranks([loss_sum, rows], proc)
         t1 = time.perf_counter()
-        logits = evaluate(trainer.scored, val_loader, proc, trainer.amp)
+        logits = logits_of(trainer.scored, val_loader, proc, trainer.amp)
         probs = sigmoid(logits)
         val_loss = float(LOSSES["bce"](torch.from_numpy(logits), torch.from_numpy(val_part.y)))
         record = {"epoch": epoch, "steps": steps, "train_loss": loss_sum / rows, "val_loss": val_loss,

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from featcache.data import Dataset, Record
 from featcache.stage2.thresholds import Thresholds
 from featcache.encoders.weights import WeightsNotFound
-from featcache.e2e.batches import batches, evaluate, sigmoid
+from featcache.e2e.batches import batches, logits_of, sigmoid
 from featcache.e2e.config import E2EConfig
 from featcache.e2e.distributed import Proc
 from featcache.e2e.model import E2EModel, autocast_dtype, build_model
@@ -54,5 +54,5 @@ def predict_proba(run_dir: str | Path, dataset: Dataset, records: list[Record] |
     model, cfg, _ = load_e2e_run(run_dir, device)
     proc = Proc(device=torch.device(device))
     loader = batches(dataset, dataset.test if records is None else records, model, batch_size, proc, workers=num_workers)
-    return sigmoid(evaluate(model, loader, proc, autocast_dtype(cfg, proc.device)))
+    return sigmoid(logits_of(model, loader, proc, autocast_dtype(cfg, proc.device)))
 

@@ -1,6 +1,6 @@
 """The one record -> tensor loader: extraction, stage-1 fine-tuning and end to end all read rows here.
 
-    inputs = Inputs(dataset, [image_cfg, text_cfg], records, augment_seed=0)
+    inputs = EncoderInputs(dataset, [image_cfg, text_cfg], records, augment_seed=0)
     for idx, (images, tokens), errors in DataLoader(inputs, collate_fn=Collate([image_enc, text_enc]), ...):
 
 An item is (row, [model input per encoder config], error or None). An unreadable photo is not
@@ -34,7 +34,7 @@ def encoder_input(dataset: Dataset, cfg: EncoderCfg, rec: Record, seed: int | No
         return None, str(e)
 
 
-class Inputs(torch.utils.data.Dataset):
+class EncoderInputs(torch.utils.data.Dataset):
     """Row i of `records` -> (i, [input per config], error). With `augment_seed`, images are a
     fresh seeded view each epoch: set `.epoch` before iterating (forked workers copy it)."""
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from heads.train import Head
 
-from featcache.artifacts import ArtifactError, E2EConfig, Metrics, RunConfig, ThresholdsFile, check_head, read_json
+from featcache.artifacts import ArtifactError, E2ERunConfig, Metrics, RunConfig, ThresholdsFile, check_head, read_json
 from featcache.data import Dataset, Record
 from featcache.e2e.model import E2EModel
 from featcache.e2e.predict import load_e2e_run, predict_proba
@@ -215,7 +215,7 @@ class HeadRun(Run):
 class E2ERun(Run):
     """An end-to-end model: its own backbones and head, photos and captions in (no cache)."""
 
-    kind, label, weights, schema = E2E_KIND, "final", "trained", E2EConfig
+    kind, label, weights, schema = E2E_KIND, "final", "trained", E2ERunConfig
     marks = f"config.json of kind {E2E_KIND!r} (finetune)"
 
     @classmethod

@@ -100,7 +100,7 @@ def train_backbone(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft:
     from tqdm import tqdm
 
     from featcache.encoders.models import build_encoder, save_weights
-    from featcache.encoders.loader import Collate, Inputs, to_device
+    from featcache.encoders.loader import Collate, EncoderInputs, to_device
     from featcache.metrics import scores
 
     torch.set_num_threads(threads or cpus())
@@ -115,7 +115,7 @@ def train_backbone(dataset: Dataset, cfg: EncoderCfg, source: WeightsSource, ft:
     steps = ft.epochs * -(-len(records) // ft.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, [ft.lr, ft.head_lr], total_steps=steps, pct_start=0.1)
     # Images draw a fresh seeded view each (epoch, row): a rerun sees the same views.
-    inputs = Inputs(dataset, [cfg], records, augment_seed=ft.seed if ft.augment and not cfg.is_text else None)
+    inputs = EncoderInputs(dataset, [cfg], records, augment_seed=ft.seed if ft.augment and not cfg.is_text else None)
     loader = DataLoader(inputs, batch_size=ft.batch_size, shuffle=True, collate_fn=Collate([encoder]), num_workers=workers,
                         generator=torch.Generator().manual_seed(ft.seed), drop_last=len(records) > ft.batch_size)
     t0, skipped, history = time.perf_counter(), 0, []
@@ -168,12 +168,12 @@ def _predict(encoder, head, dataset: Dataset, cfg: EncoderCfg, records, batch_si
     import torch
     from torch.utils.data import DataLoader
 
-    from featcache.encoders.loader import Collate, Inputs, to_device
+    from featcache.encoders.loader import Collate, EncoderInputs, to_device
 
     probs = torch.zeros(len(records), head.out_features)
     encoder.eval()
     with torch.inference_mode():
-        for rows, batch, errors in DataLoader(Inputs(dataset, [cfg], records), batch_size=batch_size,
+        for rows, batch, errors in DataLoader(EncoderInputs(dataset, [cfg], records), batch_size=batch_size,
                                               collate_fn=Collate([encoder]), num_workers=workers):
             if errors and not lenient:
                 raise DataError(errors[0][1])

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from featcache.stage1.locks import lock_of
-from stores.features import StoreError, merge_shards, read_attrs, shard_path, shard_status
+from stores.features import StoreError, merge_shard_files, read_attrs, shard_path, shard_status
 
 
 def shard_rows(total: int, chunk: int, shard: int, num_shards: int) -> tuple[int, int]:
@@ -60,6 +60,6 @@ def merge(path: Path, num_shards: int | None = None, force: bool = False, say=pr
             if old.get("complete") and old.get("fingerprint") != new.get("fingerprint"):
                 raise StoreError(f"{path}: cache built from a different configuration (fingerprint {old.get('fingerprint')} "
                                  f"!= shards' {new.get('fingerprint')}); rerun with --force to replace it")
-        merge_shards(path, num_shards)
+        merge_shard_files(path, num_shards)
     say(f"{path}: merged {num_shards} shards")
     return True

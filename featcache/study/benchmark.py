@@ -129,7 +129,7 @@ def export_row(export_dir: Path, cfg: BenchConfig, runs: Path = Path("runs"), da
     rows with `data`, else as export measured it the same way when it wrote the model. Its size is
     what it is whatever the precision, so size_mb_fp16 repeats it."""
     from featcache.data import load_dataset
-    from featcache.deploy.exported import ExportedModel, model_mb, validate
+    from featcache.deploy.exported import ExportedModel, model_mb, score_on_validation
 
     if cfg.device != "cpu":
         raise ValueError(f"{export_dir}: an exported model runs on the CPU (OpenVINO); benchmark it with --device cpu")
@@ -145,7 +145,7 @@ def export_row(export_dir: Path, cfg: BenchConfig, runs: Path = Path("runs"), da
     for n in cfg.batch_sizes:
         batch = model.prep.example(n)
         row[f"throughput_b{n}"] = 1 / m1.median if n == 1 else n / time_call(lambda: model.infer(batch), cfg).median
-    scores = validate(model, load_dataset(data))[0] if data is not None else meta.get("validation") or {}
+    scores = score_on_validation(model, load_dataset(data))[0] if data is not None else meta.get("validation") or {}
     return row | {"sample_f1": scores.get("sample_f1"), "tuned_out_of_fold": scores.get("tuned_out_of_fold")}
 
 
