@@ -43,9 +43,10 @@ def matmul_rates(threads: int = 1, seconds: float = 0.15) -> dict[str, float]:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     rates = {}
+    own = torch.Generator().manual_seed(0)  # not the global generator: a measurement must not move a model's init
     try:
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+            a, b = torch.randn(m, k, generator=own).to(dtype), torch.randn(k, n, generator=own).to(dtype)
             a @ b  # kernel selection
             count, t0 = 0, time.perf_counter()
             while time.perf_counter() - t0 < seconds:
@@ -59,12 +60,12 @@ def matmul_rates(threads: int = 1, seconds: float = 0.15) -> dict[str, float]:
     return rates
 
 
-@functools.cache
 def resolved(cfg: HeadConfig) -> HeadConfig:
     """The config with bf16 decided: as given, or whichever of bf16 and fp32 measures faster here."""
     return cfg if cfg.bf16 is not None else replace(cfg, bf16=faster_bf16(cfg.threads))
 
 
+@functools.cache
 def faster_bf16(threads: int = 1) -> bool:
     """bf16 autocast where it measures faster than fp32 here (once per process; featcache's
     planner remembers it across processes and passes it as HeadConfig.bf16)."""

@@ -330,3 +330,16 @@ def test_a_truncated_results_table_is_a_clear_error(planted_run, tmp_path):
     table.write_bytes(b"PAR1" + b"\x00" * 40)
     code, msg = invoke("report", "--results", table, "--runs", tmp_path, "--out", tmp_path / "report")
     assert code == 2 and "results.parquet: cannot read the results table" in msg and "Traceback" not in msg, msg
+
+
+def test_measuring_the_machine_leaves_torch_s_random_state_alone():
+    """The planner's timings run between a seed and a model's init: drawing from the global generator
+    there would make a run's init depend on whether the machine was measured before (remembered)."""
+    from featcache.encoders.backends import bf16_matmul_ratio
+    from heads.train import matmul_rates
+
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    matmul_rates(1, seconds=0.01)
+    bf16_matmul_ratio(32)
+    assert torch.equal(torch.get_rng_state(), state)
