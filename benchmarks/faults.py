@@ -4,8 +4,9 @@
 
 "Rows lost" compares the cache after the fault (and the recovery the outcome names) with an
 uninterrupted run: ImageIDs missing, duplicated or with other features, minus rows the run
-reported as skipped. The fault scenarios and data damages are the ones tests/test_faults.py
-asserts; this script runs them more often (kills at random times and random flushes) and tabulates.
+reported as skipped. The fault scenarios and data damages are fault_scenarios.py, which
+tests/test_faults.py asserts too; this script runs them more often (kills at random times and
+random flushes) and tabulates.
 Generated data, random-init efficientnet_lite0 at 32 px, one thread.
 """
 
@@ -29,7 +30,7 @@ import numpy as np
 import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the project first: benchmarks/heads.py is not the heads package
 from typer.testing import CliRunner  # noqa: E402
 
 from cli import app  # noqa: E402
@@ -37,8 +38,8 @@ from featcache.data import load_dataset  # noqa: E402
 from featcache.stage1.extract import extract  # noqa: E402
 from featcache.data.synth import flip_bit, make_dataset  # noqa: E402
 from stores.features import StoreError, cache_path, open_features, partial_path  # noqa: E402
-from test_faults import (CHILD, CLI_FAST, DATA_FAULTS, ENC, FAST, Evil, fit_one, kill_child, kill_in_save,  # noqa: E402
-                         read_only_cli)
+from fault_scenarios import (CHILD, CLI_FAST, DATA_FAULTS, ENC, FAST, Evil, fit_one, kill_child, kill_in_save,  # noqa: E402
+                             mutate, read_only_cli)
 
 
 def lost(cache: Path, clean, skipped: int = 0) -> int:
@@ -356,8 +357,6 @@ def outputs_onto_inputs(data, clean, tmp, rng):
 def mutated_artifacts(data, clean, tmp, rng):
     """Run files truncated, of another type, a key missing or extra, a NaN: a one-line error naming
     the file or the same result. Counted as lost: a traceback or a changed result."""
-    from test_fault_classes import mutate
-
     from featcache.runs.errors import RunError
     from featcache.stage2.experiment import load_head_run
 

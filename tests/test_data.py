@@ -6,6 +6,7 @@ import os
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from featcache.data.synth import make_dataset
 # The real slice: beside the checkout on developer machines and in CI, or wherever FEATCACHE_DATA says.
 SHARED = Path(os.environ.get("FEATCACHE_DATA") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "comp5329")
 COCO = LabelSpace.coco()
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # fault_scenarios, after the project
 
 
 def write(path: Path, text: str) -> Path:
@@ -295,7 +297,7 @@ def test_an_image_id_that_is_not_a_file_name_inside_data_is_an_error_or_a_counte
 
 def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
     """30000 x 30000 pixels in a few hundred KB of PNG: refused from its header, named."""
-    from test_faults import decompression_bomb
+    from fault_scenarios import decompression_bomb
 
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(decompression_bomb())

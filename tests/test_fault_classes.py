@@ -205,8 +205,12 @@ def test_random_output_paths_are_refused_or_touch_no_input(world, base, tail, wh
 
 # --- rule 3: every artifact is checked when read ---------------------------------------------------
 
-import json  # noqa: E402
 import math  # noqa: E402
+import sys  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT / "benchmarks"))  # after the project: benchmarks/heads.py must not shadow the heads package
+from fault_scenarios import mutate  # noqa: E402
 
 
 def _mutations():
@@ -218,41 +222,6 @@ def _mutations():
         st.tuples(st.just("extra"), st.text(min_size=1, max_size=5)),
         st.tuples(st.just("leaf"), st.tuples(st.integers(0, 1000), leaf)),
     )
-
-
-def _paths(doc, prefix=()):
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            yield (*prefix, k)
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            yield (*prefix, i)
-            yield from _paths(v, (*prefix, i))
-
-
-def mutate(path: Path, how) -> None:
-    kind, arg = how
-    text = path.read_text()
-    doc = json.loads(text)
-    if kind == "truncate":
-        path.write_text(text[: int(len(text) * arg)])
-        return
-    if kind == "replace":
-        doc = arg
-    elif kind == "extra":
-        doc["extra " + arg] = 1
-    else:
-        paths = list(_paths(doc))
-        key = paths[(arg if kind == "drop" else arg[0]) % len(paths)]
-        parent = doc
-        for k in key[:-1]:
-            parent = parent[k]
-        if kind == "drop":
-            del parent[key[-1]]
-        else:
-            parent[key[-1]] = arg[1]
-    path.write_text(json.dumps(doc))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -7,7 +7,8 @@ resume, a truncated complete cache, two extractors at once, changed preprocessin
 (tests/test_heads.py). This file adds kills inside a write and at random times, zeroed and
 truncated files, another dataset or encoder at extract / fit-head / predict time, a full disk,
 foreign checkpoints, a kill while fit-head saves its run, a read-only output folder, and every
-data fault through `extract` itself.
+data fault through `extract` itself. The faults themselves (kills, data damages, the planted
+pickle) are benchmarks/fault_scenarios.py, which benchmarks/faults.py runs more often.
 Small generated data, random-init encoders, threads fixed (bit-for-bit reproducible)."""
 
 from __future__ import annotations
@@ -20,10 +21,7 @@ import random
 import re
 import shutil
 import signal
-import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import h5py
@@ -40,14 +38,10 @@ from stores.features import StoreError, cache_path, open_features, partial_path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "benchmarks"))  # after the project: benchmarks/heads.py must not shadow the heads package
 from cli import app  # noqa: E402
-
-ENC = "efficientnet_lite0"
-# torch fp32, the reference path: these tests are about faults; backends are tests/test_backends.py
-FAST = dict(pretrained=False, image_size=32, batch_size=4, threads=1, num_workers=0, chunk_batches=1,
-            progress=False, log=lambda m: None, backend="torch", precision="fp32")
-CLI_FAST = ["--encoder", ENC, "--random-init", "--image-size", "32", "--batch-size", "4", "--threads", "1",
-            "--num-workers", "0", "--backend", "torch", "--precision", "fp32"]
+from fault_scenarios import (CLI_FAST, DATA_FAULTS, ENC, FAST, Evil, fit_one, kill_child, kill_in_save,  # noqa: E402
+                             read_only_cli)
 
 
 @pytest.fixture(scope="module")
@@ -82,42 +76,6 @@ def assert_same(cache: Path, clean) -> None:
 
 
 # --- cache faults -------------------------------------------------------------------------------
-
-# Kill at the K-th h5py flush (each chunk write flushes twice: data, then rows_done), i.e. inside
-# a write: data on disk but not counted, or counted but not flushed. K < 0: no self-kill (the
-# parent kills at a random time after the first chunk's flush: inside the writing loop).
-CHILD = textwrap.dedent("""
-    import os, signal, sys
-    import h5py
-    from featcache.data import load_dataset
-    from featcache.stage1.extract import extract
-    kill_at, calls, flush = int(sys.argv[3]), [0], h5py.File.flush
-    def flush_or_die(self):
-        calls[0] += 1
-        if calls[0] == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        flush(self)
-        print("flush", calls[0], flush=True)
-    h5py.File.flush = flush_or_die
-    print("started", flush=True)
-    extract(load_dataset(sys.argv[1]), "efficientnet_lite0", sys.argv[2], pretrained=False, image_size=32,
-            batch_size=4, threads=1, num_workers=0, chunk_batches=1, progress=False, backend="torch", precision="fp32")
-""")
-
-
-def kill_child(data_root: Path, cache: Path, kill_at: int = -1, after: float | None = None) -> int:
-    """Run extract in a subprocess killed with SIGKILL (by itself at flush `kill_at`, or by us
-    `after` seconds past the first chunk's flush); returns its exit code."""
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(data_root), str(cache), str(kill_at)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    if after is not None:
-        for line in proc.stdout:
-            if line.startswith("flush 2"):  # the first chunk's data is on disk: the loop runs
-                break
-        time.sleep(after)
-        proc.send_signal(signal.SIGKILL)
-    return proc.wait(timeout=120)
-
 
 def test_kill_9_inside_writes_and_at_random_times_then_resume(data_root, clean, tmp_path):
     rng = random.Random(8)
@@ -204,32 +162,6 @@ def test_a_cache_from_another_dataset_or_encoder_is_never_used(data_root, clean,
 
 # --- runs and outputs ---------------------------------------------------------------------------
 
-# fit-head killed (SIGKILL, no clean-up) while save_run writes thresholds.json: the head and
-# config.json are on disk, metrics.json (written last) is not.
-SAVE_CHILD = textwrap.dedent("""
-    import os, signal, sys
-    from pathlib import Path
-    from featcache.stage2.experiment import fit_head
-    from featcache.stage2.thresholds import Thresholds
-    from heads.config import HeadConfig
-    Thresholds.save = lambda self, path: os.kill(os.getpid(), signal.SIGKILL)
-    fit_head(sys.argv[1], ["efficientnet_lite0"], cache=sys.argv[2], head=HeadConfig(width=8, epochs=1), runs=Path(sys.argv[3]))
-""")
-
-
-def kill_in_save(data_root: Path, cache: Path, runs: Path) -> int:
-    """Run fit-head in a subprocess that kills itself in the middle of saving its run; its exit code."""
-    return subprocess.run([sys.executable, "-c", SAVE_CHILD, str(data_root), str(cache), str(runs)], cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300).returncode
-
-
-def fit_one(data_root: Path, cache: Path, runs: Path) -> Path:
-    from featcache.stage2.experiment import fit_head
-    from heads.config import HeadConfig
-
-    return fit_head(data_root, [ENC], cache=cache, head=HeadConfig(width=8, epochs=1), runs=runs)[0]
-
-
 def test_a_kill_while_fit_head_saves_leaves_no_usable_run(data_root, clean_cache, tmp_path):
     from featcache.study.benchmark import find_runs
     from featcache.runs.catalog import list_runs
@@ -266,22 +198,6 @@ def test_learning_curve_into_the_dataset_is_refused_before_any_fit_and_mixes_not
     assert CliRunner().invoke(app, [*args, "--out", str(tmp_path / "curve")]).exit_code == 0  # elsewhere it runs
 
 
-def read_only_cli(folder: Path, *args) -> subprocess.CompletedProcess | None:
-    """`cli.py args` in a private mount namespace where `folder` is bind-mounted read-only: a
-    read-only file system refuses root too, which chmod does not. None where this machine allows no
-    user and mount namespaces (or has no unshare/mount)."""
-    if not (shutil.which("unshare") and shutil.which("mount")):
-        return None
-    mounted = ["unshare", "--map-root-user", "--mount", "sh", "-c",
-               'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"', str(folder)]
-    # The mechanism first: it mounts, and the folder then refuses a write.
-    probe = subprocess.run([*mounted, "sh", "-c", '! touch "$0/.probe" 2>/dev/null', str(folder)], capture_output=True)
-    if probe.returncode != 0:
-        return None
-    return subprocess.run([*mounted, sys.executable, "cli.py", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-
-
 def test_a_read_only_output_folder_is_a_named_error_and_keeps_the_previous_file(data_root, clean_cache, tmp_path):
     run = fit_one(data_root, clean_cache, tmp_path / "runs")
     folder = tmp_path / "read-only"
@@ -304,16 +220,6 @@ def test_a_read_only_output_folder_is_a_named_error_and_keeps_the_previous_file(
 
 # --- model files --------------------------------------------------------------------------------
 
-class Evil:
-    """A pickle that would create a marker file when unpickled by a plain torch.load / pickle.load."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_every_torch_load_is_weights_only():
     calls = [(p, line) for p in [*ROOT.glob("featcache/**/*.py"), *ROOT.glob("heads/*.py"), *ROOT.glob("stores/*.py"),
                                  ROOT / "cli.py"]
@@ -321,7 +227,7 @@ def test_every_torch_load_is_weights_only():
     assert calls, "no torch.load found: update this test"
     assert all("weights_only=True" in line for _, line in calls), calls
     assert not [p for p in ROOT.glob("**/*.py") if ".venv" not in p.parts and "pickle.load" in p.read_text()
-                and p.name != "test_faults.py"]
+                and p.name not in ("test_faults.py", "fault_scenarios.py")]
 
 
 @pytest.mark.parametrize("kind", ["pickle", "torch-save", "bad-safetensors"])
@@ -363,53 +269,6 @@ def test_a_malicious_e2e_optimizer_checkpoint_is_refused(tmp_path):
 
 
 # --- data faults, through `extract` -------------------------------------------------------------
-
-def _image(root: Path, image_id: str, content) -> None:
-    path = root / "data" / image_id
-    if callable(content):
-        path.write_bytes(content(path.read_bytes()))
-    else:
-        path.write_bytes(content)
-
-
-def _csv(root: Path, name: str, edit) -> None:
-    path = root / name
-    path.write_text(edit(path.read_text()))
-
-
-def decompression_bomb(side: int = 30000) -> bytes:
-    """A PNG header of side x side pixels (900 M at 30000) in a few hundred KB: PIL refuses it from
-    the header, before decoding anything."""
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-    header = side.to_bytes(4, "big") * 2 + b"\x08\x00\x00\x00\x00"  # 8-bit grayscale
-    rows = zlib.compress(b"".join(b"\x00" + bytes(side) for _ in range(64)))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
-
-
-# fault -> (damage the copied dataset, what a strict run must name). A lenient run skips one row.
-DATA_FAULTS = {
-    "missing test image": (lambda r: (r / "data" / "26.jpg").unlink(),
-                           r"data/26.jpg: image file not found \(test.csv line \d+, ImageID 26.jpg\)"),
-    "zero-byte image": (lambda r: _image(r, "3.jpg", b""), r"data/3.jpg: cannot read image .*train.csv line \d+, ImageID 3.jpg"),
-    "truncated JPEG": (lambda r: _image(r, "4.jpg", lambda b: b[: len(b) // 2]),
-                       r"data/4.jpg: cannot read image .*train.csv line \d+, ImageID 4.jpg"),
-    "label outside the label set": (lambda r: _csv(r, "train.csv", lambda t: t.replace("\n2.jpg,", "\n2.jpg,99 ", 1)),
-                                    r"train.csv:\d+ \(2.jpg\): unknown label '99'"),
-    "duplicate ImageID": (lambda r: _csv(r, "train.csv", lambda t: t.replace("\n5.jpg,", "\n4.jpg,", 1)),
-                          r"train.csv:\d+: duplicate ImageID '4.jpg' \(first on line \d+\)"),
-    "ImageID in train and test": (lambda r: _csv(r, "test.csv", lambda t: t.replace("\n25.jpg,", "\n1.jpg,", 1)),
-                                  r"test.csv:3: ImageID '1.jpg' is also in train.csv line \d+"),
-    "test.csv ID without image": (lambda r: _csv(r, "test.csv", lambda t: t + '99.jpg,"no such image"\n'),
-                                  r"data/99.jpg: image file not found \(test.csv line \d+, ImageID 99.jpg\)"),
-    "ImageID with a folder path (../)": (lambda r: _csv(r, "train.csv", lambda t: t.replace("\n6.jpg,", "\n../6.jpg,", 1)),
-                                         r"train.csv:\d+: ImageID '\.\./6.jpg' is not a file name inside data/"),
-    "decompression bomb (30000 x 30000 PNG)": (lambda r: _image(r, "8.jpg", decompression_bomb()),
-                                               r"data/8.jpg: refused as a decompression bomb .*train.csv line \d+, ImageID 8.jpg"),
-}
-
 
 @pytest.mark.parametrize("fault", list(DATA_FAULTS))
 def test_data_fault_is_named_or_a_counted_skip(data_root, tmp_path, fault):

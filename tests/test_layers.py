@@ -452,3 +452,52 @@ def test_run_kinds_are_branched_on_only_in_the_registry():
     hits = [f"{p.relative_to(ROOT)}:{i}" for p in ROOT.glob("featcache/**/*.py") if p.name != "kinds.py"
             for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"\bkind\s*[!=]=", line)]
     assert not hits, hits
+
+
+# --- benchmarks stand alone ----------------------------------------------------------------------
+
+def _is_sys_path(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name) and node.value.id == "sys"
+
+
+def _changes_sys_path(node: ast.AST) -> bool:
+    """sys.path.insert/append/extend(...), or an assignment to sys.path or a slice of it."""
+    if isinstance(node, ast.Call):
+        return isinstance(node.func, ast.Attribute) and _is_sys_path(node.func.value)
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AugAssign) else []
+    return any(_is_sys_path(t.value if isinstance(t, ast.Subscript) else t) for t in targets)
+
+
+def reaches_into_tests(source: str) -> list[int]:
+    """Lines that import a module of tests/ (a name starting with `test`) or put tests/ on sys.path
+    (a "tests" folder in a sys.path change, or in the value of a name that change uses)."""
+    tree = ast.parse(source)
+    values = {t.id: node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+              for t in node.targets if isinstance(t, ast.Name)}
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        else:
+            names = []
+        if any(name.startswith("test") for name in names):
+            lines.append(node.lineno)
+        elif _changes_sys_path(node):
+            used = [node] + [values[n.id] for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in values]
+            if any(isinstance(c, ast.Constant) and isinstance(c.value, str) and Path(c.value).name == "tests"
+                   for u in used for c in ast.walk(u)):
+                lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_benchmarks_import_nothing_from_tests():
+    """A benchmark runs without the test suite: what both use lives in benchmarks/ (the fault
+    scenarios in fault_scenarios.py), so no benchmark imports a test module or puts tests/ on sys.path."""
+    planted = ('import sys\nTESTS = ROOT / "tests"\nsys.path.insert(0, str(ROOT / "tests"))\nsys.path[:0] = [str(TESTS)]\n'
+               'from test_faults import ENC\nimport tests.helpers\nfrom typer.testing import CliRunner\nsys.path.insert(0, str(ROOT))\n')
+    assert reaches_into_tests(planted) == [3, 4, 5, 6]
+    bad = [f"{p.relative_to(ROOT)}:{line}" for p in sorted(ROOT.glob("benchmarks/**/*.py"))
+           for line in reaches_into_tests(p.read_text(encoding="utf-8"))]
+    assert not bad, f"benchmarks that reach into tests/: {bad}"
