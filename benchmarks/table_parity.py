@@ -57,7 +57,7 @@ def main() -> None:
     scores = {}
     for name, data, cache in (("folder", args.data, args.work / "cache-folder"), ("table", table, args.work / "cache-table")):
         for encoder in ("efficientnet_lite0", "minilm_l6"):
-            res = fc.extract_features(data, encoder, cache=cache)
+            res = fc.extract(data, encoder, cache=cache)
             print(f"{name}: {res.path} {res.rows} rows ({'warm' if res.warm else f'{res.items_per_s:.0f} items/s'})", flush=True)
         model = fc.fit_head(data, ["efficientnet_lite0", "minilm_l6"], cache=cache, runs=args.work / f"runs-{name}",
                             fusion="late")
