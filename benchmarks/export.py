@@ -102,7 +102,7 @@ def main() -> None:
              "f1_out_of_fold": metrics["tuned_out_of_fold"], "agreement": 1.0}]
     reference = None
     for fmt, precision in EXPORTS:
-        d, _ = ex.export(run, out / "exports" / f"{fmt}-{precision}", fmt, precision, data=args.data,
+        d, _ = ex.export(run, out / "exports" / f"{fmt}-{precision}", format=fmt, precision=precision, data=args.data,
                          calibration_rows=args.calibration_rows, validate=False)
         model = ExportedModel.load(d)
         scores, records, probs = score_on_validation(model, dataset)
