@@ -89,3 +89,77 @@ def test_the_heads_precision_is_measured_once_and_explicit_wins(home):
     said.clear()
     assert planned_head(HeadConfig(), said.append) == cfg and said == []
     assert planned_head(HeadConfig(bf16=True), said.append).bf16 is True
+
+
+class _Clock:
+    """A planner clock that moves only when a fake path computes: the rates are exact, not timed."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Path:
+    """A runner costing `per_item` clock seconds an item; its features depend on the batch only."""
+
+    def __init__(self, clock, per_item, fill=0):
+        self.clock, self.per_item, self.seen = clock, per_item, []
+        if fill:
+            self.fill = fill
+
+    def __call__(self, batch):
+        self.clock.now += self.per_item * len(batch)
+        self.seen.append(len(batch))
+        return batch.flatten(1).float().mean(1, keepdim=True).repeat(1, 4)
+
+
+class _Encoder:
+    class cfg:
+        name, is_text = "fake", False
+
+    def collate(self, items):
+        return torch.stack(items)
+
+
+def _plan(monkeypatch, costs: dict, fill: dict | None = None):
+    """fastest() over fake paths (openvino fp32, torch fp32) of the given per-item costs."""
+    import types
+
+    from featcache import backends
+
+    clock = _Clock()
+    made = {p: _Path(clock, c, (fill or {}).get(p, 0)) for p, c in costs.items()}
+    built = []
+    monkeypatch.setattr(backends, "time", types.SimpleNamespace(perf_counter=clock))
+    monkeypatch.setattr(backends, "runner", lambda enc, path, *a, **k: (built.append(str(path)) or made[str(path)], path))
+    items = [torch.full((3, 2, 2), float(i)) for i in range(128)]
+    paths = [Compute(*p.split()) for p in costs]
+    run, used = fastest(_Encoder(), items, paths, "cpu", "", {"model": "fake"}, batch_size=32, say=lambda m: None)
+    return run, used, made, built
+
+
+def test_a_clearly_slower_path_is_dropped_after_its_first_small_piece_and_the_winner_is_not_rebuilt(home, monkeypatch):
+    run, used, made, built = _plan(monkeypatch, {"openvino fp32": 1.0, "torch fp32": 5.0})
+    assert used == Compute("openvino", "fp32") and run is made["openvino fp32"]
+    assert built == ["openvino fp32", "torch fp32"]  # each path built once: the winner's runner is the timed one
+    assert made["openvino fp32"].seen == [8, 8, 32, 32, 32]  # parity, then every timed piece
+    assert made["torch fp32"].seen == [8, 8]  # the reference (its warm-up), then one small piece: 5x slower
+
+
+def test_a_close_path_is_timed_in_full(home, monkeypatch):
+    _, used, made, _ = _plan(monkeypatch, {"openvino fp32": 1.2, "torch fp32": 1.0})
+    assert used == Compute("torch", "fp32")
+    assert made["torch fp32"].seen == [8, 8, 32, 32, 32]
+
+
+def test_a_piece_too_small_to_busy_every_request_is_not_timed(home, monkeypatch):
+    _, _, made, _ = _plan(monkeypatch, {"openvino fp32": 1.0, "torch fp32": 5.0}, fill={"openvino fp32": 16})
+    assert made["openvino fp32"].seen == [8, 32, 32, 32]  # parity, then full batches only
+
+
+def test_the_conversion_is_said_apart_from_the_planning():
+    line = planner.rates_line("x", {"path": "a", "rates": {"a": 2}, "seconds": 1.5, "convert_seconds": 4.0}, "img")
+    assert line.endswith("(measured in 1.5 s, once; OpenVINO's conversion, 4.0 s, apart)")
+    assert planner.rates_line("x", {"path": "a", "rates": {"a": 2}, "seconds": 1.5}, "img").endswith("(measured in 1.5 s, once)")

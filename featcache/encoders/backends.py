@@ -27,6 +27,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,8 +57,6 @@ class Compute:
 def bf16_matmul_ratio(n: int = 256) -> float:
     """bf16 over fp32 matmul speed on one thread, measured on a small product (~40 ms where bf16
     is emulated, under 1 ms elsewhere): a gate that keeps emulated bf16 out of the timing."""
-    import time
-
     import torch
 
     threads = torch.get_num_threads()
@@ -196,9 +195,9 @@ def runner(encoder, compute: Compute, device: str, key: str, threads: int | None
     return TorchRunner(encoder, compute, device, say), compute
 
 
-PLAN_BATCHES = 3  # timed batches per path, after an untimed one (kernel selection, OpenVINO's first infer)
-PARITY_ITEMS = 8  # the untimed batch: features compared with torch fp32's
-ABANDON = 1.5  # a path this much slower than the best so far is dropped after its first timed batch
+PLAN_BATCHES = 3  # full timed batches per path at most, after its untimed parity batch
+PARITY_ITEMS = 8  # the untimed batch (features compared with torch fp32's), then timed first
+ABANDON = 1.5  # a path this much slower than the best so far is dropped after its first timed piece
 
 
 def fastest(encoder, items: list, paths: list[Compute], device: str, key: str, model: dict, batch_size: int = 32,
@@ -214,29 +213,58 @@ def fastest(encoder, items: list, paths: list[Compute], device: str, key: str, m
     unit = "caption" if encoder.cfg.is_text else "img"
     n = threads or planner.cpus()
     what = {**model, "device": device, "batch_size": batch_size, "paths": [str(p) for p in paths]}
+    built: dict = {}  # the timed runners: the winner's is used as it is (an OpenVINO compile saved)
     choice, measured = planner.planned("extract", what, n, lambda: _time_paths(encoder, items, paths, device, key,
-                                                                              batch_size, threads, say), say)
+                                                                              batch_size, threads, say, built), say)
     if measured:
         say(planner.rates_line(f"extract {encoder.cfg.name}", choice, unit))
+    if choice["path"] in built:
+        return built[choice["path"]], Compute(*choice["path"].split())
     return runner(encoder, Compute(*choice["path"].split()), device, key, threads, say)
 
 
-def _time_paths(encoder, items, paths, device, key, batch_size, threads, say) -> dict:
-    import time
-
+def _time_paths(encoder, items, paths, device, key, batch_size, threads, say, built: dict) -> dict:
+    """The planning pass: every open path built, checked against torch fp32 and timed (`built`
+    keeps the runners). Its `seconds` leave out OpenVINO's conversion, which a run that names
+    --backend openvino pays as well."""
     import torch
 
     t_plan = time.perf_counter()
     torch.set_num_threads(threads or cpus())
-    # parity and warm-up on a few items (a slow path's untimed batch costs little), timing on full batches
     check = encoder.collate(items[:PARITY_ITEMS])
-    batches = [encoder.collate(items[i:i + batch_size]) for i in range(0, len(items), batch_size)][:PLAN_BATCHES]
-    rates, rejected, best = {}, {}, 0.0
+    # the parity batch is timed first: a clearly slower path is dropped before any full batch
+    pieces = [check] + [encoder.collate(items[i:i + batch_size]) for i in range(0, len(items), batch_size)][:PLAN_BATCHES]
+    reference_path, rejected = str(Compute("torch", "fp32")), {}
     with torch.inference_mode():
-        reference = encoder(check).float().numpy()
+        # torch fp32's own runner gives the reference when it is a path (its warm-up, too); else the
+        # module as built, on the CPU, before a runner moves it (a GPU's convolutions may run TF32)
+        reference = None if reference_path in map(str, paths) else encoder(check).float().numpy()
+        built.update(_build(encoder, paths, device, key, threads, say, rejected))
+        if reference is None:
+            reference = built[reference_path](_to(check, device)).float().cpu().numpy()
+    converted = sum(getattr(run, "converted_in", 0.0) for run in built.values())
     step = float(np.spacing(np.float16(np.abs(reference).max())))  # one fp16 step at the features' scale
-    emulated = None
-    # OpenVINO first: it converts the module before torch's runner makes it channels-last
+    rates, best = {}, 0.0
+    for path, run in list(built.items()):
+        if path != reference_path and (why := _parity(run, check, reference, step, device)):
+            rejected[path] = why
+            del built[path]
+            continue
+        rates[path] = _rate(run, pieces, device, best)
+        best = max(best, rates[path])
+    seconds = round(time.perf_counter() - t_plan - converted, 2)
+    if not rates:  # nothing passed: the reference path itself
+        return {"path": "torch fp32", "rates": {}, "rejected": rejected, "seconds": seconds}
+    for path in [p for p in built if p != max(rates, key=rates.get)]:
+        del built[path]  # a loser's compiled model is not kept alive
+    return {"path": max(rates, key=rates.get), "rates": rates, "rejected": rejected, "seconds": seconds,
+            **({"convert_seconds": round(converted, 2)} if converted else {})}
+
+
+def _build(encoder, paths, device, key, threads, say, rejected: dict) -> dict:
+    """str(path) -> runner for each path that can run here; why the others cannot, in `rejected`.
+    OpenVINO's first: it converts the module before torch's runner makes it channels-last."""
+    built, emulated = {}, None
     for path in sorted(paths, key=lambda p: p.backend != "openvino"):
         if path.precision == "bf16" and not device.startswith("cuda"):
             emulated = bf16_matmul_ratio() if emulated is None else emulated
@@ -250,23 +278,39 @@ def _time_paths(encoder, items, paths, device, key, batch_size, threads, say) ->
         if used != path:
             rejected[str(path)] = "does not convert"
             continue
-        with torch.inference_mode():
-            gap = float(np.abs(run(_to(check, device)).numpy() - reference).max())
-            if gap > step:
-                rejected[str(path)] = f"features {gap:.1e} from fp32's (> one fp16 step, {step:.1e})"
-                continue
-            done, t0 = 0, time.perf_counter()
-            for x in batches:
-                run(_to(x, device))
-                done += len(x["input_ids"]) if isinstance(x, dict) else len(x)
-                if done / (time.perf_counter() - t0) * ABANDON < best:
-                    break  # clearly slower: not worth the rest of its batches
-        rates[str(path)] = done / (time.perf_counter() - t0)
-        best = max(best, rates[str(path)])
-    seconds = round(time.perf_counter() - t_plan, 2)  # OpenVINO's conversion included (once per model anyway)
-    if not rates:  # nothing passed: the reference path itself
-        return {"path": "torch fp32", "rates": {}, "rejected": rejected, "seconds": seconds}
-    return {"path": max(rates, key=rates.get), "rates": rates, "rejected": rejected, "seconds": seconds}
+        built[str(path)] = run
+    return built
+
+
+def _parity(run, check, reference, step: float, device: str) -> str | None:
+    """Why a path's features on the parity batch are not torch fp32's (None when they are); the
+    pass is also the path's warm-up (kernel selection, OpenVINO's first inference)."""
+    import torch
+
+    with torch.inference_mode():
+        gap = float(np.abs(run(_to(check, device)).numpy() - reference).max())
+    return f"features {gap:.1e} from fp32's (> one fp16 step, {step:.1e})" if gap > step else None
+
+
+def _rate(run, pieces: list, device: str, best: float) -> float:
+    """Items per second over the pieces; stops after the first piece that leaves the path
+    ABANDON times slower than `best` (the fastest path so far): its rank is clear by then."""
+    import torch
+
+    # a piece too small to busy every OpenVINO request would understate its rate: skipped
+    pieces = [x for i, x in enumerate(pieces) if i or _items(x) >= getattr(run, "fill", 0)]
+    done, t0 = 0, time.perf_counter()
+    with torch.inference_mode():
+        for x in pieces:
+            run(_to(x, device))
+            done += _items(x)
+            if done / (time.perf_counter() - t0) * ABANDON < best:
+                break
+    return done / (time.perf_counter() - t0)
+
+
+def _items(batch) -> int:
+    return len(batch["input_ids"]) if isinstance(batch, dict) else len(batch)
 
 
 def _to(batch, device: str):
@@ -311,8 +355,11 @@ class OpenVinoRunner:
         import openvino as ov
 
         path = model_dir() / f"{key}.xml"
+        self.converted_in = 0.0  # seconds spent converting (the planner reports them apart)
         if not path.exists():
+            t0 = time.perf_counter()
             _convert(encoder, path)
+            self.converted_in = time.perf_counter() - t0
         config = {"INFERENCE_PRECISION_HINT": "bf16" if compute.precision == "bf16" else "f32",
                   "PERFORMANCE_HINT": "THROUGHPUT"}
         if threads:
@@ -323,6 +370,7 @@ class OpenVinoRunner:
         # Measured on 2 cores (docs/experiments.md): parts of 4 photos beat 2, 8 and 16 (135 against
         # 128, 123 and 122 images/s); for captions 8 to 32 are alike.
         self.part = 16 if encoder.cfg.is_text else 4
+        self.fill = self.part * len(self.queue)  # items that keep every request busy (the planner times no fewer)
 
     @staticmethod
     def _finished(request, userdata) -> None:
@@ -373,12 +421,17 @@ def _convert(encoder, path: Path) -> None:
     """Convert once; written beside and renamed, so a concurrent or killed run never reads half a model."""
     import openvino as ov
     import torch
+    from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
     path.parent.mkdir(parents=True, exist_ok=True)
     telemetry_off()
     module, example = _traceable(encoder)
     with torch.no_grad(), _quiet_tracer():
-        model = ov.convert_model(module, example_input=example)
+        # OpenVINO's own tracing, minus torch.jit.trace's check (two more forward passes and a
+        # re-trace: over half of a conversion); the converted model is compared with torch's
+        # features instead, by the planner's parity batch and tests/test_backends.py
+        decoder = TorchScriptPythonDecoder(module, example_input=example, trace_kwargs={"check_trace": False})
+        model = ov.convert_model(decoder, example_input=example)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.xml")
     ov.save_model(model, str(tmp), compress_to_fp16=False)  # the weights stay fp32; precision is a compile choice
     os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
