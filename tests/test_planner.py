@@ -127,7 +127,7 @@ def _plan(monkeypatch, costs: dict, fill: dict | None = None):
     """fastest() over fake paths (openvino fp32, torch fp32) of the given per-item costs."""
     import types
 
-    from featcache import backends
+    from featcache.encoders import backends
 
     clock = _Clock()
     made = {p: _Path(clock, c, (fill or {}).get(p, 0)) for p, c in costs.items()}
