@@ -102,7 +102,6 @@ def ablate(data, encoders: list[str] | None = None, *, progress: bool = True,
     Returns (summary, raw rows, out)."""
     cfg = AblateConfig(**known(AblateConfig, options))
     cache, runs, out, jobs = cfg.cache, cfg.runs, cfg.out, cfg.jobs
-    check_jobs(jobs, say=lambda m: None)  # a bad --jobs before any work (its note comes with the fits)
     dataset = load_dataset(data)
     out = check_out_dir(out, inputs_of(dataset=dataset, caches=[cache], runs=runs) + [Path(cache)]) if out else None  # before any fit
     names = encoders if encoders is not None else of_dataset(cache, dataset)

@@ -55,7 +55,6 @@ def learning_curve(data, encoder_sets: list[list[str]], *, base: HeadConfig | No
     cfg = CurveConfig(**known(CurveConfig, options))
     base = replace(base or HeadConfig(), **({"fusion": cfg.fusion} if cfg.fusion else {}))
     cache, runs, out, jobs = cfg.cache, cfg.runs, cfg.out, cfg.jobs
-    check_jobs(jobs, say=lambda m: None)  # a bad --jobs before any work (its note comes with the fits)
     # Before any fit: never into the dataset or the cache, a file, or a folder that cannot be written.
     dataset = load_dataset(data)
     out = check_out_dir(out or Path(runs) / f"curve-{datetime.now():%Y%m%d-%H%M%S}", inputs_of(dataset=dataset, caches=[cache]) + [Path(cache)])
