@@ -501,3 +501,16 @@ def test_benchmarks_import_nothing_from_tests():
     bad = [f"{p.relative_to(ROOT)}:{line}" for p in sorted(ROOT.glob("benchmarks/**/*.py"))
            for line in reaches_into_tests(p.read_text(encoding="utf-8"))]
     assert not bad, f"benchmarks that reach into tests/: {bad}"
+
+
+def test_an_installed_wheel_holds_every_package():
+    """pyproject's package list finds every folder of the house (a wheel, unlike `pip install -e`,
+    holds only what it lists), and every folder with Python files is a package."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    found = set(find_packages(str(ROOT), **tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]))
+    folders = {p.parent for top in ("featcache", "heads", "stores") for p in (ROOT / top).rglob("*.py")}
+    assert all((f / "__init__.py").is_file() for f in folders), sorted(map(str, folders))
+    assert {".".join(f.relative_to(ROOT).parts) for f in folders} <= found

@@ -10,9 +10,9 @@ DataError naming the file, row and column, or (lenient) a counted Skip.
 Rules: a row's key is its id column, else its image path, else its text; keys are unique. Image
 paths are relative to the table's folder (or `image_root`), nested folders allowed, and never
 leave it. Rows without labels (or split=test) are the rows to predict. Rows keep the table's order
-(the stratified split depends on it); the fingerprint hashes them in an order of their keys (by a
-hash of each key, see `_key_order`), so the same rows in CSV and Parquet, or reordered, are the same
-data and share their caches. No polars hash is used: polars does not promise one across versions.
+(the stratified split depends on it); the fingerprint hashes each row's strings (`_row_hashes`,
+XXH3) in an order of their keys (by the key's hash, see `_key_order`), so the same rows in CSV and
+Parquet, or reordered, are the same data and share their caches.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import polars_hash as plh
 
 from featcache.data.images import Column, Folder
 from featcache.data.records import DataError, LabelSpace, Record, Skip
@@ -37,10 +38,6 @@ HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 _ROW, _KEY, _IMG, _TXT, _LAB, _SPLIT = "__row", "__key", "__image", "__text", "__labels", "__split"
 _HAS, _TEST = "__has_labels", "__test"
 LIST_SEP = "\x1f"  # joins a list cell's labels, so that list and string columns are split one way
-ROWS_PER_CHUNK = 1 << 16  # rows gathered and hashed at a time: the table is never copied whole
-# Keys hashed at a time: numpy's temporaries (64 KB) stay under malloc's mmap threshold, so they reuse
-# the same pages (a fresh page costs more than the arithmetic on it).
-KEYS_PER_CHUNK = 1 << 13
 
 
 def is_table(src) -> bool:
@@ -62,16 +59,15 @@ def read_table(src, spec: DataSpec, lenient: bool = False) -> dict:
     image_root = Path(spec.image_root) if spec.image_root else base
     # The string columns hashed: the key, and the image path and text unless the key is one of them.
     hashed = [_KEY] + [c for c in (_IMG, _TXT) if c in work.columns and c != key_from]
-    # The key order and each string column's hash in that order (numpy, hashlib) run beside the labels
-    # and the checks (polars): all of them let go of the GIL, so each gets a core.
-    with ThreadPoolExecutor(1 + len(hashed)) as pool:
-        keyed = pool.submit(_key_order, work[_KEY])
-        strings = [pool.submit(lambda column: _strings_digest(column, keyed.result()[0]), work[c]) for c in hashed]
+    # The rows' hashes and key order, and the path checks, run beside the labels and their checks: all
+    # of them let go of the GIL (polars, numpy, hashlib).
+    with ThreadPoolExecutor(2) as pool:
+        keyed = pool.submit(_keyed, work, hashed)
+        paths = pool.submit(_path_problems, work, cols, image_root)
         codes, lists, sep, label_space, declared = _labels(frame[cols["labels"]], spec, name, cols["labels"], hints)
         work = work.with_columns(codes.alias(_LAB), lists.is_not_null().gather(codes).alias(_HAS))
-        problems = _problems(work, cols, image_root, declared, lists)
-        order, duplicated = keyed.result()
-        digests = [s.result() for s in strings]
+        problems = paths.result() + _label_problems(work, cols, declared, lists)
+        order, duplicated, strings_digest = keyed.result()
     if duplicated:
         problems = problems + _duplicates(work, key_col)
     skipped = []
@@ -83,9 +79,9 @@ def read_table(src, spec: DataSpec, lenient: bool = False) -> dict:
             raise DataError(f"{name} row {row} column {column!r}: {reason}{more}")
         bad = sorted({row - 1 for row, _, _ in problems})
         skipped = [Skip(name, row, f"column {column!r}: {reason}") for row, column, reason in problems]
-        work = work.filter(~pl.col(_ROW).is_in(bad))
-        order, _ = _key_order(work[_KEY])
-        digests = [_strings_digest(work[c], order) for c in hashed]
+        kept = ~work[_ROW].is_in(bad)
+        work = work.filter(kept)
+        order, _, strings_digest = _keyed(work, hashed)
     if _SPLIT in work.columns:
         work = work.with_columns(pl.col(_SPLIT).replace(SPLIT_VALUES))
     is_test = ~pl.col(_HAS)
@@ -111,7 +107,7 @@ def read_table(src, spec: DataSpec, lenient: bool = False) -> dict:
         "test_rows": lambda: _records(work.filter(pl.col(_TEST)), tuples(), hf_img),
         "skipped": skipped, "source": Path(name) if isinstance(src, (str, Path)) else None, "images": images,
         "modalities": modalities, "val_keys": val_keys,
-        "content": (_digest(work, order, dict(zip(hashed, digests)), lists, label_space),), "hash_in_key_order": True,
+        "content": (_digest(work, order, strings_digest, lists, label_space),), "hash_in_key_order": True,
         "files": tuple(hints["files"]), "id_column": key_col, "labels_column": cols["labels"],
         "label_sep": sep if sep not in (None, "list") else "|", "describe": describe,
     }
@@ -126,7 +122,7 @@ def _work(frame: pl.DataFrame, cols: dict, hf_img: bool) -> tuple[pl.DataFrame, 
         *([pl.col(cols["image"]).cast(pl.String).alias(_IMG)] if cols["image"] and not hf_img else []),
         *([pl.col(cols["split"]).cast(pl.String).str.strip_chars().str.to_lowercase().alias(_SPLIT)] if cols["split"] else []),
         *([pl.col(cols["id"]).cast(pl.String).alias(_KEY)] if cols["id"] else []),
-    ).rechunk()  # one chunk: a reader's threads leave dozens, and gathering rows across chunks is many times slower
+    )
     # The key: the id column, else the image path, else (a HF dataset's photos have no path) the row, else the text.
     if cols["id"]:
         return work, cols["id"], None
@@ -361,14 +357,40 @@ def _declared(path: Path) -> tuple[list, list[str]]:
 
 # --- checks ------------------------------------------------------------------------------------
 
-def _problems(work: pl.DataFrame, cols: dict, image_root: Path, declared, lists: pl.Series) -> list:
-    """(row, column, reason) of every bad row. The checks are one pass over the columns (polars runs
-    them side by side); only the rows they flag become Python objects."""
+def _path_problems(work: pl.DataFrame, cols: dict, image_root: Path) -> list:
+    """(row, column, reason) of every row without a key or whose image path is empty or leaves the root.
+    One pass over the columns (polars runs the checks side by side); only flagged rows become Python
+    objects."""
     checks = {}
     if _IMG in work.columns:
-        checks["empty"] = pl.col(_IMG).is_null() | ~pl.col(_IMG).str.contains(r"\S")  # blank: nothing but spaces
-        checks["risky"] = (pl.col(_IMG).str.contains(r"(^|[/\\])\.\.([/\\]|$)") | pl.col(_IMG).str.starts_with("/")
-                           | pl.col(_IMG).str.contains(r"^[A-Za-z]:[/\\]"))  # then resolved in Python, these rows only
+        checks["empty"] = pl.col(_IMG).is_null() | (pl.col(_IMG).str.strip_chars() == "")  # blank: nothing but spaces
+        # Paths that may leave the root (a '..' part, or absolute), then resolved in Python, these rows
+        # only. A Windows drive is a name here, as `posixpath` reads it.
+        checks["risky"] = pl.col(_IMG).str.contains(r"(^|[/\\])\.\.([/\\]|$)") | pl.col(_IMG).str.starts_with("/")
+    if cols["id"] or not cols["image"]:  # the key is the id, or the text: every row needs one
+        checks["keyless"] = pl.col(_KEY).is_null() | (pl.col(_KEY).str.strip_chars() == "")
+    hit = _hits(work, checks)
+    found = []
+    if hit.get("keyless"):
+        what = "empty id" if cols["id"] else "empty text (the row's key: the table has no id or image column)"
+        found += [(r[_ROW] + 1, cols["id"] or ", ".join(cols["text"]), what) for r in _flagged(work, checks["keyless"])]
+    if hit.get("empty"):
+        found += [(r[_ROW] + 1, cols["image"], "empty image path") for r in _flagged(work, checks["empty"])]
+    if hit.get("risky"):
+        root = image_root.resolve()
+        for r in _flagged(work, checks["risky"], limit=None):
+            p = r[_IMG]
+            target = Path(posixpath.normpath(p if p.startswith("/") else posixpath.join(str(root), p)))
+            if not target.is_relative_to(root):
+                reason = f"image path {p!r} leaves {root}; name where images live with --image-root"
+                found.append((r[_ROW] + 1, cols["image"], reason))
+    return found
+
+
+def _label_problems(work: pl.DataFrame, cols: dict, declared, lists: pl.Series) -> list:
+    """(row, column, reason) of every row whose split is not train/val/test, that is a train or val row
+    without labels, or that names a label outside the declared set."""
+    checks = {}
     if _SPLIT in work.columns:
         checks["split"] = ~pl.col(_SPLIT).is_in(list(SPLIT_VALUES)) | pl.col(_SPLIT).is_null()
         checks["unlabelled"] = pl.col(_SPLIT).replace(SPLIT_VALUES).is_in(["train", "val"]) & ~pl.col(_HAS)
@@ -378,33 +400,27 @@ def _problems(work: pl.DataFrame, cols: dict, image_root: Path, declared, lists:
         codes = (bad.list.len() > 0).arg_true()
         unknown = dict(zip(codes.to_list(), bad.gather(codes).to_list()))
         checks["unknown"] = pl.col(_LAB).is_in(list(unknown))
-    if not checks:
-        return []
-    hit = work.select(mask.any().alias(check) for check, mask in checks.items()).row(0, named=True)
-
-    def rows(check: str, limit: int | None = 1000):
-        flagged = work.filter(checks[check])
-        return (flagged if limit is None else flagged.head(limit)).iter_rows(named=True)
-
+    hit = _hits(work, checks)
     found = []
-    if hit.get("empty"):
-        found += [(r[_ROW] + 1, cols["image"], "empty image path") for r in rows("empty")]
-    if hit.get("risky"):
-        root = image_root.resolve()
-        for r in rows("risky", limit=None):
-            p = r[_IMG]
-            target = Path(posixpath.normpath(p if p.startswith("/") else posixpath.join(str(root), p)))
-            if not target.is_relative_to(root):
-                reason = f"image path {p!r} leaves {root}; name where images live with --image-root"
-                found.append((r[_ROW] + 1, cols["image"], reason))
     if hit.get("split"):
-        found += [(r[_ROW] + 1, cols["split"], f"split {r[_SPLIT]!r} is not one of train, val, test") for r in rows("split")]
+        found += [(r[_ROW] + 1, cols["split"], f"split {r[_SPLIT]!r} is not one of train, val, test")
+                  for r in _flagged(work, checks["split"])]
     if hit.get("unlabelled"):
-        found += [(r[_ROW] + 1, cols["labels"], f"a {r[_SPLIT]} row has no label") for r in rows("unlabelled")]
+        found += [(r[_ROW] + 1, cols["labels"], f"a {r[_SPLIT]} row has no label") for r in _flagged(work, checks["unlabelled"])]
     if hit.get("unknown"):
         found += [(r[_ROW] + 1, cols["labels"], f"label {label!r} is not in the declared label set")
-                  for r in rows("unknown") for label in unknown[r[_LAB]]]
+                  for r in _flagged(work, checks["unknown"]) for label in unknown[r[_LAB]]]
     return found
+
+
+def _hits(work: pl.DataFrame, checks: dict) -> dict:
+    """Which checks flag any row."""
+    return work.select(mask.any().alias(check) for check, mask in checks.items()).row(0, named=True) if checks else {}
+
+
+def _flagged(work: pl.DataFrame, mask: pl.Expr, limit: int | None = 1000):
+    flagged = work.filter(mask)
+    return (flagged if limit is None else flagged.head(limit)).iter_rows(named=True)
 
 
 def _duplicates(work: pl.DataFrame, key_col: str) -> list:
@@ -417,61 +433,51 @@ def _duplicates(work: pl.DataFrame, key_col: str) -> list:
             for r in dup.iter_rows(named=True)]
 
 
-# --- the key order -----------------------------------------------------------------------------
+# --- the hash of each row's strings, and the key order ----------------------------------------
 
-_WORD_MASKS = np.array([(1 << 8 * k) - 1 for k in range(9)], dtype=np.uint64)  # a word's low k bytes
-
-
-def _key_hash(keys: pl.Series) -> np.ndarray:
-    """A 64-bit hash of each key, made by numpy from the column's Arrow buffers: the key's length and
-    four 8-byte words spread over it (its first and last 8 bytes and two between: every byte of a key
-    up to 32 bytes). It only orders the rows (keys whose hashes tie are ordered by the keys
-    themselves), so it must be stable across versions and cheap, not see every byte of a long key:
-    sorting a million of them costs a fraction of sorting the strings."""
-    h = np.empty(len(keys), np.uint64)
-    for start in range(0, len(keys), KEYS_PER_CHUNK):
-        _key_hash_chunk(keys.slice(start, KEYS_PER_CHUNK), h[start:start + KEYS_PER_CHUNK])
-    return h
+def _row_hashes(work: pl.DataFrame, columns: list[str]) -> dict[str, np.ndarray]:
+    """Each string column's XXH3-64 hash of every row (polars-hash: one pass in Rust, all columns in
+    parallel; XXH3 is a published algorithm, so the hashes stay the same across versions, which polars'
+    own `hash` does not promise). A row's hash is its own, whatever its neighbours or the table's order,
+    so the hashes stand for the rows in the fingerprint and the key's order them. A null hashes as
+    the empty string, as it reads: a missing text is empty, and a row without a key or image path is
+    refused (`_path_problems`)."""
+    hashed = work.select([plh.col(c).fill_null("").nchash.xxh3_64().alias(c) for c in columns])
+    return {c: hashed[c].to_numpy() for c in columns}
 
 
-def _key_hash_chunk(keys: pl.Series, h: np.ndarray) -> None:
-    offsets, data = _arrow_strings(keys)
-    padded = np.empty(len(data) + 8, np.uint8)  # a word read at the last key's end stays inside
-    padded[:len(data)] = np.frombuffer(data, np.uint8)
-    padded[len(data):] = 0
-    words = np.ndarray((len(data) + 1,), dtype="<u8", buffer=padded, strides=(1,))  # the 8 bytes at each byte
-    start, length = offsets[:-1] - offsets[0], np.diff(offsets)
-    mask = _WORD_MASKS[np.minimum(length, 8)]  # a key under 8 bytes: only its own bytes
-    span = np.maximum(length - 8, 0)
-    np.multiply(length.astype(np.uint64), np.uint64(0x9E3779B97F4A7C15), out=h)
-    for j in range(4):
-        h ^= words[start + span * j // 3] & mask
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(31)
+def _keyed(work: pl.DataFrame, columns: list[str]) -> tuple[np.ndarray, bool, bytes]:
+    """The key order, whether two rows share a key, and a hash of the string columns' row hashes in
+    that order."""
+    strings = _row_hashes(work, columns)
+    order, duplicated = _key_order(work[_KEY], strings[_KEY])
+    h = hashlib.sha256()
+    for column, hashes in strings.items():
+        h.update(column.encode())
+        h.update(hashes[order])
+    return order, duplicated, h.digest()
 
 
-def _key_order(keys: pl.Series) -> tuple[pl.Series, bool]:
+def _key_order(keys: pl.Series, key_hashes: np.ndarray) -> tuple[np.ndarray, bool]:
     """The rows in the order the fingerprint hashes them, and whether two rows share a key: by the
     key's hash, and where two hashes tie (a duplicate key, or rarely two keys) by the key itself, so
     the order depends on the keys alone and duplicates sit side by side."""
-    packed = _key_hash(keys)
-    bits = max(len(packed) - 1, 1).bit_length()  # of a row number
+    bits = max(len(key_hashes) - 1, 1).bit_length()  # of a row number
     # The hash's top bits with the row number below them: sorting plain integers is twice as fast as
-    # an argsort. In place: every fresh array costs its pages.
-    packed >>= np.uint64(bits)
+    # an argsort.
+    packed = key_hashes >> np.uint64(bits)
     packed <<= np.uint64(bits)
     packed |= np.arange(len(packed), dtype=np.uint64)
     packed.sort()
     same = packed[1:] ^ packed[:-1]
     same >>= np.uint64(bits)
-    tie = np.flatnonzero(same == 0)
-    if not tie.size:
+    if not (same == 0).any():
         packed &= np.uint64((1 << bits) - 1)
-        return pl.Series(packed), False
-    h = _key_hash(keys)  # again, whole: `packed` kept only its top bits
+        return packed, False
+    h = key_hashes
     order = pl.DataFrame({"h": h, "k": keys}).select(pl.arg_sort_by("h", "k")).to_series().to_numpy()
     tie = np.flatnonzero(h[order[1:]] == h[order[:-1]])
-    return pl.Series(order), bool(tie.size and (keys.gather(order[tie]) == keys.gather(order[tie + 1])).any())
+    return order, bool(tie.size and (keys.gather(order[tie]) == keys.gather(order[tie + 1])).any())
 
 
 # --- rows and their hash -----------------------------------------------------------------------
@@ -494,47 +500,20 @@ def _records(part: pl.DataFrame, labels: list, hf_images: bool) -> list[Record]:
             for k, t, im, c, r, is_test in zip(keys, texts, images, codes, rows, test)]
 
 
-def _arrow_strings(s: pl.Series) -> tuple[np.ndarray, memoryview]:
-    """A string column's offsets and bytes, from its Arrow buffers: no Python string per row."""
-    arr = s.to_arrow()
-    if hasattr(arr, "combine_chunks"):
-        arr = arr.combine_chunks()
-    wide = "large" in str(arr.type)
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if wide else np.int32, count=len(arr) + 1,
-                            offset=arr.offset * (8 if wide else 4)).astype(np.int64, copy=False)
-    data = arr.buffers()[2]
-    return offsets, memoryview(data if data is not None else b"")[offsets[0]:offsets[-1]]
-
-
-def _digest(work: pl.DataFrame, order: pl.Series, strings: dict, lists: pl.Series, label_space: LabelSpace) -> bytes:
-    """An order-free hash of the rows, in key order: each string column's hash (`strings`), each row's
-    labels as its place among the distinct label lists (sorted) and whether it is a row to predict."""
+def _digest(work: pl.DataFrame, order: np.ndarray, strings_digest: bytes, lists: pl.Series,
+            label_space: LabelSpace) -> bytes:
+    """An order-free hash of the rows, in key order: their strings (`strings_digest`, see `_keyed`),
+    each row's labels as their place among the distinct label lists (sorted) and whether it is a row
+    to predict."""
     canon = lists.list.join("\x1e")  # a list from any source, one way
     distinct = canon.drop_nulls().unique().sort()
     none = np.uint32(len(distinct))  # no labels
     rank = canon.replace_strict(distinct, pl.Series(np.arange(len(distinct), dtype=np.uint32)), default=none,
                                 return_dtype=pl.UInt32).to_numpy()
-    rows = order.to_numpy()
-    h = hashlib.sha256(b"featcache-table-v3")
-    for column, digest in strings.items():
-        h.update(column.encode() + digest)
+    h = hashlib.sha256(b"featcache-table-v4")
+    h.update(strings_digest)
     h.update(json.dumps(distinct.to_list()).encode())
-    h.update(rank[work[_LAB].to_numpy()[rows]])
-    h.update(work[_TEST].to_numpy()[rows])
+    h.update(rank[work[_LAB].to_numpy()[order]])
+    h.update(work[_TEST].to_numpy()[order])
     h.update(b"ids:int" if all(isinstance(i, int) for i in label_space.ids) else b"ids:names")
     return h.digest()
-
-
-def _strings_digest(column: pl.Series, order: pl.Series) -> bytes:
-    """sha256 of a string column's lengths (-1: null) and bytes in key order, gathered a chunk at a time
-    (no Python string per row, and never a copy of the whole column)."""
-    lengths, data = hashlib.sha256(), hashlib.sha256()
-    for start in range(0, len(order), ROWS_PER_CHUNK):
-        part = column.gather(order.slice(start, ROWS_PER_CHUNK))
-        offsets, buf = _arrow_strings(part)
-        n = np.diff(offsets)
-        if part.null_count():
-            n[part.is_null().to_numpy()] = -1
-        lengths.update(n)
-        data.update(buf)
-    return lengths.digest() + data.digest()

@@ -1,0 +1,1 @@
+"""Fusion and classifier heads trained on cached features."""
