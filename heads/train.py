@@ -12,11 +12,11 @@ weights and metrics.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import time
 from dataclasses import asdict, fields, replace
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -85,8 +85,32 @@ class HeadNet(nn.Module):
         for i, d in enumerate(dims):
             self.register_buffer(f"mean{i}", torch.zeros(d))
             self.register_buffer(f"std{i}", torch.ones(d))
-        classifier = partial(CLASSIFIERS[cfg.classifier], num_labels=num_labels, width=cfg.width, dropout=cfg.dropout)
+        self.outputs: list[nn.Linear] = []  # each classifier's last layer: a row of weights per label
+
+        def classifier(in_dim: int) -> nn.Module:
+            module = CLASSIFIERS[cfg.classifier](in_dim, num_labels=num_labels, width=cfg.width, dropout=cfg.dropout)
+            self.outputs.append([m for m in module.modules() if isinstance(m, nn.Linear)][-1])
+            return module
+
         self.fusion = FUSIONS[cfg.fusion](dims, num_labels, classifier, cfg.width, cfg.dropout)
+
+    def init_outputs(self, y: torch.Tensor, seed: int) -> None:
+        """Draw each label's output weights (as nn.Linear draws them) from a seed made of the run's seed
+        and the label's own training column, which rows have it, instead of from its place among the
+        labels. The same data with its labels in another order or under other names (a table's sorted
+        names against COMP5329's ids) then starts from the same head and trains to the same result, up
+        to the rounding of sums over labels. Draws from its own generators: the global one, and so
+        every other layer's weights, are as they were."""
+        columns = np.packbits(y.numpy() > 0, axis=0)  # [ceil(n / 8), labels]: a label's column as bytes
+        with torch.no_grad():
+            for k, layer in enumerate(self.outputs):
+                bound = 1 / math.sqrt(layer.in_features)
+                for label in range(layer.out_features):
+                    digest = hashlib.sha256(f"{seed}:{k}:".encode() + columns[:, label].tobytes()).digest()
+                    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+                    layer.weight[label].uniform_(-bound, bound, generator=gen)
+                    if layer.bias is not None:
+                        layer.bias[label].uniform_(-bound, bound, generator=gen)
 
     def prepare(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Raw features -> the fusion's inputs: standardised, prepared, bf16 when training in bf16."""
@@ -128,6 +152,7 @@ class Head:
         y_t = torch.as_tensor(np.asarray(y, np.float32))
         _check(xs, y_t, "training")
         self.net = net = HeadNet([x.shape[1] for x in xs], y_t.shape[1], cfg)
+        net.init_outputs(y_t, cfg.seed)
         with torch.no_grad():
             for i, x in enumerate(xs):  # numpy's std is ~5x faster than torch's on one thread
                 getattr(net, f"mean{i}").copy_(torch.as_tensor(x.numpy().mean(0)))
