@@ -1,1 +1,0 @@
-"""Fusion and classifier heads trained on cached features."""
