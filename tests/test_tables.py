@@ -233,7 +233,7 @@ def test_the_cli_names_the_row_in_one_line(tmp_path):
     assert code == 0 and json.loads(out)["skipped_rows"] == 1
 
 
-FAULTS = ("empty_image", "empty_id", "duplicate", "leaves_root", "bad_split", "unknown_label")
+FAULTS = ("empty_image", "empty_id", "nul_id", "duplicate", "leaves_root", "bad_split", "unknown_label")
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -250,7 +250,7 @@ def test_every_row_is_kept_or_reported(tmp_path_factory, n, faults, sep, fmt, ca
     for i in range(n):
         f = faults.get(i)
         rows.append({"image": "" if f == "empty_image" else "../out.jpg" if f == "leaves_root" else f"p/{i}.jpg",
-                     "text": f"{caption} {i}", "id": "0" if f == "duplicate" and i > 0 else " " * (i % 2) if f == "empty_id" else str(i),
+                     "text": f"{caption} {i}", "id": "0" if f == "duplicate" and i > 0 else " " * (i % 2) if f == "empty_id" else f"{i}\x00" if f == "nul_id" else str(i),
                      "tags": sep.join(["a", "zz"] if f == "unknown_label" else ["a", "b"][: 1 + i % 2]),
                      "split": "later" if f == "bad_split" else "train"})
     frame = pl.DataFrame(rows)
@@ -368,3 +368,43 @@ def test_keys_whose_hashes_tie_are_ordered_by_the_keys(tmp_path, monkeypatch):
     assert load_dataset(tmp_path / "t.csv").fingerprint() == load_dataset(tmp_path / "r.csv").fingerprint()
     pl.concat([table, table.head(1)]).write_csv(tmp_path / "d.csv")
     assert "row 11 column 'id': duplicate key" in _error(tmp_path / "d.csv")
+
+
+def test_lenient_skips_every_bad_row_however_many(tmp_path):
+    """Thousands of bad rows of one kind: every one is skipped (one skip a row), none kept."""
+    n = 3000
+    frame = pl.DataFrame({"id": [str(i // 2) if i % 2 and i < 2400 else str(i) for i in range(n)],
+                          "text": [f"t{i}" for i in range(n)],
+                          "split": ["trian" if i % 3 else "train" for i in range(n)], "tags": ["a"] * n})
+    frame.write_parquet(tmp_path / "t.parquet")
+    ds = load_dataset(DataSpec(tmp_path / "t.parquet", id="id", split="split"), lenient=True)
+    ids = [r.image_id for r in ds.train]
+    first = {}
+    for i, key in enumerate(frame["id"]):
+        first.setdefault(key, i)
+    bad = {i for i, key in enumerate(frame["id"]) if i % 3 or first[key] != i}
+    assert len(bad) > 2000  # well past any cap on the rows a message lists
+    assert len(ids) == len(set(ids)) == n - len(bad)
+    assert len(ds.skipped) == len(bad) and len({s.line for s in ds.skipped}) == len(bad)
+
+
+def test_the_labels_file_is_an_input_no_output_goes_over(tmp_path):
+    t = _table(tmp_path, "text,tags\na,x\nb,y\n")
+    (tmp_path / "labels.txt").write_text("x\ny\n")
+    code, out, err = invoke("data", "check", "--data", t, "--labels-file", tmp_path / "labels.txt",
+                            "--plot", tmp_path / "labels.txt")
+    assert code == 2 and (tmp_path / "labels.txt").read_text() == "x\ny\n"
+
+
+def test_a_labels_file_may_not_declare_an_integer_id_twice(tmp_path):
+    t = _table(tmp_path, "text,tags\na,1\n")
+    (tmp_path / "labels.json").write_text('{"1": "cat", "01": "dog"}')
+    assert "declared twice" in _error(t, labels_file=tmp_path / "labels.json")
+
+
+def test_the_split_column_is_part_of_the_fingerprint(tmp_path):
+    rows = {"id": ["a", "b", "c", "d"], "text": ["1", "2", "3", "4"], "tags": ["x", "y", "x", "y"]}
+    pl.DataFrame({**rows, "split": ["train", "train", "val", "val"]}).write_csv(tmp_path / "one.csv")
+    pl.DataFrame({**rows, "split": ["train", "val", "train", "val"]}).write_csv(tmp_path / "two.csv")
+    one, two = (load_dataset(DataSpec(tmp_path / f, split="split")) for f in ("one.csv", "two.csv"))
+    assert one.fingerprint() != two.fingerprint()

@@ -52,6 +52,8 @@ def is_table(src) -> bool:
 def read_table(src, spec: DataSpec, lenient: bool = False) -> dict:
     """The fields of a Dataset (featcache.data.dataset) read from `src`."""
     frame, name, base, hf, hints = _frame(src)
+    if spec.labels_file:
+        hints["files"].append(Path(spec.labels_file))  # an input: no output may be written over it
     cols = _columns(frame, spec, name, hints)
     frame = frame.with_row_index(_ROW)
     hf_img = hf_image(hf, cols)
@@ -78,7 +80,10 @@ def read_table(src, spec: DataSpec, lenient: bool = False) -> dict:
             more = f" (and {len(problems) - 1} more; --lenient skips them)" if len(problems) > 1 else ""
             raise DataError(f"{name} row {row} column {column!r}: {reason}{more}")
         bad = sorted({row - 1 for row, _, _ in problems})
-        skipped = [Skip(name, row, f"column {column!r}: {reason}") for row, column, reason in problems]
+        by_row = {}
+        for row, column, reason in problems:  # one skip a row, however many checks it fails
+            by_row.setdefault(row, []).append(f"column {column!r}: {reason}")
+        skipped = [Skip(name, row, "; ".join(reasons)) for row, reasons in by_row.items()]
         kept = ~work[_ROW].is_in(bad)
         work = work.filter(kept)
         order, _, strings_digest = _keyed(work, hashed)
@@ -347,6 +352,8 @@ def _declared(path: Path) -> tuple[list, list[str]]:
                 items = sorted((int(k), v) for k, v in doc.items())
             except ValueError:
                 raise DataError(f"{path}: an object's keys must be integer label ids") from None
+            if len({i for i, _ in items}) != len(items):  # "1" and "01" are one id
+                raise DataError(f"{path}: an integer label id is declared twice ({sorted(doc)})")
             return [i for i, _ in items], [n for _, n in items]
         raise DataError(f"{path}: expected a JSON list of distinct label names or an object {{\"<id>\": \"<name>\"}}")
     names = [line.strip() for line in text.splitlines() if line.strip()]
@@ -369,16 +376,23 @@ def _path_problems(work: pl.DataFrame, cols: dict, image_root: Path) -> list:
         checks["risky"] = pl.col(_IMG).str.contains(r"(^|[/\\])\.\.([/\\]|$)") | pl.col(_IMG).str.starts_with("/")
     if cols["id"] or not cols["image"]:  # the key is the id, or the text: every row needs one
         checks["keyless"] = pl.col(_KEY).is_null() | (pl.col(_KEY).str.strip_chars() == "")
+    # A NUL byte is cut off by numpy's strings and HDF5's, and refused by the OS: two keys would merge.
+    nul_in = [c for c in (_KEY, _IMG) if c in work.columns and (c != _KEY or cols["id"] or not cols["image"])]
+    if nul_in:
+        checks["nul"] = pl.any_horizontal([pl.col(c).str.contains("\x00", literal=True) for c in nul_in])
     hit = _hits(work, checks)
     found = []
     if hit.get("keyless"):
         what = "empty id" if cols["id"] else "empty text (the row's key: the table has no id or image column)"
         found += [(r[_ROW] + 1, cols["id"] or ", ".join(cols["text"]), what) for r in _flagged(work, checks["keyless"])]
+    if hit.get("nul"):
+        column = cols["id"] or (cols["image"] if _IMG in work.columns else ", ".join(cols["text"]))
+        found += [(r[_ROW] + 1, column, "holds a NUL byte") for r in _flagged(work, checks["nul"])]
     if hit.get("empty"):
         found += [(r[_ROW] + 1, cols["image"], "empty image path") for r in _flagged(work, checks["empty"])]
     if hit.get("risky"):
         root = image_root.resolve()
-        for r in _flagged(work, checks["risky"], limit=None):
+        for r in _flagged(work, checks["risky"]):
             p = r[_IMG]
             target = Path(posixpath.normpath(p if p.startswith("/") else posixpath.join(str(root), p)))
             if not target.is_relative_to(root):
@@ -418,9 +432,9 @@ def _hits(work: pl.DataFrame, checks: dict) -> dict:
     return work.select(mask.any().alias(check) for check, mask in checks.items()).row(0, named=True) if checks else {}
 
 
-def _flagged(work: pl.DataFrame, mask: pl.Expr, limit: int | None = 1000):
-    flagged = work.filter(mask)
-    return (flagged if limit is None else flagged.head(limit)).iter_rows(named=True)
+def _flagged(work: pl.DataFrame, mask: pl.Expr):
+    """Every flagged row (not the first thousand: --lenient must skip them all)."""
+    return work.filter(mask).iter_rows(named=True)
 
 
 def _duplicates(work: pl.DataFrame, key_col: str) -> list:
@@ -428,7 +442,7 @@ def _duplicates(work: pl.DataFrame, key_col: str) -> list:
     if dup.height == 0:
         return []
     first = dup.group_by(_KEY).agg(pl.col(_ROW).min().alias("first"))
-    dup = dup.join(first, on=_KEY).filter(pl.col(_ROW) != pl.col("first")).head(1000)
+    dup = dup.join(first, on=_KEY).filter(pl.col(_ROW) != pl.col("first"))
     return [(r[_ROW] + 1, key_col, f"duplicate key {r[_KEY]!r} (first on row {r['first'] + 1}); name an id column with --id-col")
             for r in dup.iter_rows(named=True)]
 
@@ -515,5 +529,7 @@ def _digest(work: pl.DataFrame, order: np.ndarray, strings_digest: bytes, lists:
     h.update(json.dumps(distinct.to_list()).encode())
     h.update(rank[work[_LAB].to_numpy()[order]])
     h.update(work[_TEST].to_numpy()[order])
+    if _SPLIT in work.columns:  # which rows validate is part of the data
+        h.update(b"val:" + (work[_SPLIT] == "val").fill_null(False).to_numpy()[order].tobytes())
     h.update(b"ids:int" if all(isinstance(i, int) for i in label_space.ids) else b"ids:names")
     return h.digest()
