@@ -65,7 +65,7 @@ def read_table(src, spec: DataSpec, lenient: bool = False) -> dict:
     # of them let go of the GIL (polars, numpy, hashlib).
     with ThreadPoolExecutor(2) as pool:
         keyed = pool.submit(_keyed, work, hashed)
-        paths = pool.submit(_path_problems, work, cols, image_root)
+        paths = pool.submit(_path_problems, work, cols, image_root, key_col, key_from)
         codes, lists, sep, label_space, declared = _labels(frame[cols["labels"]], spec, name, cols["labels"], hints)
         work = work.with_columns(codes.alias(_LAB), lists.is_not_null().gather(codes).alias(_HAS))
         problems = paths.result() + _label_problems(work, cols, declared, lists)
@@ -84,8 +84,7 @@ def read_table(src, spec: DataSpec, lenient: bool = False) -> dict:
         for row, column, reason in problems:  # one skip a row, however many checks it fails
             by_row.setdefault(row, []).append(f"column {column!r}: {reason}")
         skipped = [Skip(name, row, "; ".join(reasons)) for row, reasons in by_row.items()]
-        kept = ~work[_ROW].is_in(bad)
-        work = work.filter(kept)
+        work = work.filter(~pl.col(_ROW).is_in(bad))
         order, _, strings_digest = _keyed(work, hashed)
     if _SPLIT in work.columns:
         work = work.with_columns(pl.col(_SPLIT).replace(SPLIT_VALUES))
@@ -364,7 +363,7 @@ def _declared(path: Path) -> tuple[list, list[str]]:
 
 # --- checks ------------------------------------------------------------------------------------
 
-def _path_problems(work: pl.DataFrame, cols: dict, image_root: Path) -> list:
+def _path_problems(work: pl.DataFrame, cols: dict, image_root: Path, key_col: str, key_from: str | None) -> list:
     """(row, column, reason) of every row without a key or whose image path is empty or leaves the root.
     One pass over the columns (polars runs the checks side by side); only flagged rows become Python
     objects."""
@@ -374,20 +373,20 @@ def _path_problems(work: pl.DataFrame, cols: dict, image_root: Path) -> list:
         # Paths that may leave the root (a '..' part, or absolute), then resolved in Python, these rows
         # only. A Windows drive is a name here, as `posixpath` reads it.
         checks["risky"] = pl.col(_IMG).str.contains(r"(^|[/\\])\.\.([/\\]|$)") | pl.col(_IMG).str.starts_with("/")
-    if cols["id"] or not cols["image"]:  # the key is the id, or the text: every row needs one
+    if key_from in (None, _TXT):  # the key is the id, or the text: every row needs one (a path: "empty")
         checks["keyless"] = pl.col(_KEY).is_null() | (pl.col(_KEY).str.strip_chars() == "")
     # A NUL byte is cut off by numpy's strings and HDF5's, and refused by the OS: two keys would merge.
-    nul_in = [c for c in (_KEY, _IMG) if c in work.columns and (c != _KEY or cols["id"] or not cols["image"])]
-    if nul_in:
-        checks["nul"] = pl.any_horizontal([pl.col(c).str.contains("\x00", literal=True) for c in nul_in])
+    nul = {key_col: _KEY} | ({cols["image"]: _IMG} if _IMG in work.columns and key_from != _IMG else {})
+    for column, c in nul.items():
+        checks[f"nul {column}"] = pl.col(c).str.contains("\x00", literal=True)
     hit = _hits(work, checks)
     found = []
     if hit.get("keyless"):
-        what = "empty id" if cols["id"] else "empty text (the row's key: the table has no id or image column)"
-        found += [(r[_ROW] + 1, cols["id"] or ", ".join(cols["text"]), what) for r in _flagged(work, checks["keyless"])]
-    if hit.get("nul"):
-        column = cols["id"] or (cols["image"] if _IMG in work.columns else ", ".join(cols["text"]))
-        found += [(r[_ROW] + 1, column, "holds a NUL byte") for r in _flagged(work, checks["nul"])]
+        what = "empty id" if key_from is None else "empty text (the row's key: the table has no id or image column)"
+        found += [(r[_ROW] + 1, key_col, what) for r in _flagged(work, checks["keyless"])]
+    for column in nul:
+        if hit.get(f"nul {column}"):
+            found += [(r[_ROW] + 1, column, "holds a NUL byte") for r in _flagged(work, checks[f"nul {column}"])]
     if hit.get("empty"):
         found += [(r[_ROW] + 1, cols["image"], "empty image path") for r in _flagged(work, checks["empty"])]
     if hit.get("risky"):
@@ -488,9 +487,8 @@ def _key_order(keys: pl.Series, key_hashes: np.ndarray) -> tuple[np.ndarray, boo
     if not (same == 0).any():
         packed &= np.uint64((1 << bits) - 1)
         return packed, False
-    h = key_hashes
-    order = pl.DataFrame({"h": h, "k": keys}).select(pl.arg_sort_by("h", "k")).to_series().to_numpy()
-    tie = np.flatnonzero(h[order[1:]] == h[order[:-1]])
+    order = pl.DataFrame({"h": key_hashes, "k": keys}).select(pl.arg_sort_by("h", "k")).to_series().to_numpy()
+    tie = np.flatnonzero(key_hashes[order[1:]] == key_hashes[order[:-1]])
     return order, bool(tie.size and (keys.gather(order[tie]) == keys.gather(order[tie + 1])).any())
 
 
